@@ -1,0 +1,1 @@
+"""camsam's web side: Label Studio's ML backend protocol. Imports no torch."""

@@ -1,0 +1,171 @@
+"""Self-describing classifier checkpoints and the model directory that holds their versions.
+
+A checkpoint is one file: a dict of plain values plus the weights, loadable with
+``torch.load(weights_only=True)``. The model directory keeps every version as
+``<dir>/versions/<version>.pt`` and names the current one in ``<dir>/CURRENT``; both are written
+atomically (temp file, then rename), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from worker.errors import CheckpointError, NoModelError
+
+FORMAT = "camsam-classifier/1"
+VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """Everything needed to rebuild a classifier and read its outputs."""
+
+    arch: str
+    classes: tuple[str, ...]
+    mask_classes: tuple[str, ...]
+    image_size: int
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    thresholds: tuple[float, ...] = ()
+    version: str = ""
+    metrics: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    created: float = 0.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.mask_classes) - set(self.classes)
+        assert not unknown, f"mask classes {unknown} are not classes"
+        if not self.thresholds:
+            object.__setattr__(self, "thresholds", tuple(0.5 for _ in self.classes))
+
+    @property
+    def background_classes(self) -> tuple[str, ...]:
+        return tuple(c for c in self.classes if c not in self.mask_classes)
+
+
+def save_checkpoint(path: str | Path, spec: ClassifierSpec, state_dict: Mapping) -> None:
+    """Write spec and weights to ``path`` atomically."""
+    payload = {"format": FORMAT, "spec": _plain(asdict(spec)), "state_dict": dict(state_dict)}
+    _atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path) -> tuple[ClassifierSpec, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: missing, unreadable, not a camsam checkpoint, or of an unknown format.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"checkpoint {path} does not exist") from error
+    except Exception as error:  # torch raises many kinds for a corrupt file
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a camsam classifier checkpoint (format {FORMAT!r}); "
+            "to start from timm weights use --pretrained instead"
+        )
+    raw = dict(payload["spec"])
+    for name in ("classes", "mask_classes", "mean", "std", "thresholds"):
+        raw[name] = tuple(raw[name])
+    return ClassifierSpec(**raw), payload["state_dict"]
+
+
+def load_state_strict(model: torch.nn.Module, state_dict: Mapping, source: str) -> None:
+    """Load weights and fail with the offending keys named, rather than half-loading a model."""
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source} does not fit the model: missing keys {result.missing_keys[:8]}, "
+            f"unexpected keys {result.unexpected_keys[:8]} (was it saved for another --arch?)"
+        )
+
+
+class ModelDir:
+    """Versions of one project's classifier, and which one is current."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.pointer = self.root / "CURRENT"
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        names = (p.stem for p in self.versions_dir.glob("*.pt"))
+        return sorted((n for n in names if VERSION_PATTERN.match(n)), key=_version_number)
+
+    def next_version(self) -> str:
+        existing = self.versions()
+        number = _version_number(existing[-1]) + 1 if existing else 1
+        return f"v{number:04d}"
+
+    def path(self, version: str) -> Path:
+        return self.versions_dir / f"{version}.pt"
+
+    def current_version(self) -> str | None:
+        try:
+            version = self.pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return version or None
+
+    def current_path(self) -> Path:
+        """Raises: NoModelError when nothing has been trained into this directory yet."""
+        version = self.current_version()
+        if version is None:
+            raise NoModelError(
+                f"no model in {self.root} yet: run `camsam train DATA_DIR --model-dir {self.root}`"
+            )
+        return self.path(version)
+
+    def publish(self, spec: ClassifierSpec, state_dict: Mapping) -> ClassifierSpec:
+        """Store a new version and make it current; returns the spec with its version set."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        version = self.next_version()
+        spec = replace(spec, version=version, created=time.time())
+        save_checkpoint(self.path(version), spec, state_dict)
+        self.set_current(version)
+        return spec
+
+    def set_current(self, version: str) -> None:
+        if not self.path(version).is_file():
+            raise CheckpointError(f"version {version} does not exist in {self.versions_dir}")
+        _atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
+
+
+def _version_number(version: str) -> int:
+    return int(VERSION_PATTERN.match(version).group(1))
+
+
+def _plain(value):
+    """Tuples to lists, recursively: torch's safe unpickler loads lists, dicts and scalars."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

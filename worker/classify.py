@@ -1,0 +1,158 @@
+"""The image-level classifier: any timm architecture, multi-label with sigmoid outputs.
+
+Formulation: one sigmoid per class, background classes (e.g. "Free") included as ordinary
+classes. The predicted set is every class whose probability reaches its threshold; object classes
+win over background classes (a "Crack" image is not also "Free"); when nothing reaches its
+threshold and the project has a background class, the most probable class is taken, so every image
+gets a label. Accuracy counts an image as right when the predicted set equals the true set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import timm
+import torch
+
+from worker.checkpoint import ClassifierSpec, load_checkpoint, load_state_strict
+from worker.errors import CheckpointError
+
+DEFAULT_ARCH = "resnet10t"
+
+
+def create_model(
+    arch: str, num_classes: int, pretrained: str | None = None, device: str = "cpu"
+) -> torch.nn.Module:
+    """Build a timm model; ``pretrained`` is a local weights file, or ``"hub"`` to download.
+
+    The hub is only asked when the user says so: camsam never probes the network by default.
+
+    Raises:
+        CheckpointError: the architecture is unknown or the pretrained file does not fit it.
+    """
+    if arch not in timm.list_models():
+        raise CheckpointError(
+            f"unknown --arch {arch!r}: pick any name from timm.list_models(), e.g. {DEFAULT_ARCH}"
+        )
+    if pretrained is None:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    elif pretrained == "hub":
+        model = timm.create_model(arch, pretrained=True, num_classes=num_classes)
+    else:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        load_backbone(model, Path(pretrained))
+    return model.to(device)
+
+
+def load_backbone(model: torch.nn.Module, path: Path) -> None:
+    """Load every weight of ``path`` except the classifier head, whose classes differ.
+
+    Accepts a camsam checkpoint or a plain state dict (timm's files, a self-supervised warm start).
+    """
+    try:
+        _, state = load_checkpoint(path)
+    except CheckpointError:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"cannot read pretrained weights {path}: {error}") from error
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    head = model.get_classifier()
+    head_keys = {f"{n}" for n, m in model.named_modules() if m is head}
+    own = model.state_dict()
+    keep = {
+        k: v
+        for k, v in state.items()
+        if k in own and own[k].shape == v.shape and k.rsplit(".", 1)[0] not in head_keys
+    }
+    body = [k for k in own if k.rsplit(".", 1)[0] not in head_keys]
+    missing = [k for k in body if k not in keep]
+    if missing:
+        raise CheckpointError(
+            f"pretrained file {path} does not fit {type(model).__name__}: "
+            f"{len(missing)} backbone keys missing or of another shape, e.g. {missing[:5]}"
+        )
+    model.load_state_dict(keep, strict=False)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classifier's view of one image."""
+
+    probabilities: dict[str, float]
+    classes: tuple[str, ...]
+    score: float
+
+
+class Classifier:
+    """A loaded classifier: spec, model in eval mode, and its device."""
+
+    def __init__(self, spec: ClassifierSpec, model: torch.nn.Module) -> None:
+        self.spec = spec
+        self.model = model.eval()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
+        spec, state = load_checkpoint(path)
+        model = create_model(spec.arch, len(spec.classes), device=device)
+        load_state_strict(model, state, str(path))
+        return cls(spec, model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Resize and normalise RGB uint8 arrays into a batch on the model's device."""
+        return images_to_tensor(images, self.spec).to(self.device)
+
+    @torch.inference_mode()
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        logits = self.model(self.to_tensor(images))
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        return [self.decide(p) for p in self.probabilities(images)]
+
+    def decide(self, probabilities: np.ndarray) -> Prediction:
+        return decide(probabilities, self.spec)
+
+
+def decide(probabilities: np.ndarray, spec: ClassifierSpec) -> Prediction:
+    """Turn per-class probabilities into a predicted class set (see the module docstring).
+
+    The score is the probability of exactly that set under independent sigmoids: high when the
+    classifier is sure of every class, low when any class is a toss-up (useful for ranking).
+    """
+    chosen = {c for c, p, t in zip(spec.classes, probabilities, spec.thresholds) if p >= t}
+    if chosen & set(spec.mask_classes):
+        chosen -= set(spec.background_classes)
+    if not chosen and spec.background_classes:
+        chosen = {spec.classes[int(np.argmax(probabilities))]}
+    inside = np.array([c in chosen for c in spec.classes])
+    score = float(np.prod(np.where(inside, probabilities, 1.0 - probabilities)))
+    return Prediction(
+        probabilities={c: float(p) for c, p in zip(spec.classes, probabilities)},
+        classes=tuple(c for c in spec.classes if c in chosen),
+        score=score,
+    )
+
+
+def images_to_tensor(images: Sequence[np.ndarray], spec: ClassifierSpec) -> torch.Tensor:
+    size = spec.image_size
+    batch = np.stack(
+        [cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images]
+    )
+    return normalise(torch.from_numpy(batch).permute(0, 3, 1, 2), spec)
+
+
+def normalise(images: torch.Tensor, spec: ClassifierSpec) -> torch.Tensor:
+    """uint8 NCHW (0..255) to the float input the classifier was trained on."""
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(spec.std).view(1, -1, 1, 1) * 255.0
+    return (images.float() - mean) / std

@@ -1,0 +1,297 @@
+"""``camsam``: train, predict, eval, split and demo from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from worker.errors import CamsamError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except CamsamError as error:
+        print(f"camsam: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camsam", description="Masks nobody had to click: classifier Grad-CAM prompts SAM2."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a classifier version from image-level labels")
+    train.add_argument("data", help="dataset folder (<Class>/<image>) or Label Studio JSON export")
+    train.add_argument("--model-dir", required=True)
+    _dataset_options(train)
+    train.add_argument("--arch", default=None, help="any timm architecture (default resnet10t)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--val-fraction", type=float, default=0.15)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-rotate", action="store_true", help="no 90-degree turns in augmentation")
+    train.add_argument(
+        "--pretrained",
+        help="start from a local weights file (timm or camsam checkpoint), or 'hub' to download",
+    )
+    train.add_argument("--device", default="auto")
+    train.set_defaults(handler=run_train)
+
+    predict = commands.add_parser("predict", help="pre-annotate images as Label Studio tasks")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--model-dir", required=True)
+    predict.add_argument("--out", required=True, help="JSON file of Label Studio tasks")
+    predict.add_argument("--label-config", help="label config XML (default: camsam's names)")
+    predict.add_argument("--overlays", help="folder for PNG overlays (mask outlines, CAM points)")
+    _pipeline_options(predict)
+    predict.set_defaults(handler=run_predict)
+
+    evaluate = commands.add_parser("eval", help="measure masks and classes against ground truth")
+    evaluate.add_argument("data")
+    evaluate.add_argument("--model-dir", required=True)
+    _dataset_options(evaluate)
+    evaluate.add_argument("--out", help="write the full report as JSON")
+    evaluate.add_argument("--minutes-per-mask", type=float, default=1.0,
+                          help="minutes to paint one image's masks by hand")
+    evaluate.add_argument("--minutes-per-review", type=float, default=0.2,
+                          help="minutes to check (and accept) one pre-annotated image")
+    _pipeline_options(evaluate)
+    evaluate.set_defaults(handler=run_eval)
+
+    split = commands.add_parser("split", help="write a stratified train/test split file")
+    split.add_argument("data")
+    split.add_argument("--out", required=True)
+    split.add_argument("--test-fraction", type=float, default=0.2)
+    split.add_argument("--seed", type=int, default=0)
+    split.set_defaults(handler=run_split)
+
+    demo = commands.add_parser("demo", help="synthetic dataset -> train -> predict -> eval")
+    demo.add_argument("--out", default="demo", help="folder for everything the demo writes")
+    demo.add_argument("--epochs", type=int, default=8)
+    demo.set_defaults(handler=run_demo)
+    return parser
+
+
+def _dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--background-class", action="append", default=[], metavar="NAME",
+        help="an image-level class that never gets a mask (repeatable), e.g. a defect-free class",
+    )
+    parser.add_argument("--split", help="split file from `camsam split`: train uses 'train', "
+                        "eval uses 'test'")
+    parser.add_argument("--image-root", help="where a Label Studio export's images live")
+
+
+def _pipeline_options(parser: argparse.ArgumentParser) -> None:
+    from worker.cam import METHODS
+    from worker.prompts import STRATEGIES
+    from worker.refine import REFINERS
+    from worker.segment import MASK_CHOICES, SEGMENTERS
+
+    parser.add_argument("--segmenter", choices=SEGMENTERS, default=None,
+                        help="default: sam2 when a SAM2 checkpoint is given, else cam")
+    parser.add_argument("--sam2-config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_t.yaml")
+    parser.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (.pt)")
+    parser.add_argument("--sam2-hub-id", help="Hugging Face id, e.g. facebook/sam2.1-hiera-tiny")
+    parser.add_argument("--mask-choice", choices=MASK_CHOICES, default="cam",
+                        help="which of SAM's three masks: agreement with the CAM, SAM's IoU, index")
+    parser.add_argument("--cam-method", choices=sorted(METHODS), default="gradcam")
+    parser.add_argument("--cam-stages", type=int, default=1, help="fuse CAMs of the last N stages")
+    parser.add_argument("--prompts", choices=STRATEGIES, default="peaks+box")
+    parser.add_argument("--refiner", choices=REFINERS, default="guided")
+    parser.add_argument("--instances", action="store_true", help="one region per connected part")
+    parser.add_argument("--version", help="model version to use (default: the current one)")
+    parser.add_argument("--device", default="auto")
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_split(path: str | None, part: str) -> list[str] | None:
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())[part]
+    except (OSError, json.JSONDecodeError, KeyError) as error:
+        raise CamsamError(f"cannot read part {part!r} of split file {path}: {error}") from error
+
+
+def read_dataset(args: argparse.Namespace, part: str):
+    from worker.dataset import load_dataset
+
+    extra = {"image_root": args.image_root} if str(args.data).endswith(".json") else {}
+    dataset = load_dataset(args.data, args.background_class, **extra)
+    keys = load_split(args.split, part)
+    return dataset.subset(keys) if keys is not None else dataset
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from worker.checkpoint import ModelDir
+    from worker.classify import DEFAULT_ARCH
+    from worker.train import TrainConfig, train
+
+    dataset = read_dataset(args, "train")
+    config = TrainConfig(
+        arch=args.arch or DEFAULT_ARCH, image_size=args.image_size, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+        rotate=not args.no_rotate, seed=args.seed, pretrained=args.pretrained,
+        device=resolve_device(args.device),
+    )
+    print(f"training {config.arch} on {len(dataset.samples)} images: {dataset.counts()}")
+    started = time.perf_counter()
+    result = train(dataset, config)
+    spec = ModelDir(args.model_dir).publish(result.spec, result.state_dict)
+    metrics = spec.metrics
+    print(
+        f"version {spec.version} is current in {args.model_dir}: validation accuracy "
+        f"{metrics['val_accuracy']:.3f} (epoch {metrics['best_epoch']}), "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    return 0
+
+
+def build_pipeline(args: argparse.Namespace):
+    from worker.checkpoint import ModelDir
+    from worker.pipeline import Pipeline, PipelineOptions
+    from worker.segment import build_segmenter
+
+    device = resolve_device(args.device)
+    model_dir = ModelDir(args.model_dir)
+    path = model_dir.path(args.version) if args.version else model_dir.current_path()
+    has_sam2 = bool(args.sam2_hub_id or args.sam2_checkpoint)
+    name = args.segmenter or ("sam2" if has_sam2 else "cam")
+    if name != "sam2" and not has_sam2:
+        print(f"no SAM2 checkpoint configured: masks come from the '{name}' segmenter "
+              "(CAM refined along image edges), not SAM2", file=sys.stderr)
+    segmenter = build_segmenter(
+        name, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+        sam2_hub_id=args.sam2_hub_id, mask_choice=args.mask_choice, refiner=args.refiner,
+        device=device,
+    )
+    options = PipelineOptions(
+        cam_method=args.cam_method, cam_stages=args.cam_stages, prompt_strategy=args.prompts,
+        instances=args.instances,
+    )
+    return Pipeline.from_checkpoint(path, segmenter, options, device)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ml_backend.label_config import load_label_config
+    from worker.images import IMAGE_SUFFIXES, load_image
+    from worker.ls_format import to_prediction
+    from worker.overlays import draw_overlay, save_png
+
+    config = load_label_config(args.label_config) if args.label_config else None
+    files = []
+    for item in map(Path, args.inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                            and "masks" not in p.parts)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise CamsamError(f"{item} is neither an image file nor a folder")
+    pipeline = build_pipeline(args)
+    tasks = []
+    for path in tqdm(files, desc="predict", unit="img"):
+        image = load_image(path)
+        result = pipeline.run(image)
+        prediction = to_prediction(result, pipeline.version, config)
+        key = config.image_key if config else "image"
+        tasks.append({"data": {key: str(path.resolve())}, "predictions": [prediction]})
+        if args.overlays:
+            overlay = draw_overlay(image, result, pipeline.classifier.spec.classes)
+            save_png(Path(args.overlays) / f"{path.stem}.png", overlay)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(tasks))
+    masks = sum(len(t["predictions"][0]["result"]) for t in tasks)
+    print(f"wrote {len(tasks)} tasks ({masks} regions, model {pipeline.version}) to {args.out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from worker.evaluate import evaluate
+
+    dataset = read_dataset(args, "test")
+    pipeline = build_pipeline(args)
+    report = evaluate(pipeline, dataset, args.minutes_per_mask, args.minutes_per_review)
+    print(format_report(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"model {report['model_version']}, segmenter {report['segmenter']}, "
+        f"{report['images']} images, {report['cpu_seconds']:.0f} CPU s",
+        f"{'class':<14}{'images':>7}{'IoU':>8}{'IoU|class':>11}{'Dice':>8}",
+    ]
+    for name, row in report["per_class"].items():
+        lines.append(f"{name:<14}{row['images']:>7}{row['iou']:>8.3f}"
+                     f"{row['iou_given_class']:>11.3f}{row['dice']:>8.3f}")
+    minutes = report["labelling_minutes"]
+    lines += [
+        f"accuracy {report['accuracy']:.3f}   mIoU {report['miou']:.3f}   "
+        f"mIoU|class {report['miou_given_class']:.3f}   Dice {report['dice']:.3f}",
+        f"accept rate {report['accept_rate']:.3f} (|class {report['accept_rate_given_class']:.3f})"
+        f"   false-mask rate {report['false_mask_rate']:.3f}",
+        f"labelling: {minutes['by_hand']:.0f} min by hand, {minutes['with_camsam']:.0f} min with "
+        f"camsam ({100 * minutes['saved_share']:.0f}% saved)",
+    ]
+    return "\n".join(lines)
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from worker.dataset import load_dataset, stratified_split
+
+    dataset = load_dataset(args.data)
+    rest, held = stratified_split(dataset.samples, args.test_fraction, args.seed)
+    payload = {"train": sorted(s.key for s in rest), "test": sorted(s.key for s in held)}
+    Path(args.out).write_text(json.dumps(payload, indent=1))
+    print(f"{len(rest)} train / {len(held)} test images written to {args.out}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from worker.synthetic import write_dataset
+
+    out = Path(args.out)
+    data = write_dataset(out / "data")
+    models = str(out / "models")
+    common = ["--model-dir", models]
+    steps = [
+        ["train", str(data), *common, "--background-class", "Clean", "--epochs", str(args.epochs),
+         "--image-size", "96"],
+        ["predict", str(data), *common, "--out", str(out / "predictions.json"),
+         "--overlays", str(out / "overlays")],
+        ["eval", str(data), *common, "--background-class", "Clean",
+         "--out", str(out / "report.json")],
+    ]
+    for step in steps:
+        print("$ camsam " + " ".join(step))
+        if main(step):
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The whole pre-annotation of one image: classify, CAM, prompts, segment, (split instances).
+
+A Pipeline is built once per process (models loaded and kept warm) and then run per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from worker.cam import CamMap, compute_cams
+from worker.classify import Classifier, Prediction
+from worker.prompts import make_prompts
+from worker.segment import MaskResult, Segmenter
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    cam_method: str = "gradcam"
+    cam_stages: int = 1
+    prompt_strategy: str = "peaks+box"
+    instances: bool = False
+    min_instance_area: float = 0.0005
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What camsam says about one image, in the image's own (EXIF-transposed) pixels."""
+
+    width: int
+    height: int
+    prediction: Prediction
+    masks: tuple[MaskResult, ...]
+    cams: tuple[CamMap, ...]
+
+    @property
+    def score(self) -> float:
+        """Ranking score: the classifier's confidence in its class set, times mask confidence."""
+        mask_scores = [m.score for m in self.masks] or [1.0]
+        return float(self.prediction.score * min(mask_scores))
+
+
+class Pipeline:
+    def __init__(
+        self, classifier: Classifier, segmenter: Segmenter, options: PipelineOptions | None = None
+    ) -> None:
+        self.classifier = classifier
+        self.segmenter = segmenter
+        self.options = options or PipelineOptions()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, segmenter: Segmenter, options: PipelineOptions | None = None,
+        device: str = "cpu",
+    ) -> Pipeline:
+        return cls(Classifier.load(path, device), segmenter, options)
+
+    @property
+    def version(self) -> str:
+        return self.classifier.spec.version
+
+    def run(self, image: np.ndarray, labels: Sequence[str] | None = None) -> ImageResult:
+        """Pre-annotate ``image``; ``labels`` (if given) are classes an annotator already chose."""
+        prediction = self.classifier.predict([image])[0]
+        wanted = prediction.classes if labels is None else tuple(labels)
+        cams, masks = self.segment_labels(image, wanted)
+        if self.options.instances:
+            area = self.options.min_instance_area
+            masks = [part for m in masks for part in split_instances(m, area)]
+        height, width = image.shape[:2]
+        return ImageResult(width, height, prediction, tuple(masks), tuple(cams))
+
+    def segment_labels(
+        self, image: np.ndarray, labels: Sequence[str]
+    ) -> tuple[list[CamMap], list[MaskResult]]:
+        """CAMs and non-empty masks for those of ``labels`` that get masks."""
+        mask_labels = [c for c in labels if c in self.classifier.spec.mask_classes]
+        options = self.options
+        cams = compute_cams(
+            self.classifier, image, mask_labels, options.cam_method, options.cam_stages
+        )
+        prompts = [make_prompts(c.cam, options.prompt_strategy) for c in cams]
+        masks = self.segmenter.segment(image, cams, prompts)
+        return cams, [m for m in masks if m.mask.any()]
+
+
+def split_instances(result: MaskResult, min_area: float) -> list[MaskResult]:
+    """One result per connected part (cells, objects); specks below ``min_area`` are dropped."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(result.mask.astype(np.uint8), 8)
+    parts = [
+        replace(result, mask=labels == k, details={**result.details, "instance": k})
+        for k in range(1, count)
+        if stats[k, cv2.CC_STAT_AREA] >= min_area * result.mask.size
+    ]
+    return parts or [result]

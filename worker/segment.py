@@ -1,0 +1,191 @@
+"""Segmenters: one mask per class from the image, its CAMs and their prompts.
+
+``sam2`` asks SAM2 (the image embedded once, one decode per class) and picks one of its three
+masks; ``cam`` refines the CAM itself along image edges and needs no SAM2 weights; ``threshold``
+is the bare CAM cut at half its peak, the floor the others must beat.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from worker.cam import CamMap
+from worker.errors import SegmenterError
+from worker.prompts import Prompts
+from worker.refine import refine_cam
+
+SEGMENTERS = ("sam2", "cam", "threshold")
+MASK_CHOICES = ("cam", "best-iou", "0", "1", "2")
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One class's mask at the image's size and how it was made."""
+
+    label: str
+    mask: np.ndarray
+    score: float
+    segmenter: str
+    prompts: Prompts | None = None
+    details: dict = field(default_factory=dict)
+
+
+class Segmenter(Protocol):
+    name: str
+
+    def segment(
+        self, image: np.ndarray, cams: Sequence[CamMap], prompts: Sequence[Prompts]
+    ) -> list[MaskResult]: ...
+
+
+class ThresholdSegmenter:
+    name = "threshold"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def segment(self, image, cams, prompts):
+        return [
+            MaskResult(c.label, c.cam >= self.threshold * c.cam.max(), c.probability, self.name, p)
+            for c, p in zip(cams, prompts)
+        ]
+
+
+class CamSegmenter:
+    """The CAM refined along the image's edges: useful masks with no SAM2 checkpoint at all."""
+
+    name = "cam"
+
+    def __init__(self, refiner: str = "guided", threshold: float = 0.5) -> None:
+        self.refiner = refiner
+        self.threshold = threshold
+
+    def segment(self, image, cams, prompts):
+        return [
+            MaskResult(
+                c.label,
+                refine_cam(image, c.cam, self.refiner, self.threshold),
+                c.probability,
+                self.name,
+                p,
+                {"refiner": self.refiner},
+            )
+            for c, p in zip(cams, prompts)
+        ]
+
+
+class Sam2Segmenter:
+    """SAM2's image predictor, built once; one lock because the predictor holds the image state."""
+
+    name = "sam2"
+
+    def __init__(self, predictor, mask_choice: str = "cam", mask_threshold: float = 0.0) -> None:
+        if mask_choice not in MASK_CHOICES:
+            raise SegmenterError(f"unknown mask choice {mask_choice!r}: choose one of {MASK_CHOICES}")
+        self.predictor = predictor
+        self.mask_choice = mask_choice
+        self.mask_threshold = mask_threshold
+        self.lock = threading.Lock()
+
+    def segment(self, image, cams, prompts):
+        if not cams:
+            return []
+        with self.lock:
+            self.predictor.set_image(image)
+            return [self._decode(c, p) for c, p in zip(cams, prompts)]
+
+    def _decode(self, cam: CamMap, prompts: Prompts) -> MaskResult:
+        import torch
+
+        with torch.inference_mode():
+            logits, predicted_iou, _ = self.predictor.predict(
+                point_coords=prompts.points if len(prompts.points) else None,
+                point_labels=prompts.labels if len(prompts.points) else None,
+                box=prompts.box,
+                multimask_output=True,
+                return_logits=True,
+            )
+        masks = logits > self.mask_threshold
+        index, agreement = choose_mask(masks, predicted_iou, cam.cam, self.mask_choice)
+        details = {
+            "mask_index": index,
+            "predicted_iou": float(predicted_iou[index]),
+            "cam_agreement": agreement,
+            "mask_choice": self.mask_choice,
+        }
+        score = cam.probability * float(np.clip(predicted_iou[index], 0.0, 1.0))
+        return MaskResult(cam.label, masks[index], score, self.name, prompts, details)
+
+
+def choose_mask(
+    masks: np.ndarray, predicted_iou: np.ndarray, cam: np.ndarray, choice: str
+) -> tuple[int, float]:
+    """Pick one of SAM's candidate masks: by agreement with the CAM, SAM's own IoU, or index."""
+    region = cam >= 0.5 * float(cam.max())
+    agreements = [iou(mask, region) for mask in masks]
+    if choice == "cam":
+        index = max(range(len(masks)), key=lambda i: (agreements[i], float(predicted_iou[i])))
+    elif choice == "best-iou":
+        index = int(np.argmax(predicted_iou))
+    else:
+        index = min(int(choice), len(masks) - 1)
+    return index, float(agreements[index])
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def build_sam2_predictor(
+    config: str | None, checkpoint: str | Path | None, device: str = "cpu", hub_id: str | None = None
+):
+    """SAM2ImagePredictor from a config name + checkpoint file, or from a Hugging Face hub id.
+
+    Raises:
+        SegmenterError: neither is given, the checkpoint file is missing, or it does not load.
+    """
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    if hub_id:
+        return SAM2ImagePredictor.from_pretrained(hub_id, device=device)
+    if not config or not checkpoint:
+        raise SegmenterError(
+            "the sam2 segmenter needs --sam2-config (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) and "
+            "--sam2-checkpoint (the .pt file), or --sam2-hub-id; use --segmenter cam without them"
+        )
+    if not Path(checkpoint).is_file():
+        raise SegmenterError(f"SAM2 checkpoint {checkpoint} does not exist")
+    try:
+        model = build_sam2(config, str(checkpoint), device=device)
+    except Exception as error:
+        raise SegmenterError(f"cannot build SAM2 from {config} + {checkpoint}: {error}") from error
+    return SAM2ImagePredictor(model)
+
+
+def build_segmenter(
+    name: str,
+    *,
+    sam2_config: str | None = None,
+    sam2_checkpoint: str | Path | None = None,
+    sam2_hub_id: str | None = None,
+    mask_choice: str = "cam",
+    refiner: str = "guided",
+    device: str = "cpu",
+) -> Segmenter:
+    """Raises: SegmenterError for an unknown name or a sam2 segmenter without weights."""
+    if name == "sam2":
+        predictor = build_sam2_predictor(sam2_config, sam2_checkpoint, device, sam2_hub_id)
+        return Sam2Segmenter(predictor, mask_choice)
+    if name == "cam":
+        return CamSegmenter(refiner)
+    if name == "threshold":
+        return ThresholdSegmenter()
+    raise SegmenterError(f"unknown segmenter {name!r}: choose one of {SEGMENTERS}")

@@ -1,0 +1,204 @@
+"""Training the classifier from image-level labels: augmentation, class balance, validation.
+
+Defects are rare, so batches are drawn class-balanced (each image weighted by its rarest class);
+augmentation fits surface and microscope images (flips, 90-degree turns, crops, light jitter);
+the epoch with the best validation accuracy is the one kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from worker.checkpoint import ClassifierSpec
+from worker.classify import DEFAULT_ARCH, create_model, decide, normalise
+from worker.dataset import Dataset, Sample, stratified_split
+from worker.errors import DatasetError
+from worker.images import load_image
+
+
+MIN_STEPS_PER_EPOCH = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = DEFAULT_ARCH
+    image_size: int = 224
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    val_fraction: float = 0.15
+    rotate: bool = True
+    seed: int = 0
+    pretrained: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    spec: ClassifierSpec
+    state_dict: dict
+    history: list[dict]
+
+
+def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
+    """Train a classifier on ``dataset``; validation share held out stratified by class set.
+
+    Raises:
+        DatasetError: a class has no image to learn from.
+    """
+    empty = [c for c, n in dataset.counts().items() if n == 0]
+    if empty:
+        raise DatasetError(f"classes {empty} have no images: add examples or drop the class")
+    seed_everything(config.seed)
+    train_samples, val_samples = stratified_split(dataset.samples, config.val_fraction, config.seed)
+    if not val_samples:
+        val_samples = train_samples
+    classes = dataset.classes
+    spec = ClassifierSpec(
+        arch=config.arch,
+        classes=classes,
+        mask_classes=dataset.mask_classes,
+        image_size=config.image_size,
+        recipe={k: v for k, v in asdict(config).items() if k not in ("device", "progress")},
+    )
+    train_x, train_y = _tensors(train_samples, classes, config.image_size, config.progress)
+    val_x, val_y = _tensors(val_samples, classes, config.image_size, config.progress)
+    model = create_model(config.arch, len(classes), config.pretrained, config.device)
+    loader = DataLoader(
+        TensorDataset(train_x, train_y),
+        batch_size=config.batch_size,
+        sampler=balanced_sampler(train_y, config.seed, config.batch_size * MIN_STEPS_PER_EPOCH),
+        drop_last=len(train_x) > config.batch_size,
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps = config.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=max(steps, 1), pct_start=0.15
+    )
+    augment = augmentation(config.image_size, config.rotate)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    history: list[dict] = []
+    best_key, best_state = None, None
+    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not config.progress)
+    for epoch in bar:
+        model.train()
+        total = 0.0
+        for images, targets in loader:
+            images = torch.stack([augment(image) for image in images])
+            images = normalise(images, spec).to(config.device)
+            loss = loss_fn(model(images), targets.to(config.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(images)
+        metrics = evaluate_classifier(model, spec, val_x, val_y, config.device)
+        metrics.update(epoch=epoch + 1, train_loss=total / max(len(loader.sampler), 1))
+        history.append(metrics)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}")
+        key = (metrics["accuracy"], -metrics["val_loss"])
+        if best_key is None or key > best_key:
+            best_key, best_state = key, copy.deepcopy(model.state_dict())
+    best = max(history, key=lambda m: (m["accuracy"], -m["val_loss"]))
+    summary = {
+        "val_accuracy": best["accuracy"],
+        "val_loss": best["val_loss"],
+        "best_epoch": best["epoch"],
+        "per_class_f1": best["per_class_f1"],
+        "train_images": len(train_samples),
+        "val_images": len(val_samples),
+        "class_counts": dataset.counts(),
+    }
+    spec = ClassifierSpec(**{**asdict(spec), "metrics": summary})
+    return TrainResult(spec, {k: v.cpu() for k, v in best_state.items()}, history)
+
+
+@torch.inference_mode()
+def evaluate_classifier(
+    model: torch.nn.Module, spec: ClassifierSpec, x: torch.Tensor, y: torch.Tensor, device: str
+) -> dict:
+    model.eval()
+    logits = torch.cat(
+        [model(normalise(x[i : i + 64], spec).to(device)).float().cpu() for i in range(0, len(x), 64)]
+    )
+    loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y))
+    probabilities = torch.sigmoid(logits).numpy()
+    truth = y.numpy() > 0.5
+    predicted = np.array(
+        [[c in decide(p, spec).classes for c in spec.classes] for p in probabilities]
+    )
+    accuracy = float(np.mean(np.all(predicted == truth, axis=1)))
+    f1 = {}
+    for index, name in enumerate(spec.classes):
+        tp = np.sum(predicted[:, index] & truth[:, index])
+        denominator = np.sum(predicted[:, index]) + np.sum(truth[:, index])
+        f1[name] = float(2 * tp / denominator) if denominator else 1.0
+    return {"accuracy": accuracy, "val_loss": loss, "per_class_f1": f1}
+
+
+def balanced_sampler(targets: torch.Tensor, seed: int, minimum: int) -> WeightedRandomSampler:
+    """Weight each image by its rarest class so every class is seen about equally often.
+
+    An epoch draws at least ``minimum`` images: a project with 60 labels still gets enough
+    optimiser steps per epoch for batch norm and the schedule to settle.
+    """
+    counts = targets.sum(dim=0).clamp(min=1)
+    per_class = 1.0 / counts
+    weights = (targets * per_class).max(dim=1).values
+    weights = torch.where(weights > 0, weights, per_class.min())
+    generator = torch.Generator().manual_seed(seed)
+    count = max(len(targets), minimum)
+    return WeightedRandomSampler(weights.double(), count, replacement=True, generator=generator)
+
+
+def augmentation(size: int, rotate: bool) -> v2.Compose:
+    steps = [
+        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.75, 1.33), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ]
+    if rotate:
+        steps.insert(1, RandomRot90())
+    return v2.Compose(steps)
+
+
+class RandomRot90(torch.nn.Module):
+    """Turn by a random multiple of 90 degrees: surfaces and cells have no 'up'."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(image, random.randrange(4), dims=(-2, -1))
+
+
+def _tensors(
+    samples: Sequence[Sample], classes: Sequence[str], size: int, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and resize every image once: uint8 NCHW images and multi-hot targets."""
+    images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
+    for i, sample in enumerate(tqdm(samples, desc="load", disable=not progress, leave=False)):
+        image = cv2.resize(load_image(sample.image), (size, size), interpolation=cv2.INTER_AREA)
+        images[i] = image.transpose(2, 0, 1)
+    targets = torch.tensor(
+        [[float(c in s.classes) for c in classes] for s in samples], dtype=torch.float32
+    )
+    return torch.from_numpy(images), targets
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
