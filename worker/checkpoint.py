@@ -83,12 +83,17 @@ def load_checkpoint(path: str | Path) -> tuple[ClassifierSpec, dict]:
 
 def load_state_strict(model: torch.nn.Module, state_dict: Mapping, source: str) -> None:
     """Load weights and fail with the offending keys named, rather than half-loading a model."""
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or reshaped:
         raise CheckpointError(
-            f"{source} does not fit the model: missing keys {result.missing_keys[:8]}, "
-            f"unexpected keys {result.unexpected_keys[:8]} (was it saved for another --arch?)"
+            f"{source} does not fit the model: missing keys {missing[:8]}, unexpected keys "
+            f"{unexpected[:8]}, keys of another shape {reshaped[:8]} "
+            "(was it saved for another --arch?)"
         )
+    model.load_state_dict(state_dict)
 
 
 class ModelDir:

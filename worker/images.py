@@ -47,8 +47,8 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        gray = ((array - low) * scale).clip(0, 255).astype(np.uint8)
+        span = high - low if high > low else 1.0
+        gray = np.rint((array - low) * 255.0 / span).clip(0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels become white, as Label Studio's canvas shows them.

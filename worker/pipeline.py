@@ -91,9 +91,9 @@ class Pipeline:
 def split_instances(result: MaskResult, min_area: float) -> list[MaskResult]:
     """One result per connected part (cells, objects); specks below ``min_area`` are dropped."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(result.mask.astype(np.uint8), 8)
+    kept = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= min_area * result.mask.size]
     parts = [
-        replace(result, mask=labels == k, details={**result.details, "instance": k})
-        for k in range(1, count)
-        if stats[k, cv2.CC_STAT_AREA] >= min_area * result.mask.size
+        replace(result, mask=labels == k, details={**result.details, "instance": number})
+        for number, k in enumerate(kept, start=1)
     ]
     return parts or [result]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worker.checkpoint import ClassifierSpec, save_checkpoint
+from worker.classify import Classifier, create_model, decide, load_backbone
+from worker.errors import CheckpointError
+
+SPEC = ClassifierSpec(
+    arch="resnet10t", classes=("Crack", "Spot", "Free"), mask_classes=("Crack", "Spot"),
+    image_size=64,
+)
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "expected"),
+    [
+        ([0.9, 0.1, 0.2], ("Crack",)),
+        ([0.9, 0.8, 0.1], ("Crack", "Spot")),  # multi-label
+        ([0.9, 0.1, 0.7], ("Crack",)),  # an object class beats the background class
+        ([0.1, 0.2, 0.3], ("Free",)),  # nothing sure: the most probable class
+        ([0.1, 0.4, 0.3], ("Spot",)),
+    ],
+)
+def test_decide(probabilities, expected):
+    assert decide(np.array(probabilities), SPEC).classes == expected
+
+
+def test_score_is_probability_of_the_predicted_set():
+    prediction = decide(np.array([0.9, 0.2, 0.1]), SPEC)
+    assert prediction.score == pytest.approx(0.9 * 0.8 * 0.9)
+    unsure = decide(np.array([0.55, 0.45, 0.1]), SPEC)
+    assert unsure.score < prediction.score
+
+
+def test_without_background_class_nothing_is_a_valid_answer():
+    spec = ClassifierSpec(arch="resnet10t", classes=("A", "B"), mask_classes=("A", "B"), image_size=32)
+    assert decide(np.array([0.1, 0.2]), spec).classes == ()
+
+
+def test_unknown_arch_names_the_fix():
+    with pytest.raises(CheckpointError, match="timm.list_models"):
+        create_model("resnet_does_not_exist", 3)
+
+
+def test_classifier_loads_from_checkpoint_and_predicts(tmp_path):
+    model = create_model("resnet10t", 3)
+    save_checkpoint(tmp_path / "c.pt", SPEC, model.state_dict())
+    classifier = Classifier.load(tmp_path / "c.pt")
+    images = [np.zeros((50, 70, 3), np.uint8), np.full((90, 40, 3), 200, np.uint8)]
+    probabilities = classifier.probabilities(images)
+    assert probabilities.shape == (2, 3)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert len(classifier.predict(images)) == 2
+
+
+def test_checkpoint_of_another_arch_is_refused(tmp_path):
+    other = create_model("resnet18", 3)
+    save_checkpoint(tmp_path / "c.pt", SPEC, other.state_dict())
+    with pytest.raises(CheckpointError, match="another --arch"):
+        Classifier.load(tmp_path / "c.pt")
+
+
+def test_pretrained_file_loads_backbone_but_not_head(tmp_path):
+    source = create_model("resnet10t", 7)
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    target = create_model("resnet10t", 3, pretrained=str(tmp_path / "backbone.pth"))
+    assert torch.equal(target.conv1[0].weight, source.conv1[0].weight)
+    assert target.fc.out_features == 3
+    wrong = create_model("resnet18", 7)
+    torch.save(wrong.state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_backbone(create_model("resnet10t", 3), tmp_path / "wrong.pth")

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAM2_TINY_CONFIG
+from worker.checkpoint import ModelDir
+from worker.ls_format import decode_mask, to_prediction
+from worker.pipeline import Pipeline, PipelineOptions, split_instances
+from worker.segment import CamSegmenter, MaskResult, build_segmenter
+from worker.synthetic import make_image
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained_model_dir):
+    return ModelDir(trained_model_dir).current_path()
+
+
+def test_cam_pipeline_masks_the_defect_it_classifies(checkpoint):
+    pipeline = Pipeline.from_checkpoint(checkpoint, CamSegmenter())
+    rng = np.random.default_rng(3)
+    ious = []
+    for _ in range(5):
+        image, truth = make_image(rng, "Spot", (100, 140))
+        result = pipeline.run(image)
+        assert (result.width, result.height) == (140, 100)
+        assert "Spot" in result.prediction.classes
+        (mask,) = [m for m in result.masks if m.label == "Spot"]
+        ious.append((mask.mask & truth).sum() / (mask.mask | truth).sum())
+    assert np.median(ious) > 0.2
+
+
+def test_background_images_get_no_mask_and_given_labels_are_used(checkpoint):
+    pipeline = Pipeline.from_checkpoint(checkpoint, CamSegmenter())
+    image, _ = make_image(np.random.default_rng(5), "Clean", (90, 90))
+    result = pipeline.run(image)
+    assert result.prediction.classes == ("Clean",)
+    assert result.masks == ()
+    given = pipeline.run(image, labels=["Scratch", "Clean"])
+    assert {m.label for m in given.masks} <= {"Scratch"}
+    assert [c.label for c in given.cams] == ["Scratch"]
+
+
+def test_instances_split_connected_parts():
+    mask = np.zeros((50, 50), bool)
+    mask[5:15, 5:15] = True
+    mask[30:45, 30:45] = True
+    mask[0, 49] = True  # a speck below the minimum area
+    parts = split_instances(MaskResult("Cell", mask, 0.9, "cam"), 0.01)
+    assert len(parts) == 2
+    assert sum(p.mask.sum() for p in parts) == 100 + 225
+    assert {p.details["instance"] for p in parts} == {1, 2}
+
+
+@pytest.mark.slow
+def test_sam2_pipeline_rle_round_trip_at_original_size(checkpoint, sam2_checkpoint):
+    segmenter = build_segmenter(
+        "sam2", sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint
+    )
+    pipeline = Pipeline.from_checkpoint(checkpoint, segmenter, PipelineOptions())
+    image, _ = make_image(np.random.default_rng(11), "Scratch", (77, 133))
+    result = pipeline.run(image, labels=["Scratch"])
+    prediction = to_prediction(result, pipeline.version)
+    assert prediction["model_version"] == pipeline.version == "v0001"
+    brushes = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+    assert len(brushes) == len(result.masks)
+    for region, mask in zip(brushes, result.masks):
+        assert (region["original_width"], region["original_height"]) == (133, 77)
+        assert region["meta"]["segmenter"] == "sam2"
+        decoded = decode_mask(region["value"]["rle"], 133, 77)
+        assert np.array_equal(decoded, mask.mask)

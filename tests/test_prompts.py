@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.errors import CamsamError
+from worker.prompts import find_peaks, main_region_box, make_prompts
+
+
+def blob_cam(shape=(120, 200), centres=((60, 50),), sigma=10.0) -> np.ndarray:
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    cam = np.zeros(shape, np.float32)
+    for cy, cx in centres:
+        cam = np.maximum(cam, np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2)))
+    return cam / cam.max()
+
+
+def test_argmax_is_the_single_brightest_point_in_x_y_order():
+    cam = blob_cam(centres=((30, 150),))
+    prompts = make_prompts(cam, "argmax")
+    assert prompts.points.tolist() == [[150.0, 30.0]]
+    assert prompts.labels.tolist() == [1]
+    assert prompts.box is None
+
+
+def test_peaks_find_each_blob_and_negatives_lie_outside():
+    cam = blob_cam(centres=((30, 40), (90, 160)))
+    prompts = make_prompts(cam, "peaks+box")
+    positives = {tuple(p) for p in prompts.positives.astype(int).tolist()}
+    assert {(40, 30), (160, 90)} <= positives
+    assert len(prompts.negatives) >= 1
+    for x, y in prompts.negatives.astype(int):
+        assert cam[y, x] < 0.15
+    x0, y0, x1, y1 = prompts.box
+    assert x0 <= 40 <= x1 and y0 <= 30 <= y1
+
+
+def test_box_covers_the_peak_region_only():
+    cam = blob_cam(centres=((60, 50),), sigma=8)
+    x0, y0, x1, y1 = main_region_box(cam, 0.35)
+    assert 30 < x0 < 50 < x1 < 70 and 40 < y0 < 60 < y1 < 80
+
+
+def test_peaks_fall_back_to_argmax_on_a_flat_weak_cam():
+    cam = np.full((40, 40), 0.1, np.float32)
+    cam[5, 7] = 0.3
+    assert find_peaks(cam, 3, 0.5).tolist() == [[7.0, 5.0]]
+
+
+def test_box_strategy_has_no_points_and_unknown_strategy_is_refused():
+    prompts = make_prompts(blob_cam(), "box")
+    assert len(prompts.points) == 0 and prompts.box is not None
+    with pytest.raises(CamsamError, match="choose one of"):
+        make_prompts(blob_cam(), "clicks")

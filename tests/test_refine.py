@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.errors import SegmenterError
+from worker.refine import guided_filter, refine_cam, remove_specks
+from worker.segment import iou
+
+
+def square_scene():
+    """A dark square on a grey background, and a blobby CAM centred on it but too wide."""
+    image = np.full((100, 120, 3), 160, np.uint8)
+    image[30:70, 40:80] = 60
+    truth = np.zeros((100, 120), bool)
+    truth[30:70, 40:80] = True
+    ys, xs = np.mgrid[0:100, 0:120]
+    cam = np.exp(-((ys - 50) ** 2 + (xs - 60) ** 2) / (2 * 22.0**2)).astype(np.float32)
+    return image, cam, truth
+
+
+@pytest.mark.parametrize("method", ["guided", "grabcut"])
+def test_refinement_follows_edges_better_than_the_raw_threshold(method):
+    image, cam, truth = square_scene()
+    raw = iou(cam >= 0.5, truth)
+    refined = iou(refine_cam(image, cam, method), truth)
+    assert refined > raw
+
+
+def test_guided_filter_keeps_constant_and_edges():
+    guide = np.zeros((40, 40), np.float32)
+    guide[:, 20:] = 1.0
+    flat = guided_filter(guide, np.full_like(guide, 0.3), 4, 1e-3)
+    assert np.allclose(flat, 0.3, atol=1e-4)
+    step = guided_filter(guide, guide.copy(), 4, 1e-3)
+    assert step[:, :18].max() < 0.1 and step[:, 22:].min() > 0.9
+
+
+def test_remove_specks_keeps_the_largest_part():
+    mask = np.zeros((100, 100), bool)
+    mask[10:40, 10:40] = True
+    mask[80, 80] = True
+    cleaned = remove_specks(mask, 0.001)
+    assert cleaned[20, 20] and not cleaned[80, 80]
+    tiny = np.zeros((100, 100), bool)
+    tiny[5, 5] = tiny[50, 50] = True
+    assert remove_specks(tiny, 0.5).sum() == 1
+
+
+def test_unknown_refiner_is_refused():
+    image, cam, _ = square_scene()
+    with pytest.raises(SegmenterError, match="choose one of"):
+        refine_cam(image, cam, "crf")

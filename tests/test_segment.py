@@ -1,0 +1,104 @@
+"""Segmenters; SAM2 runs for real (hiera-tiny config, random weights saved by the test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAM2_TINY_CONFIG
+from worker.cam import CamMap
+from worker.errors import SegmenterError
+from worker.prompts import make_prompts
+from worker.segment import (
+    CamSegmenter,
+    Sam2Segmenter,
+    ThresholdSegmenter,
+    build_segmenter,
+    choose_mask,
+)
+
+
+def scene(height=90, width=130):
+    image = np.full((height, width, 3), 150, np.uint8)
+    image[20:50, 60:100] = 40
+    ys, xs = np.mgrid[0:height, 0:width]
+    cam = np.exp(-((ys - 35) ** 2 + (xs - 80) ** 2) / (2 * 15.0**2)).astype(np.float32)
+    return image, CamMap("Spot", cam, 0.9)
+
+
+@pytest.fixture(scope="module")
+def sam2(sam2_checkpoint) -> Sam2Segmenter:
+    return build_segmenter(
+        "sam2", sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint, device="cpu"
+    )
+
+
+@pytest.mark.slow
+def test_sam2_contract_shapes_and_details(sam2):
+    image, cam = scene()
+    other = CamMap("Crack", np.roll(cam.cam, 40, axis=1), 0.6)
+    prompts = [make_prompts(c.cam) for c in (cam, other)]
+    results = sam2.segment(image, [cam, other], prompts)
+    assert [r.label for r in results] == ["Spot", "Crack"]
+    for result in results:
+        assert result.segmenter == "sam2"
+        assert result.mask.shape == (90, 130) and result.mask.dtype == bool
+        assert result.details["mask_index"] in (0, 1, 2)
+        assert 0.0 <= result.details["cam_agreement"] <= 1.0
+        assert 0.0 <= result.score <= 1.0
+
+
+@pytest.mark.slow
+def test_sam2_embeds_each_image_once(sam2, monkeypatch):
+    image, cam = scene()
+    calls = []
+    original = sam2.predictor.set_image
+    monkeypatch.setattr(sam2.predictor, "set_image", lambda im: calls.append(1) or original(im))
+    cams = [cam, CamMap("Crack", cam.cam[::-1].copy(), 0.5), CamMap("Other", cam.cam, 0.5)]
+    sam2.segment(image, cams, [make_prompts(c.cam) for c in cams])
+    assert len(calls) == 1
+    assert sam2.segment(image, [], []) == []
+
+
+@pytest.mark.slow
+def test_sam2_prompt_strategies_all_decode(sam2):
+    image, cam = scene(64, 64)
+    for strategy in ("argmax", "peaks", "box", "peaks+box"):
+        (result,) = sam2.segment(image, [cam], [make_prompts(cam.cam, strategy)])
+        assert result.mask.shape == (64, 64)
+
+
+def test_sam2_without_weights_says_how_to_fix(tmp_path):
+    with pytest.raises(SegmenterError, match="--segmenter cam"):
+        build_segmenter("sam2")
+    with pytest.raises(SegmenterError, match="does not exist"):
+        build_segmenter("sam2", sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=tmp_path / "x.pt")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"junk")
+    with pytest.raises(SegmenterError, match="cannot build SAM2"):
+        build_segmenter("sam2", sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=broken)
+    with pytest.raises(SegmenterError, match="choose one of"):
+        build_segmenter("watershed")
+
+
+def test_choose_mask_by_cam_agreement_iou_or_index():
+    cam = np.zeros((10, 10), np.float32)
+    cam[2:6, 2:6] = 1.0
+    masks = np.zeros((3, 10, 10), bool)
+    masks[0, 2:6, 2:6] = True  # agrees with the CAM
+    masks[1, :, :] = True  # SAM's favourite
+    masks[2, 8:, 8:] = True
+    predicted_iou = np.array([0.2, 0.9, 0.5])
+    assert choose_mask(masks, predicted_iou, cam, "cam") == (0, 1.0)
+    assert choose_mask(masks, predicted_iou, cam, "best-iou")[0] == 1
+    assert choose_mask(masks, predicted_iou, cam, "2")[0] == 2
+
+
+def test_cam_segmenters_label_their_masks():
+    image, cam = scene()
+    prompts = [make_prompts(cam.cam)]
+    (refined,) = CamSegmenter().segment(image, [cam], prompts)
+    (plain,) = ThresholdSegmenter().segment(image, [cam], prompts)
+    assert refined.segmenter == "cam" and plain.segmenter == "threshold"
+    assert refined.details["refiner"] == "guided"
+    assert refined.mask[35, 80] and not refined.mask[80, 10]
