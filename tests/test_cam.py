@@ -64,8 +64,9 @@ def test_vit_target_layer_reshapes_tokens_to_a_grid():
     model = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=64, depth=2
     ).eval()
-    spec = ClassifierSpec(arch="vit_tiny_patch16_224", classes=("A", "B"), mask_classes=("A",),
-                          image_size=64)
+    spec = ClassifierSpec(
+        arch="vit_tiny_patch16_224", classes=("A", "B"), mask_classes=("A",), image_size=64
+    )
     layers, reshape = target_layers(model)
     assert layers == [model.blocks[-1].norm1]
     tokens = torch.zeros(2, 1 + 16, 192)

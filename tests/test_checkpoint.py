@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from worker.checkpoint import (
     ClassifierSpec,
@@ -14,7 +14,9 @@ from worker.errors import CheckpointError, NoModelError
 
 
 def spec(**changes) -> ClassifierSpec:
-    base = dict(arch="resnet10t", classes=("A", "B", "Free"), mask_classes=("A", "B"), image_size=64)
+    base = dict(
+        arch="resnet10t", classes=("A", "B", "Free"), mask_classes=("A", "B"), image_size=64
+    )
     return ClassifierSpec(**{**base, **changes})
 
 

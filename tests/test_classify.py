@@ -9,7 +9,9 @@ from worker.classify import Classifier, create_model, decide, load_backbone
 from worker.errors import CheckpointError
 
 SPEC = ClassifierSpec(
-    arch="resnet10t", classes=("Crack", "Spot", "Free"), mask_classes=("Crack", "Spot"),
+    arch="resnet10t",
+    classes=("Crack", "Spot", "Free"),
+    mask_classes=("Crack", "Spot"),
     image_size=64,
 )
 
@@ -36,7 +38,9 @@ def test_score_is_probability_of_the_predicted_set():
 
 
 def test_without_background_class_nothing_is_a_valid_answer():
-    spec = ClassifierSpec(arch="resnet10t", classes=("A", "B"), mask_classes=("A", "B"), image_size=32)
+    spec = ClassifierSpec(
+        arch="resnet10t", classes=("A", "B"), mask_classes=("A", "B"), image_size=32
+    )
     assert decide(np.array([0.1, 0.2]), spec).classes == ()
 
 

@@ -64,7 +64,7 @@ def test_sam2_pipeline_rle_round_trip_at_original_size(checkpoint, sam2_checkpoi
     assert prediction["model_version"] == pipeline.version == "v0001"
     brushes = [r for r in prediction["result"] if r["type"] == "brushlabels"]
     assert len(brushes) == len(result.masks)
-    for region, mask in zip(brushes, result.masks):
+    for region, mask in zip(brushes, result.masks, strict=True):
         assert (region["original_width"], region["original_height"]) == (133, 77)
         assert region["meta"]["segmenter"] == "sam2"
         decoded = decode_mask(region["value"]["rle"], 133, 77)

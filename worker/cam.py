@@ -63,7 +63,9 @@ def compute_cams(
         raise CamsamError(f"unknown CAM method {method!r}: choose one of {sorted(METHODS)}")
     unknown = [label for label in labels if label not in classifier.spec.classes]
     if unknown:
-        raise CamsamError(f"the classifier has no class {unknown}: it knows {classifier.spec.classes}")
+        raise CamsamError(
+            f"the classifier has no class {unknown}: it knows {classifier.spec.classes}"
+        )
     if not labels:
         return []
     model = classifier.model

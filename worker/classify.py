@@ -129,7 +129,9 @@ def decide(probabilities: np.ndarray, spec: ClassifierSpec) -> Prediction:
     The score is the probability of exactly that set under independent sigmoids: high when the
     classifier is sure of every class, low when any class is a toss-up (useful for ranking).
     """
-    chosen = {c for c, p, t in zip(spec.classes, probabilities, spec.thresholds) if p >= t}
+    chosen = {
+        c for c, p, t in zip(spec.classes, probabilities, spec.thresholds, strict=True) if p >= t
+    }
     if chosen & set(spec.mask_classes):
         chosen -= set(spec.background_classes)
     if not chosen and spec.background_classes:
@@ -137,7 +139,7 @@ def decide(probabilities: np.ndarray, spec: ClassifierSpec) -> Prediction:
     inside = np.array([c in chosen for c in spec.classes])
     score = float(np.prod(np.where(inside, probabilities, 1.0 - probabilities)))
     return Prediction(
-        probabilities={c: float(p) for c, p in zip(spec.classes, probabilities)},
+        probabilities={c: float(p) for c, p in zip(spec.classes, probabilities, strict=True)},
         classes=tuple(c for c in spec.classes if c in chosen),
         score=score,
     )

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--val-fraction", type=float, default=0.15)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--no-rotate", action="store_true", help="no 90-degree turns in augmentation")
+    train.add_argument(
+        "--no-rotate", action="store_true", help="no 90-degree turns in augmentation"
+    )
     train.add_argument(
         "--pretrained",
         help="start from a local weights file (timm or camsam checkpoint), or 'hub' to download",
@@ -61,10 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model-dir", required=True)
     _dataset_options(evaluate)
     evaluate.add_argument("--out", help="write the full report as JSON")
-    evaluate.add_argument("--minutes-per-mask", type=float, default=1.0,
-                          help="minutes to paint one image's masks by hand")
-    evaluate.add_argument("--minutes-per-review", type=float, default=0.2,
-                          help="minutes to check (and accept) one pre-annotated image")
+    evaluate.add_argument(
+        "--minutes-per-mask",
+        type=float,
+        default=1.0,
+        help="minutes to paint one image's masks by hand",
+    )
+    evaluate.add_argument(
+        "--minutes-per-review",
+        type=float,
+        default=0.2,
+        help="minutes to check (and accept) one pre-annotated image",
+    )
     _pipeline_options(evaluate)
     evaluate.set_defaults(handler=run_eval)
 
@@ -84,11 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--background-class", action="append", default=[], metavar="NAME",
+        "--background-class",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="an image-level class that never gets a mask (repeatable), e.g. a defect-free class",
     )
-    parser.add_argument("--split", help="split file from `camsam split`: train uses 'train', "
-                        "eval uses 'test'")
+    parser.add_argument(
+        "--split", help="split file from `camsam split`: train uses 'train', eval uses 'test'"
+    )
     parser.add_argument("--image-root", help="where a Label Studio export's images live")
 
 
@@ -98,13 +112,23 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     from worker.refine import REFINERS
     from worker.segment import MASK_CHOICES, SEGMENTERS
 
-    parser.add_argument("--segmenter", choices=SEGMENTERS, default=None,
-                        help="default: sam2 when a SAM2 checkpoint is given, else cam")
-    parser.add_argument("--sam2-config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_t.yaml")
+    parser.add_argument(
+        "--segmenter",
+        choices=SEGMENTERS,
+        default=None,
+        help="default: sam2 when a SAM2 checkpoint is given, else cam",
+    )
+    parser.add_argument(
+        "--sam2-config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_t.yaml"
+    )
     parser.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (.pt)")
     parser.add_argument("--sam2-hub-id", help="Hugging Face id, e.g. facebook/sam2.1-hiera-tiny")
-    parser.add_argument("--mask-choice", choices=MASK_CHOICES, default="cam",
-                        help="which of SAM's three masks: agreement with the CAM, SAM's IoU, index")
+    parser.add_argument(
+        "--mask-choice",
+        choices=MASK_CHOICES,
+        default="cam",
+        help="which of SAM's three masks: agreement with the CAM, SAM's IoU, index",
+    )
     parser.add_argument("--cam-method", choices=sorted(METHODS), default="gradcam")
     parser.add_argument("--cam-stages", type=int, default=1, help="fuse CAMs of the last N stages")
     parser.add_argument("--prompts", choices=STRATEGIES, default="peaks+box")
@@ -147,9 +171,15 @@ def run_train(args: argparse.Namespace) -> int:
 
     dataset = read_dataset(args, "train")
     config = TrainConfig(
-        arch=args.arch or DEFAULT_ARCH, image_size=args.image_size, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-        rotate=not args.no_rotate, seed=args.seed, pretrained=args.pretrained,
+        arch=args.arch or DEFAULT_ARCH,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        rotate=not args.no_rotate,
+        seed=args.seed,
+        pretrained=args.pretrained,
         device=resolve_device(args.device),
     )
     print(f"training {config.arch} on {len(dataset.samples)} images: {dataset.counts()}")
@@ -176,15 +206,24 @@ def build_pipeline(args: argparse.Namespace):
     has_sam2 = bool(args.sam2_hub_id or args.sam2_checkpoint)
     name = args.segmenter or ("sam2" if has_sam2 else "cam")
     if name != "sam2" and not has_sam2:
-        print(f"no SAM2 checkpoint configured: masks come from the '{name}' segmenter "
-              "(CAM refined along image edges), not SAM2", file=sys.stderr)
+        print(
+            f"no SAM2 checkpoint configured: masks come from the '{name}' segmenter "
+            "(CAM refined along image edges), not SAM2",
+            file=sys.stderr,
+        )
     segmenter = build_segmenter(
-        name, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-        sam2_hub_id=args.sam2_hub_id, mask_choice=args.mask_choice, refiner=args.refiner,
+        name,
+        sam2_config=args.sam2_config,
+        sam2_checkpoint=args.sam2_checkpoint,
+        sam2_hub_id=args.sam2_hub_id,
+        mask_choice=args.mask_choice,
+        refiner=args.refiner,
         device=device,
     )
     options = PipelineOptions(
-        cam_method=args.cam_method, cam_stages=args.cam_stages, prompt_strategy=args.prompts,
+        cam_method=args.cam_method,
+        cam_stages=args.cam_stages,
+        prompt_strategy=args.prompts,
         instances=args.instances,
     )
     return Pipeline.from_checkpoint(path, segmenter, options, device)
@@ -202,8 +241,11 @@ def run_predict(args: argparse.Namespace) -> int:
     files = []
     for item in map(Path, args.inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                            and "masks" not in p.parts)
+            files += sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and "masks" not in p.parts
+            )
         elif item.is_file():
             files.append(item)
         else:
@@ -246,8 +288,10 @@ def format_report(report: dict) -> str:
         f"{'class':<14}{'images':>7}{'IoU':>8}{'IoU|class':>11}{'Dice':>8}",
     ]
     for name, row in report["per_class"].items():
-        lines.append(f"{name:<14}{row['images']:>7}{row['iou']:>8.3f}"
-                     f"{row['iou_given_class']:>11.3f}{row['dice']:>8.3f}")
+        lines.append(
+            f"{name:<14}{row['images']:>7}{row['iou']:>8.3f}"
+            f"{row['iou_given_class']:>11.3f}{row['dice']:>8.3f}"
+        )
     minutes = report["labelling_minutes"]
     lines += [
         f"accuracy {report['accuracy']:.3f}   mIoU {report['miou']:.3f}   "
@@ -279,12 +323,35 @@ def run_demo(args: argparse.Namespace) -> int:
     models = str(out / "models")
     common = ["--model-dir", models]
     steps = [
-        ["train", str(data), *common, "--background-class", "Clean", "--epochs", str(args.epochs),
-         "--image-size", "96"],
-        ["predict", str(data), *common, "--out", str(out / "predictions.json"),
-         "--overlays", str(out / "overlays")],
-        ["eval", str(data), *common, "--background-class", "Clean",
-         "--out", str(out / "report.json")],
+        [
+            "train",
+            str(data),
+            *common,
+            "--background-class",
+            "Clean",
+            "--epochs",
+            str(args.epochs),
+            "--image-size",
+            "96",
+        ],
+        [
+            "predict",
+            str(data),
+            *common,
+            "--out",
+            str(out / "predictions.json"),
+            "--overlays",
+            str(out / "overlays"),
+        ],
+        [
+            "eval",
+            str(data),
+            *common,
+            "--background-class",
+            "Clean",
+            "--out",
+            str(out / "report.json"),
+        ],
     ]
     for step in steps:
         print("$ camsam " + " ".join(step))

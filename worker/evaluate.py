@@ -48,7 +48,9 @@ def evaluate(
         score_image(pipeline, sample)
         for sample in tqdm(dataset.samples, desc="eval", unit="img", disable=not progress)
     ]
-    report = summarise(scores, pipeline.classifier.spec.mask_classes, minutes_manual, minutes_review)
+    report = summarise(
+        scores, pipeline.classifier.spec.mask_classes, minutes_manual, minutes_review
+    )
     report["cpu_seconds"] = time.process_time() - started
     report["model_version"] = pipeline.version
     report["segmenter"] = pipeline.segmenter.name
@@ -81,7 +83,9 @@ def score_image(pipeline: Pipeline, sample: Sample) -> ImageScore:
 
 
 def summarise(
-    scores: list[ImageScore], mask_classes: tuple[str, ...], minutes_manual: float,
+    scores: list[ImageScore],
+    mask_classes: tuple[str, ...],
+    minutes_manual: float,
     minutes_review: float,
 ) -> dict:
     accuracy = float(np.mean([set(s.true_classes) == set(s.predicted_classes) for s in scores]))
@@ -125,7 +129,9 @@ def summarise(
             "minutes_per_mask_by_hand": minutes_manual,
             "minutes_per_review": minutes_review,
         },
-        "seconds_per_image_median": float(np.median([s.seconds for s in scores])) if scores else 0.0,
+        "seconds_per_image_median": float(np.median([s.seconds for s in scores]))
+        if scores
+        else 0.0,
         "images_detail": [vars(s) for s in scores],
     }
 

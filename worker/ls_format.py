@@ -55,7 +55,11 @@ def to_prediction(
                 "original_width": result.width,
                 "original_height": result.height,
                 "image_rotation": 0,
-                "value": {"format": "rle", "rle": encode_mask(mask.mask), "brushlabels": [mask.label]},
+                "value": {
+                    "format": "rle",
+                    "rle": encode_mask(mask.mask),
+                    "brushlabels": [mask.label],
+                },
                 "score": mask.score,
                 "readonly": False,
                 "meta": {**meta, "text": [f"camsam {mask.segmenter} mask"]},

@@ -36,7 +36,7 @@ def draw_overlay(image: np.ndarray, result: ImageResult, labels: tuple[str, ...]
         if mask.prompts.box is not None:
             x0, y0, x1, y1 = mask.prompts.box.astype(int)
             cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, 1)
-        for (x, y), positive in zip(mask.prompts.points, mask.prompts.labels):
+        for (x, y), positive in zip(mask.prompts.points, mask.prompts.labels, strict=True):
             dot = (0, 220, 0) if positive else (230, 0, 0)
             cv2.circle(canvas, (int(x), int(y)), 2 * thickness + 2, dot, -1)
             cv2.circle(canvas, (int(x), int(y)), 2 * thickness + 2, (255, 255, 255), 1)

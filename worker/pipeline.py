@@ -54,7 +54,10 @@ class Pipeline:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, segmenter: Segmenter, options: PipelineOptions | None = None,
+        cls,
+        path: str | Path,
+        segmenter: Segmenter,
+        options: PipelineOptions | None = None,
         device: str = "cpu",
     ) -> Pipeline:
         return cls(Classifier.load(path, device), segmenter, options)

@@ -53,7 +53,7 @@ class ThresholdSegmenter:
     def segment(self, image, cams, prompts):
         return [
             MaskResult(c.label, c.cam >= self.threshold * c.cam.max(), c.probability, self.name, p)
-            for c, p in zip(cams, prompts)
+            for c, p in zip(cams, prompts, strict=True)
         ]
 
 
@@ -76,7 +76,7 @@ class CamSegmenter:
                 p,
                 {"refiner": self.refiner},
             )
-            for c, p in zip(cams, prompts)
+            for c, p in zip(cams, prompts, strict=True)
         ]
 
 
@@ -87,7 +87,9 @@ class Sam2Segmenter:
 
     def __init__(self, predictor, mask_choice: str = "cam", mask_threshold: float = 0.0) -> None:
         if mask_choice not in MASK_CHOICES:
-            raise SegmenterError(f"unknown mask choice {mask_choice!r}: choose one of {MASK_CHOICES}")
+            raise SegmenterError(
+                f"unknown mask choice {mask_choice!r}: choose one of {MASK_CHOICES}"
+            )
         self.predictor = predictor
         self.mask_choice = mask_choice
         self.mask_threshold = mask_threshold
@@ -98,7 +100,7 @@ class Sam2Segmenter:
             return []
         with self.lock:
             self.predictor.set_image(image)
-            return [self._decode(c, p) for c, p in zip(cams, prompts)]
+            return [self._decode(c, p) for c, p in zip(cams, prompts, strict=True)]
 
     def _decode(self, cam: CamMap, prompts: Prompts) -> MaskResult:
         import torch
@@ -144,7 +146,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def build_sam2_predictor(
-    config: str | None, checkpoint: str | Path | None, device: str = "cpu", hub_id: str | None = None
+    config: str | None,
+    checkpoint: str | Path | None,
+    device: str = "cpu",
+    hub_id: str | None = None,
 ):
     """SAM2ImagePredictor from a config name + checkpoint file, or from a Hugging Face hub id.
 

@@ -64,5 +64,7 @@ def write_dataset(root: str | Path, per_class: int = 24, seed: int = 0) -> Path:
             cv2.imwrite(str(root / label / f"{stem}{suffix}"), rgb[:, :, ::-1])
             if mask is not None:
                 (root / label / "masks").mkdir(exist_ok=True)
-                cv2.imwrite(str(root / label / "masks" / f"{stem}.png"), mask.astype(np.uint8) * 255)
+                cv2.imwrite(
+                    str(root / label / "masks" / f"{stem}.png"), mask.astype(np.uint8) * 255
+                )
     return root

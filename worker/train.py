@@ -25,7 +25,6 @@ from worker.dataset import Dataset, Sample, stratified_split
 from worker.errors import DatasetError
 from worker.images import load_image
 
-
 MIN_STEPS_PER_EPOCH = 8
 
 
@@ -133,7 +132,10 @@ def evaluate_classifier(
 ) -> dict:
     model.eval()
     logits = torch.cat(
-        [model(normalise(x[i : i + 64], spec).to(device)).float().cpu() for i in range(0, len(x), 64)]
+        [
+            model(normalise(x[i : i + 64], spec).to(device)).float().cpu()
+            for i in range(0, len(x), 64)
+        ]
     )
     loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y))
     probabilities = torch.sigmoid(logits).numpy()

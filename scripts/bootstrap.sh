@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create or update .venv/ with everything camsam needs. Idempotent: a second run with the same
+# pyproject.toml returns at once.
+#
+#   TORCH_SPEC        torch requirement (default torch==2.14.1)
+#   TORCHVISION_SPEC  torchvision requirement (default torchvision==0.29.1)
+#   PYTHON            interpreter for the venv (default python3, must be >= 3.11)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+torch_spec=${TORCH_SPEC:-torch==2.14.1}
+torchvision_spec=${TORCHVISION_SPEC:-torchvision==0.29.1}
+stamp=.venv/.camsam-installed
+want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "camsam needs Python >= 3.11 (set PYTHON=...)" >&2
+  exit 1
+}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
+
+echo "camsam: installing into .venv/ (torch, SAM2 from source, the rest)" >&2
+pip install -q --upgrade pip setuptools wheel
+pip install -q "$torch_spec" "$torchvision_spec"
+# sam2 ships no wheel: build it against the torch above, without its optional CUDA extension
+# (it only speeds up hole filling) and without build isolation, which would fetch another torch.
+SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation "sam2>=1.1"
+pip install -q -e ".[test]"
+echo "$want" > "$stamp"
