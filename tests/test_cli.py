@@ -1,0 +1,174 @@
+"""The command line end to end: split, train, predict, eval on the synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, SAM2_TINY_CONFIG
+from worker.checkpoint import ModelDir
+from worker.cli import main
+from worker.ls_format import decode_mask
+
+
+def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
+    split = tmp_path / "split.json"
+    models = tmp_path / "models"
+    assert main(["split", str(synthetic_dir), "--out", str(split), "--test-fraction", "0.25"]) == 0
+    parts = json.loads(split.read_text())
+    assert not set(parts["train"]) & set(parts["test"])
+
+    common = ["--model-dir", str(models)]
+    train = [
+        "train",
+        str(synthetic_dir),
+        *common,
+        "--background-class",
+        "Clean",
+        "--split",
+        str(split),
+        "--epochs",
+        "6",
+        "--image-size",
+        "80",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+    ]
+    assert main(train) == 0
+    assert ModelDir(models).current_version() == "v0001"
+    assert "version v0001 is current" in capsys.readouterr().out
+
+    out = tmp_path / "tasks.json"
+    overlays = tmp_path / "overlays"
+    spot_dir = synthetic_dir / "Spot"
+    predict = [
+        "predict",
+        str(spot_dir),
+        *common,
+        "--out",
+        str(out),
+        "--overlays",
+        str(overlays),
+        "--label-config",
+        str(REPO / "label_config.xml"),
+    ]
+    assert main(predict) == 0
+    assert "no SAM2 checkpoint configured" in capsys.readouterr().err
+    tasks = json.loads(out.read_text())
+    images = sorted(p for p in spot_dir.iterdir() if p.is_file())
+    assert len(tasks) == len(images)
+    for task in tasks:
+        prediction = task["predictions"][0]
+        assert prediction["model_version"] == "v0001"
+        width, height = Image.open(task["data"]["image"]).size
+        for region in prediction["result"]:
+            assert region["to_name"] == "image"
+            if region["type"] == "brushlabels":
+                assert region["from_name"] == "mask"
+                assert (region["original_width"], region["original_height"]) == (width, height)
+                mask = decode_mask(region["value"]["rle"], width, height)
+                assert mask.any()
+                assert region["meta"]["segmenter"] == "cam"
+    assert len(list(overlays.glob("*.png"))) == len(images)
+
+    report_path = tmp_path / "report.json"
+    evaluate = [
+        "eval",
+        str(synthetic_dir),
+        *common,
+        "--background-class",
+        "Clean",
+        "--split",
+        str(split),
+        "--out",
+        str(report_path),
+    ]
+    assert main(evaluate) == 0
+    printed = capsys.readouterr().out
+    assert "accept rate" in printed and "mIoU" in printed
+    report = json.loads(report_path.read_text())
+    assert report["images"] == len(parts["test"])
+    for key in (
+        "accuracy",
+        "miou",
+        "miou_given_class",
+        "per_class",
+        "dice",
+        "accept_rate",
+        "accept_rate_given_class",
+        "false_mask_rate",
+        "labelling_minutes",
+    ):
+        assert key in report
+    assert set(report["per_class"]) == {"Scratch", "Spot"}
+    assert report["model_version"] == "v0001" and report["segmenter"] == "cam"
+
+
+@pytest.mark.slow
+def test_predict_with_sam2_checkpoint(trained_model_dir, sam2_checkpoint, synthetic_dir, tmp_path):
+    out = tmp_path / "tasks.json"
+    image = next((synthetic_dir / "Scratch").glob("*.png"))
+    args = [
+        "predict",
+        str(image),
+        "--model-dir",
+        str(trained_model_dir),
+        "--out",
+        str(out),
+        "--sam2-config",
+        SAM2_TINY_CONFIG,
+        "--sam2-checkpoint",
+        str(sam2_checkpoint),
+    ]
+    assert main(args) == 0
+    (task,) = json.loads(out.read_text())
+    width, height = Image.open(image).size
+    for region in task["predictions"][0]["result"]:
+        if region["type"] == "brushlabels":
+            assert region["meta"]["segmenter"] == "sam2"
+            assert decode_mask(region["value"]["rle"], width, height).shape == (height, width)
+
+
+def test_errors_are_one_clear_line(trained_model_dir, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path),
+                "--model-dir",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "o.json"),
+            ]
+        )
+        == 2
+    )
+    assert "camsam train" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing"), "--model-dir", str(tmp_path)]) == 2
+    assert "neither a dataset folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    assert (
+        main(
+            [
+                "predict",
+                str(bad),
+                "--model-dir",
+                str(trained_model_dir),
+                "--out",
+                str(tmp_path / "o.json"),
+            ]
+        )
+        == 2
+    )
+    assert "cannot decode image" in capsys.readouterr().err
+
+
+def test_demo_runs(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"]) == 0
+    assert (tmp_path / "demo" / "predictions.json").is_file()
+    assert (tmp_path / "demo" / "report.json").is_file()
