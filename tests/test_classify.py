@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from worker.checkpoint import ClassifierSpec, save_checkpoint
-from worker.classify import Classifier, create_model, decide, load_backbone
+from worker.classify import Classifier, create_model, decide, load_backbone, prepare
 from worker.errors import CheckpointError
 
 SPEC = ClassifierSpec(
@@ -35,6 +35,20 @@ def test_score_is_probability_of_the_predicted_set():
     assert prediction.score == pytest.approx(0.9 * 0.8 * 0.9)
     unsure = decide(np.array([0.55, 0.45, 0.1]), SPEC)
     assert unsure.score < prediction.score
+
+
+def test_exclusive_models_take_the_top_class():
+    exclusive = ClassifierSpec(
+        arch="resnet10t",
+        classes=("Crack", "Spot", "Free"),
+        mask_classes=("Crack", "Spot"),
+        image_size=64,
+        exclusive=True,
+    )
+    prediction = decide(np.array([0.3, 0.6, 0.1]), exclusive)
+    assert prediction.classes == ("Spot",)
+    assert prediction.score == pytest.approx(0.6)
+    assert decide(np.array([0.2, 0.2, 0.6]), exclusive).classes == ("Free",)
 
 
 def test_without_background_class_nothing_is_a_valid_answer():
@@ -77,3 +91,26 @@ def test_pretrained_file_loads_backbone_but_not_head(tmp_path):
     torch.save(wrong.state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="does not fit"):
         load_backbone(create_model("resnet10t", 3), tmp_path / "wrong.pth")
+
+
+def test_flat_input_and_max_pooling_survive_a_checkpoint(tmp_path):
+    spec = ClassifierSpec(
+        arch="resnet10t",
+        classes=("A", "Free"),
+        mask_classes=("A",),
+        image_size=48,
+        input="flat",
+        pool="avgmax",
+    )
+    image = np.full((60, 90, 3), 120, np.uint8)
+    image[20:30, 40:50] = 30  # a dark spot on an even surface
+    prepared = prepare(image, spec)
+    assert prepared.shape == (48, 48, 3) and prepared.dtype == np.uint8
+    gray, residual = prepared[..., 0].astype(int), prepared[..., 1].astype(int)
+    assert residual[16, 26] < residual[2, 2] - 20  # the spot stands out from its background
+    assert abs(residual[2, 2] - 128) < abs(gray[16, 26] - gray[2, 2])
+    model = create_model("resnet10t", 2, pool="avgmax")
+    save_checkpoint(tmp_path / "c.pt", spec, model.state_dict())
+    loaded = Classifier.load(tmp_path / "c.pt")
+    assert loaded.spec.input == "flat" and loaded.spec.pool == "avgmax"
+    assert loaded.probabilities([image]).shape == (1, 2)

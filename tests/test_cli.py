@@ -86,6 +86,8 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
         str(split),
         "--out",
         str(report_path),
+        "--report",
+        str(tmp_path / "report"),
     ]
     assert main(evaluate) == 0
     printed = capsys.readouterr().out
@@ -106,6 +108,8 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
         assert key in report
     assert set(report["per_class"]) == {"Scratch", "Spot"}
     assert report["model_version"] == "v0001" and report["segmenter"] == "cam"
+    picture = Image.open(tmp_path / "report" / "report.png")
+    assert picture.width >= 800 and picture.height > 200
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from worker.classify import Classifier
+from worker.classify import Classifier, to_probabilities
 from worker.errors import CamsamError
 
 METHODS = {
@@ -76,7 +76,7 @@ def compute_cams(
         maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(i) for i in indices])
         logits = cam.outputs.detach()
     model.zero_grad(set_to_none=True)
-    probabilities = torch.sigmoid(logits.float()).cpu().numpy()
+    probabilities = to_probabilities(logits, classifier.spec)
     height, width = image.shape[:2]
     return [
         CamMap(label, _resize(maps[k], width, height), float(probabilities[k, indices[k]]))

@@ -22,6 +22,7 @@ from worker.errors import CheckpointError, NoModelError
 
 FORMAT = "camsam-classifier/1"
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+INPUTS = ("rgb", "flat")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class ClassifierSpec:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     thresholds: tuple[float, ...] = ()
+    input: str = "rgb"
+    pool: str = "avg"
+    exclusive: bool = False
     version: str = ""
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
@@ -43,6 +47,7 @@ class ClassifierSpec:
     def __post_init__(self) -> None:
         unknown = set(self.mask_classes) - set(self.classes)
         assert not unknown, f"mask classes {unknown} are not classes"
+        assert self.input in INPUTS, f"unknown input encoding {self.input}"
         if not self.thresholds:
             object.__setattr__(self, "thresholds", tuple(0.5 for _ in self.classes))
 

@@ -1,10 +1,16 @@
-"""The image-level classifier: any timm architecture, multi-label with sigmoid outputs.
+"""The image-level classifier: any timm architecture, one of two formulations.
 
-Formulation: one sigmoid per class, background classes (e.g. "Free") included as ordinary
-classes. The predicted set is every class whose probability reaches its threshold; object classes
-win over background classes (a "Crack" image is not also "Free"); when nothing reaches its
-threshold and the project has a background class, the most probable class is taken, so every image
-gets a label. Accuracy counts an image as right when the predicted set equals the true set.
+Training picks the formulation from the labels and records it in the checkpoint:
+
+- exclusive (every training image has exactly one class, e.g. one defect type or "Free"): a
+  softmax over the classes, background classes included; the predicted set is the top class.
+- multi-label (some image has several classes): one sigmoid per class, background classes
+  included as ordinary classes. The predicted set is every class whose probability reaches its
+  threshold; object classes win over background classes (a "Crack" image is not also "Free");
+  when nothing reaches its threshold and the project has a background class, the most probable
+  class is taken, so every image gets a label.
+
+Accuracy counts an image as right when the predicted set equals the true set.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ DEFAULT_ARCH = "resnet10t"
 
 
 def create_model(
-    arch: str, num_classes: int, pretrained: str | None = None, device: str = "cpu"
+    arch: str,
+    num_classes: int,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    pool: str = "avg",
 ) -> torch.nn.Module:
     """Build a timm model; ``pretrained`` is a local weights file, or ``"hub"`` to download.
 
@@ -38,12 +48,12 @@ def create_model(
         raise CheckpointError(
             f"unknown --arch {arch!r}: pick any name from timm.list_models(), e.g. {DEFAULT_ARCH}"
         )
-    if pretrained is None:
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    elif pretrained == "hub":
-        model = timm.create_model(arch, pretrained=True, num_classes=num_classes)
-    else:
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    options = {"num_classes": num_classes}
+    if pool != "avg":
+        # "avgmax" lets one small, strong response (a blowhole) decide, not the image's average.
+        options["global_pool"] = pool
+    model = timm.create_model(arch, pretrained=pretrained == "hub", **options)
+    if pretrained not in (None, "hub"):
         load_backbone(model, Path(pretrained))
     return model.to(device)
 
@@ -99,7 +109,7 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
         spec, state = load_checkpoint(path)
-        model = create_model(spec.arch, len(spec.classes), device=device)
+        model = create_model(spec.arch, len(spec.classes), device=device, pool=spec.pool)
         load_state_strict(model, state, str(path))
         return cls(spec, model)
 
@@ -113,8 +123,7 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        logits = self.model(self.to_tensor(images))
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        return to_probabilities(self.model(self.to_tensor(images)), self.spec)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         return [self.decide(p) for p in self.probabilities(images)]
@@ -123,21 +132,33 @@ class Classifier:
         return decide(probabilities, self.spec)
 
 
+def to_probabilities(logits: torch.Tensor, spec: ClassifierSpec) -> np.ndarray:
+    logits = logits.detach().float()
+    squash = torch.softmax(logits, dim=-1) if spec.exclusive else torch.sigmoid(logits)
+    return squash.cpu().numpy()
+
+
 def decide(probabilities: np.ndarray, spec: ClassifierSpec) -> Prediction:
     """Turn per-class probabilities into a predicted class set (see the module docstring).
 
-    The score is the probability of exactly that set under independent sigmoids: high when the
-    classifier is sure of every class, low when any class is a toss-up (useful for ranking).
+    The score is the probability of exactly that set (under independent sigmoids for multi-label
+    models): high when the classifier is sure, low when a class is a toss-up (for ranking).
     """
-    chosen = {
-        c for c, p, t in zip(spec.classes, probabilities, spec.thresholds, strict=True) if p >= t
-    }
-    if chosen & set(spec.mask_classes):
-        chosen -= set(spec.background_classes)
-    if not chosen and spec.background_classes:
-        chosen = {spec.classes[int(np.argmax(probabilities))]}
+    top = spec.classes[int(np.argmax(probabilities))]
+    if spec.exclusive:
+        chosen = {top}
+    else:
+        pairs = zip(spec.classes, probabilities, spec.thresholds, strict=True)
+        chosen = {c for c, p, t in pairs if p >= t}
+        if chosen & set(spec.mask_classes):
+            chosen -= set(spec.background_classes)
+        if not chosen and spec.background_classes:
+            chosen = {top}
     inside = np.array([c in chosen for c in spec.classes])
-    score = float(np.prod(np.where(inside, probabilities, 1.0 - probabilities)))
+    if spec.exclusive:
+        score = float(probabilities.max())
+    else:
+        score = float(np.prod(np.where(inside, probabilities, 1.0 - probabilities)))
     return Prediction(
         probabilities={c: float(p) for c, p in zip(spec.classes, probabilities, strict=True)},
         classes=tuple(c for c in spec.classes if c in chosen),
@@ -146,11 +167,29 @@ def decide(probabilities: np.ndarray, spec: ClassifierSpec) -> Prediction:
 
 
 def images_to_tensor(images: Sequence[np.ndarray], spec: ClassifierSpec) -> torch.Tensor:
-    size = spec.image_size
-    batch = np.stack(
-        [cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images]
-    )
+    batch = np.stack([prepare(image, spec) for image in images])
     return normalise(torch.from_numpy(batch).permute(0, 3, 1, 2), spec)
+
+
+def prepare(image: np.ndarray, spec: ClassifierSpec) -> np.ndarray:
+    """An RGB uint8 image as the classifier sees it: resized, in the spec's input encoding.
+
+    ``rgb`` is the image itself. ``flat`` is for surfaces and microscopy, where a defect is what
+    differs from the texture around it: gray level, its difference from the local background
+    (a large blur, which also removes uneven lighting), and the local contrast of that difference.
+    """
+    size = spec.image_size
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    if spec.input == "rgb":
+        return resized
+    gray = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    background = cv2.GaussianBlur(gray, (0, 0), size / 16)
+    residual = gray - background
+    spread = 1.4826 * float(np.median(np.abs(residual))) + 1.0
+    z = residual / spread
+    contrast = cv2.GaussianBlur(np.abs(z), (0, 0), 2.0)
+    channels = [gray, 128.0 + 16.0 * z, 32.0 * contrast]
+    return np.clip(np.stack(channels, axis=2), 0, 255).astype(np.uint8)
 
 
 def normalise(images: torch.Tensor, spec: ClassifierSpec) -> torch.Tensor:

@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from worker.train import AUGMENTATIONS
+
     parser = argparse.ArgumentParser(
         prog="camsam", description="Masks nobody had to click: classifier Grad-CAM prompts SAM2."
     )
@@ -36,11 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--image-size", type=int, default=224)
     train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument(
+        "--input",
+        choices=("rgb", "flat"),
+        default="rgb",
+        help="flat: gray + difference from the local background (surfaces, cells)",
+    )
+    train.add_argument(
+        "--pool",
+        choices=("avg", "max", "avgmax"),
+        default="avg",
+        help="global pooling: max and avgmax let one small object decide",
+    )
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--val-fraction", type=float, default=0.15)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
-        "--no-rotate", action="store_true", help="no 90-degree turns in augmentation"
+        "--augment",
+        choices=AUGMENTATIONS,
+        default="flip",
+        help="flip (default), flip+rot (90-degree turns too), full (+ crops, jitter), none",
     )
     train.add_argument(
         "--pretrained",
@@ -63,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model-dir", required=True)
     _dataset_options(evaluate)
     evaluate.add_argument("--out", help="write the full report as JSON")
+    evaluate.add_argument("--report", help="folder for report.png: IoU bars, best/worst images")
     evaluate.add_argument(
         "--minutes-per-mask",
         type=float,
@@ -173,11 +191,13 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         arch=args.arch or DEFAULT_ARCH,
         image_size=args.image_size,
+        input=args.input,
+        pool=args.pool,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         val_fraction=args.val_fraction,
-        rotate=not args.no_rotate,
+        augment=args.augment,
         seed=args.seed,
         pretrained=args.pretrained,
         device=resolve_device(args.device),
@@ -206,9 +226,10 @@ def build_pipeline(args: argparse.Namespace):
     has_sam2 = bool(args.sam2_hub_id or args.sam2_checkpoint)
     name = args.segmenter or ("sam2" if has_sam2 else "cam")
     if name != "sam2" and not has_sam2:
+        how = "the CAM refined along image edges" if name == "cam" else "the bare CAM threshold"
         print(
             f"no SAM2 checkpoint configured: masks come from the '{name}' segmenter "
-            "(CAM refined along image edges), not SAM2",
+            f"({how}), not SAM2",
             file=sys.stderr,
         )
     segmenter = build_segmenter(
@@ -275,6 +296,10 @@ def run_eval(args: argparse.Namespace) -> int:
     pipeline = build_pipeline(args)
     report = evaluate(pipeline, dataset, args.minutes_per_mask, args.minutes_per_review)
     print(format_report(report))
+    if args.report:
+        from worker.report import write_report
+
+        print(f"report picture: {write_report(report, pipeline, dataset, args.report)}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))

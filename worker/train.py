@@ -1,8 +1,8 @@
 """Training the classifier from image-level labels: augmentation, class balance, validation.
 
 Defects are rare, so batches are drawn class-balanced (each image weighted by its rarest class);
-augmentation fits surface and microscope images (flips, 90-degree turns, crops, light jitter);
-the epoch with the best validation accuracy is the one kept.
+augmentation is selectable (flips by default); the epoch with the best validation accuracy is the
+one kept.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
@@ -20,7 +19,14 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from worker.checkpoint import ClassifierSpec
-from worker.classify import DEFAULT_ARCH, create_model, decide, normalise
+from worker.classify import (
+    DEFAULT_ARCH,
+    create_model,
+    decide,
+    normalise,
+    prepare,
+    to_probabilities,
+)
 from worker.dataset import Dataset, Sample, stratified_split
 from worker.errors import DatasetError
 from worker.images import load_image
@@ -32,12 +38,14 @@ MIN_STEPS_PER_EPOCH = 8
 class TrainConfig:
     arch: str = DEFAULT_ARCH
     image_size: int = 224
+    input: str = "rgb"
+    pool: str = "avg"
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
     val_fraction: float = 0.15
-    rotate: bool = True
+    augment: str = "flip"
     seed: int = 0
     pretrained: str | None = None
     device: str = "cpu"
@@ -70,11 +78,14 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         classes=classes,
         mask_classes=dataset.mask_classes,
         image_size=config.image_size,
+        input=config.input,
+        pool=config.pool,
+        exclusive=all(len(s.classes) == 1 for s in dataset.samples),
         recipe={k: v for k, v in asdict(config).items() if k not in ("device", "progress")},
     )
-    train_x, train_y = _tensors(train_samples, classes, config.image_size, config.progress)
-    val_x, val_y = _tensors(val_samples, classes, config.image_size, config.progress)
-    model = create_model(config.arch, len(classes), config.pretrained, config.device)
+    train_x, train_y = _tensors(train_samples, spec, config.progress)
+    val_x, val_y = _tensors(val_samples, spec, config.progress)
+    model = create_model(config.arch, len(classes), config.pretrained, config.device, config.pool)
     loader = DataLoader(
         TensorDataset(train_x, train_y),
         batch_size=config.batch_size,
@@ -88,8 +99,7 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=max(steps, 1), pct_start=0.15
     )
-    augment = augmentation(config.image_size, config.rotate)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    augment = augmentation(config.image_size, config.augment)
     history: list[dict] = []
     best_key, best_state = None, None
     bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not config.progress)
@@ -99,7 +109,7 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         for images, targets in loader:
             images = torch.stack([augment(image) for image in images])
             images = normalise(images, spec).to(config.device)
-            loss = loss_fn(model(images), targets.to(config.device))
+            loss = classification_loss(model(images), targets.to(config.device), spec)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -137,8 +147,8 @@ def evaluate_classifier(
             for i in range(0, len(x), 64)
         ]
     )
-    loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y))
-    probabilities = torch.sigmoid(logits).numpy()
+    loss = float(classification_loss(logits, y, spec))
+    probabilities = to_probabilities(logits, spec)
     truth = y.numpy() > 0.5
     predicted = np.array(
         [[c in decide(p, spec).classes for c in spec.classes] for p in probabilities]
@@ -150,6 +160,15 @@ def evaluate_classifier(
         denominator = np.sum(predicted[:, index]) + np.sum(truth[:, index])
         f1[name] = float(2 * tp / denominator) if denominator else 1.0
     return {"accuracy": accuracy, "val_loss": loss, "per_class_f1": f1}
+
+
+def classification_loss(
+    logits: torch.Tensor, targets: torch.Tensor, spec: ClassifierSpec
+) -> torch.Tensor:
+    """Cross-entropy for exclusive labels, per-class binary cross-entropy for multi-label."""
+    if spec.exclusive:
+        return torch.nn.functional.cross_entropy(logits, targets.argmax(dim=1))
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
 
 
 def balanced_sampler(targets: torch.Tensor, seed: int, minimum: int) -> WeightedRandomSampler:
@@ -167,16 +186,34 @@ def balanced_sampler(targets: torch.Tensor, seed: int, minimum: int) -> Weighted
     return WeightedRandomSampler(weights.double(), count, replacement=True, generator=generator)
 
 
-def augmentation(size: int, rotate: bool) -> v2.Compose:
-    steps = [
-        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.75, 1.33), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
-    ]
-    if rotate:
-        steps.insert(1, RandomRot90())
-    return v2.Compose(steps)
+AUGMENTATIONS = ("none", "flip", "flip+rot", "full")
+
+
+def augmentation(size: int, name: str):
+    """Label-preserving changes, from none to many.
+
+    ``flip`` (the default) mirrors both ways; ``flip+rot`` adds 90-degree turns (surfaces and cells
+    have no 'up'); ``full`` adds crops and light jitter. More augmentation needs more epochs to pay
+    off: on a few hundred images and a CPU budget, flips win (see README, Quality).
+
+    Raises:
+        DatasetError: an unknown name.
+    """
+    steps = {
+        "none": [],
+        "flip": [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()],
+        "flip+rot": [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()],
+        "full": [
+            v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.75, 1.33), antialias=True),
+            RandomRot90(),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+        ],
+    }
+    if name not in steps:
+        raise DatasetError(f"unknown augmentation {name!r}: choose one of {AUGMENTATIONS}")
+    return v2.Compose(steps[name]) if steps[name] else torch.nn.Identity()
 
 
 class RandomRot90(torch.nn.Module):
@@ -187,15 +224,15 @@ class RandomRot90(torch.nn.Module):
 
 
 def _tensors(
-    samples: Sequence[Sample], classes: Sequence[str], size: int, progress: bool
+    samples: Sequence[Sample], spec: ClassifierSpec, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode and resize every image once: uint8 NCHW images and multi-hot targets."""
+    """Decode and prepare every image once: uint8 NCHW inputs and multi-hot targets."""
+    size = spec.image_size
     images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
     for i, sample in enumerate(tqdm(samples, desc="load", disable=not progress, leave=False)):
-        image = cv2.resize(load_image(sample.image), (size, size), interpolation=cv2.INTER_AREA)
-        images[i] = image.transpose(2, 0, 1)
+        images[i] = prepare(load_image(sample.image), spec).transpose(2, 0, 1)
     targets = torch.tensor(
-        [[float(c in s.classes) for c in classes] for s in samples], dtype=torch.float32
+        [[float(c in s.classes) for c in spec.classes] for s in samples], dtype=torch.float32
     )
     return torch.from_numpy(images), targets
 
