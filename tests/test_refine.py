@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from worker.errors import SegmenterError
-from worker.refine import guided_filter, refine_cam, remove_specks
+from worker.refine import (
+    RefineParams,
+    contrast_map,
+    guided_filter,
+    refine_cam,
+    remove_specks,
+    texture_residual,
+)
 from worker.segment import iou
 
 
@@ -23,7 +30,7 @@ def square_scene():
 def test_refinement_follows_edges_better_than_the_raw_threshold(method):
     image, cam, truth = square_scene()
     raw = iou(cam >= 0.5, truth)
-    refined = iou(refine_cam(image, cam, method), truth)
+    refined = iou(refine_cam(image, cam, RefineParams(method)), truth)
     assert refined > raw
 
 
@@ -48,6 +55,29 @@ def test_remove_specks_keeps_the_largest_part():
 
 
 def test_unknown_refiner_is_refused():
-    image, cam, _ = square_scene()
     with pytest.raises(SegmenterError, match="choose one of"):
-        refine_cam(image, cam, "crf")
+        RefineParams("crf")
+
+
+def test_contrast_finds_a_small_spot_a_wide_cam_misses():
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(120, 6, (120, 160)), 0, 255).astype(np.uint8)
+    image[50:56, 70:76] = 40  # a blowhole: tiny and dark
+    image = np.repeat(image[:, :, None], 3, axis=2)
+    truth = np.zeros((120, 160), bool)
+    truth[50:56, 70:76] = True
+    ys, xs = np.mgrid[0:120, 0:160]
+    cam = np.exp(-((ys - 53) ** 2 + (xs - 73) ** 2) / (2 * 25.0**2)).astype(np.float32)
+    plain = iou(refine_cam(image, cam, RefineParams("none")), truth)
+    spot = refine_cam(image, cam, RefineParams("contrast", 0.3, 4.0))
+    assert iou(spot, truth) > 0.4 > plain
+    assert contrast_map(image)[53, 73] > 4.0
+
+
+def test_texture_residual_is_in_robust_standard_deviations():
+    rng = np.random.default_rng(1)
+    gray = rng.normal(100, 5, (200, 200)).astype(np.float32)
+    z = texture_residual(gray, 12)
+    assert 0.8 < np.median(np.abs(z)) * 1.4826 < 1.2
+    gray[100, 100] += 60
+    assert texture_residual(gray, 12)[100, 100] > 8

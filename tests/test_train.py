@@ -17,6 +17,9 @@ def test_trained_checkpoint_describes_itself(trained_model_dir):
     assert spec.metrics["val_accuracy"] >= 0.8
     assert spec.metrics["train_images"] + spec.metrics["val_images"] == 72
     assert spec.recipe["arch"] == "resnet10t" and spec.recipe["image_size"] == 96
+    # Each mask class got its refinement chosen on the training masks.
+    assert set(spec.refine) == {"Scratch", "Spot"}
+    assert all(0.0 < v <= 1.0 for v in spec.metrics["refine_train_iou"].values())
 
 
 def test_multi_label_data_trains_with_sigmoids(synthetic_dataset):
@@ -57,3 +60,18 @@ def test_losses_match_the_formulation():
     assert classification_loss(logits, targets, exclusive) == pytest.approx(float(expected_ce))
     expected_bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
     assert classification_loss(logits, targets, multi) == pytest.approx(float(expected_bce))
+
+
+def test_tuning_picks_the_best_refinement_on_training_masks(trained_model_dir, synthetic_dataset):
+    from worker.classify import Classifier
+    from worker.tune import GRID, from_plain, to_plain, tune_refiners
+
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    best, quality = tune_refiners(classifier, synthetic_dataset.samples, per_class=6)
+    assert set(best) == {"Scratch", "Spot"}
+    assert all(params in GRID for params in best.values())
+    assert from_plain(to_plain(best)) == best
+    # Too few masked images: the class keeps the default.
+    few, _ = tune_refiners(classifier, synthetic_dataset.samples, per_class=2)
+    assert few == {}
+    assert all(0.0 < quality[label] <= 1.0 for label in best)

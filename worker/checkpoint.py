@@ -39,6 +39,7 @@ class ClassifierSpec:
     input: str = "rgb"
     pool: str = "avg"
     exclusive: bool = False
+    refine: dict = field(default_factory=dict)
     version: str = ""
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)

@@ -26,6 +26,7 @@ import torch
 
 from worker.checkpoint import ClassifierSpec, load_checkpoint, load_state_strict
 from worker.errors import CheckpointError
+from worker.refine import texture_residual
 
 DEFAULT_ARCH = "resnet10t"
 
@@ -183,10 +184,7 @@ def prepare(image: np.ndarray, spec: ClassifierSpec) -> np.ndarray:
     if spec.input == "rgb":
         return resized
     gray = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    background = cv2.GaussianBlur(gray, (0, 0), size / 16)
-    residual = gray - background
-    spread = 1.4826 * float(np.median(np.abs(residual))) + 1.0
-    z = residual / spread
+    z = texture_residual(gray, size / 16)
     contrast = cv2.GaussianBlur(np.abs(z), (0, 0), 2.0)
     channels = [gray, 128.0 + 16.0 * z, 32.0 * contrast]
     return np.clip(np.stack(channels, axis=2), 0, 255).astype(np.uint8)

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained",
         help="start from a local weights file (timm or camsam checkpoint), or 'hub' to download",
     )
+    train.add_argument(
+        "--no-tune-masks",
+        action="store_true",
+        help="skip choosing each class's CAM refinement on the training masks",
+    )
     train.add_argument("--device", default="auto")
     train.set_defaults(handler=run_train)
 
@@ -150,7 +155,12 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cam-method", choices=sorted(METHODS), default="gradcam")
     parser.add_argument("--cam-stages", type=int, default=1, help="fuse CAMs of the last N stages")
     parser.add_argument("--prompts", choices=STRATEGIES, default="peaks+box")
-    parser.add_argument("--refiner", choices=REFINERS, default="guided")
+    parser.add_argument(
+        "--refiner",
+        choices=REFINERS,
+        default=None,
+        help="cam segmenter: default is what training chose per class, else guided",
+    )
     parser.add_argument("--instances", action="store_true", help="one region per connected part")
     parser.add_argument("--version", help="model version to use (default: the current one)")
     parser.add_argument("--device", default="auto")
@@ -198,6 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         val_fraction=args.val_fraction,
         augment=args.augment,
+        tune_masks=not args.no_tune_masks,
         seed=args.seed,
         pretrained=args.pretrained,
         device=resolve_device(args.device),
@@ -217,28 +228,33 @@ def run_train(args: argparse.Namespace) -> int:
 
 def build_pipeline(args: argparse.Namespace):
     from worker.checkpoint import ModelDir
+    from worker.classify import Classifier
     from worker.pipeline import Pipeline, PipelineOptions
     from worker.segment import build_segmenter
+    from worker.tune import from_plain
 
     device = resolve_device(args.device)
     model_dir = ModelDir(args.model_dir)
     path = model_dir.path(args.version) if args.version else model_dir.current_path()
+    classifier = Classifier.load(path, device)
     has_sam2 = bool(args.sam2_hub_id or args.sam2_checkpoint)
     name = args.segmenter or ("sam2" if has_sam2 else "cam")
     if name != "sam2" and not has_sam2:
-        how = "the CAM refined along image edges" if name == "cam" else "the bare CAM threshold"
+        how = "the CAM refined with the image" if name == "cam" else "the bare CAM threshold"
         print(
             f"no SAM2 checkpoint configured: masks come from the '{name}' segmenter "
             f"({how}), not SAM2",
             file=sys.stderr,
         )
+    tuned = from_plain(classifier.spec.refine) if args.refiner is None else None
     segmenter = build_segmenter(
         name,
         sam2_config=args.sam2_config,
         sam2_checkpoint=args.sam2_checkpoint,
         sam2_hub_id=args.sam2_hub_id,
         mask_choice=args.mask_choice,
-        refiner=args.refiner,
+        refiner=args.refiner or "guided",
+        tuned=tuned,
         device=device,
     )
     options = PipelineOptions(
@@ -247,7 +263,7 @@ def build_pipeline(args: argparse.Namespace):
         prompt_strategy=args.prompts,
         instances=args.instances,
     )
-    return Pipeline.from_checkpoint(path, segmenter, options, device)
+    return Pipeline(classifier, segmenter, options)
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -1,18 +1,55 @@
-"""Turning a blobby CAM into a mask that follows the image's edges, without SAM.
+"""Turning a blobby CAM into a mask that follows the image, without SAM.
 
-A CAM from a 7x7 feature map knows roughly where an object is but not where it stops. The guided
-filter (He et al.) re-draws the CAM along the image's own edges in linear time; GrabCut, seeded
-by a CAM trimap, is the heavier alternative. Thresholds are relative to the CAM's peak.
+A CAM from a 7x7 feature map knows roughly where an object is but not where it stops.
+
+- ``guided``: the guided filter (He et al.) re-draws the CAM along the image's own edges in
+  linear time, then cuts it at a share of its peak.
+- ``contrast``: inside the CAM's region, the pixels that differ from their local background
+  (``texture_residual``) by more than a number of robust standard deviations: a blowhole or a
+  crack is what the surface around it is not.
+- ``grabcut``: GrabCut seeded by a CAM trimap, the heavier alternative.
+
+Thresholds can be chosen per class on training images with masks (``worker/tune.py``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from worker.errors import SegmenterError
 
-REFINERS = ("guided", "grabcut", "none")
+REFINERS = ("guided", "contrast", "grabcut", "none")
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    """How to turn one class's CAM into a mask; thresholds are shares of the CAM's peak."""
+
+    method: str = "guided"
+    cam_threshold: float = 0.5
+    contrast_threshold: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.method not in REFINERS:
+            raise SegmenterError(f"unknown refiner {self.method!r}: choose one of {REFINERS}")
+
+
+def texture_residual(gray: np.ndarray, sigma: float) -> np.ndarray:
+    """Signed difference from the local background (a wide blur), in robust standard deviations."""
+    gray = gray.astype(np.float32)
+    residual = gray - cv2.GaussianBlur(gray, (0, 0), sigma)
+    spread = 1.4826 * float(np.median(np.abs(residual))) + 1e-3 * float(gray.max() + 1)
+    return residual / spread
+
+
+def contrast_map(image: np.ndarray) -> np.ndarray:
+    """How unusual each pixel is against the texture around it (>= 0, lightly smoothed)."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    z = np.abs(texture_residual(gray, max(image.shape[:2]) / 16))
+    return cv2.GaussianBlur(z, (0, 0), 1.5)
 
 
 def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -33,24 +70,30 @@ def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
 def refine_cam(
     image: np.ndarray,
     cam: np.ndarray,
-    method: str = "guided",
-    threshold: float = 0.5,
+    params: RefineParams | None = None,
+    contrast: np.ndarray | None = None,
     min_area: float = 0.0005,
 ) -> np.ndarray:
     """Binary mask (H, W) for one class from its CAM and the RGB image.
 
-    Raises:
-        SegmenterError: an unknown refinement method.
+    ``contrast`` may be passed in when one image is refined many times (tuning).
     """
-    if method not in REFINERS:
-        raise SegmenterError(f"unknown refiner {method!r}: choose one of {REFINERS}")
+    params = params or RefineParams()
     cam = cam.astype(np.float32) / max(float(cam.max()), 1e-6)
-    if method == "none":
+    threshold = params.cam_threshold
+    if params.method == "none":
         return cam >= threshold
+    if params.method == "contrast":
+        contrast = contrast_map(image) if contrast is None else contrast
+        mask = (cam >= threshold) & (contrast >= params.contrast_threshold)
+        if not mask.any():
+            return cam >= max(threshold, 0.5)
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+        return remove_specks(mask.astype(bool), min_area)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     radius = max(2, int(round(0.02 * max(cam.shape))))
     smoothed = guided_filter(gray, cam, radius, eps=1e-3)
-    if method == "guided":
+    if params.method == "guided":
         mask = smoothed >= threshold
     else:
         mask = _grabcut(image, smoothed, threshold)

@@ -8,7 +8,7 @@ is the bare CAM cut at half its peak, the floor the others must beat.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +18,7 @@ import numpy as np
 from worker.cam import CamMap
 from worker.errors import SegmenterError
 from worker.prompts import Prompts
-from worker.refine import refine_cam
+from worker.refine import RefineParams, refine_cam
 
 SEGMENTERS = ("sam2", "cam", "threshold")
 MASK_CHOICES = ("cam", "best-iou", "0", "1", "2")
@@ -58,26 +58,32 @@ class ThresholdSegmenter:
 
 
 class CamSegmenter:
-    """The CAM refined along the image's edges: useful masks with no SAM2 checkpoint at all."""
+    """The CAM refined with the image itself: useful masks with no SAM2 checkpoint at all.
+
+    ``per_class`` holds refinement settings tuned on training images (kept in the checkpoint);
+    classes without them use ``default``.
+    """
 
     name = "cam"
 
-    def __init__(self, refiner: str = "guided", threshold: float = 0.5) -> None:
-        self.refiner = refiner
-        self.threshold = threshold
+    def __init__(
+        self,
+        default: RefineParams | None = None,
+        per_class: Mapping[str, RefineParams] | None = None,
+    ) -> None:
+        self.default = default or RefineParams()
+        self.per_class = dict(per_class or {})
 
     def segment(self, image, cams, prompts):
-        return [
-            MaskResult(
-                c.label,
-                refine_cam(image, c.cam, self.refiner, self.threshold),
-                c.probability,
-                self.name,
-                p,
-                {"refiner": self.refiner},
-            )
-            for c, p in zip(cams, prompts, strict=True)
-        ]
+        results = []
+        for cam, prompt in zip(cams, prompts, strict=True):
+            params = self.per_class.get(cam.label, self.default)
+            mask = refine_cam(image, cam.cam, params)
+            details = {"refiner": params.method, "cam_threshold": params.cam_threshold}
+            if params.method == "contrast":
+                details["contrast_threshold"] = params.contrast_threshold
+            results.append(MaskResult(cam.label, mask, cam.probability, self.name, prompt, details))
+        return results
 
 
 class Sam2Segmenter:
@@ -183,6 +189,7 @@ def build_segmenter(
     sam2_hub_id: str | None = None,
     mask_choice: str = "cam",
     refiner: str = "guided",
+    tuned: Mapping[str, RefineParams] | None = None,
     device: str = "cpu",
 ) -> Segmenter:
     """Raises: SegmenterError for an unknown name or a sam2 segmenter without weights."""
@@ -190,7 +197,7 @@ def build_segmenter(
         predictor = build_sam2_predictor(sam2_config, sam2_checkpoint, device, sam2_hub_id)
         return Sam2Segmenter(predictor, mask_choice)
     if name == "cam":
-        return CamSegmenter(refiner)
+        return CamSegmenter(RefineParams(refiner), tuned)
     if name == "threshold":
         return ThresholdSegmenter()
     raise SegmenterError(f"unknown segmenter {name!r}: choose one of {SEGMENTERS}")

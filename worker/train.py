@@ -21,6 +21,7 @@ from tqdm import tqdm
 from worker.checkpoint import ClassifierSpec
 from worker.classify import (
     DEFAULT_ARCH,
+    Classifier,
     create_model,
     decide,
     normalise,
@@ -30,6 +31,7 @@ from worker.classify import (
 from worker.dataset import Dataset, Sample, stratified_split
 from worker.errors import DatasetError
 from worker.images import load_image
+from worker.tune import to_plain, tune_refiners
 
 MIN_STEPS_PER_EPOCH = 8
 
@@ -48,6 +50,7 @@ class TrainConfig:
     augment: str = "flip"
     seed: int = 0
     pretrained: str | None = None
+    tune_masks: bool = True
     device: str = "cpu"
     progress: bool = True
 
@@ -132,8 +135,17 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         "val_images": len(val_samples),
         "class_counts": dataset.counts(),
     }
-    spec = ClassifierSpec(**{**asdict(spec), "metrics": summary})
-    return TrainResult(spec, {k: v.cpu() for k, v in best_state.items()}, history)
+    state = {k: v.cpu() for k, v in best_state.items()}
+    refine = {}
+    if config.tune_masks:
+        model.load_state_dict(best_state)
+        tuned, quality = tune_refiners(
+            Classifier(spec, model), dataset.samples, progress=config.progress
+        )
+        refine = to_plain(tuned)
+        summary["refine_train_iou"] = quality
+    spec = ClassifierSpec(**{**asdict(spec), "metrics": summary, "refine": refine})
+    return TrainResult(spec, state, history)
 
 
 @torch.inference_mode()

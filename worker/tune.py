@@ -1,0 +1,70 @@
+"""Choosing each class's CAM refinement on training images that have masks.
+
+Label Studio projects collect masks as annotators accept or correct them, and a dataset folder may
+carry ground truth: either way the training data says which refiner and thresholds turn this
+classifier's CAMs into the best masks for each class. Only training images are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import numpy as np
+from tqdm import tqdm
+
+from worker.cam import compute_cams
+from worker.classify import Classifier
+from worker.dataset import Sample
+from worker.images import load_image
+from worker.refine import RefineParams, contrast_map, refine_cam
+from worker.segment import iou
+
+GRID = tuple(
+    [RefineParams("guided", t) for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    + [RefineParams("contrast", c, k) for c in (0.2, 0.35, 0.5) for k in (1.5, 2.0, 3.0, 4.0, 6.0)]
+)
+
+
+def tune_refiners(
+    classifier: Classifier,
+    samples: Sequence[Sample],
+    per_class: int = 40,
+    minimum: int = 3,
+    progress: bool = False,
+) -> tuple[dict[str, RefineParams], dict[str, float]]:
+    """Best refinement per mask class (mean IoU with the class given) and that IoU.
+
+    Classes with fewer than ``minimum`` masked training images keep the default.
+    """
+    mask_classes = classifier.spec.mask_classes
+    chosen: dict[str, list[Sample]] = {c: [] for c in mask_classes}
+    for sample in samples:
+        for label in sample.classes:
+            if label in chosen and sample.has_mask(label) and len(chosen[label]) < per_class:
+                chosen[label].append(sample)
+    scores: dict[str, list[list[float]]] = {}
+    work = [(label, s) for label, group in chosen.items() for s in group]
+    for label, sample in tqdm(work, desc="tune masks", disable=not progress, leave=False):
+        image = load_image(sample.image)
+        (cam,) = compute_cams(classifier, image, [label])
+        truth = sample.mask(label, image.shape[:2])
+        contrast = contrast_map(image)
+        row = [iou(refine_cam(image, cam.cam, params, contrast), truth) for params in GRID]
+        scores.setdefault(label, []).append(row)
+    best, quality = {}, {}
+    for label, rows in scores.items():
+        if len(rows) < minimum:
+            continue
+        means = np.mean(rows, axis=0)
+        index = int(np.argmax(means))
+        best[label], quality[label] = GRID[index], float(means[index])
+    return best, quality
+
+
+def to_plain(params: dict[str, RefineParams]) -> dict[str, dict]:
+    return {label: asdict(p) for label, p in params.items()}
+
+
+def from_plain(plain: dict[str, dict]) -> dict[str, RefineParams]:
+    return {label: RefineParams(**p) for label, p in plain.items()}
