@@ -124,3 +124,15 @@ def test_image_without_a_data_key_raises():
 def test_missing_config_file_raises(tmp_path):
     with pytest.raises(LabelConfigError, match="cannot read"):
         load_label_config(tmp_path / "absent.xml")
+
+
+def test_the_web_side_parses_configs_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ml_backend.label_config as m; "
+        "m.load_label_config('label_config.xml'); "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

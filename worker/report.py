@@ -50,7 +50,7 @@ def class_bars(report: dict, labels: tuple[str, ...]) -> np.ndarray:
         f"false masks {report['false_mask_rate']:.2f}"
     )
     cv2.putText(canvas, title, (8, 22), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
-    left, span = 130, 4 * TILE - 200
+    left, span = 130, canvas.shape[1] - 130 - 110
     for i, (label, row) in enumerate(rows):
         y = 44 + 28 * i
         colour = label_colour(label, labels)
