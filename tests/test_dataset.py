@@ -343,3 +343,22 @@ def test_export_unknown_background_class_raises(tmp_path, image_root):
 
     with pytest.raises(DatasetError, match="background class"):
         load_dataset(_write_export(tmp_path, tasks), ["Free"], image_root=image_root)
+
+
+def test_stratified_folds_cover_everything_once_with_even_shares(tmp_path):
+    from worker.dataset import stratified_folds
+
+    samples = [
+        Sample(tmp_path / f"{c}{i}.png", (c,), key=f"{c}/{i}")
+        for c, n in (("A", 23), ("B", 7), ("Free", 50))
+        for i in range(n)
+    ]
+    parts = stratified_folds(samples, 5, seed=1)
+    keys = [s.key for part in parts for s in part]
+    assert sorted(keys) == sorted(s.key for s in samples)
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    for part in parts:
+        assert sum(s.classes == ("B",) for s in part) >= 1
+    assert [s.key for s in stratified_folds(samples, 5, seed=1)[2]] == [s.key for s in parts[2]]
+    with pytest.raises(DatasetError, match="at least 2 folds"):
+        stratified_folds(samples, 1)

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", required=True)
     split.add_argument("--test-fraction", type=float, default=0.2)
     split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--folds", type=int, help="cross-validation: the number of folds")
+    split.add_argument("--fold", type=int, default=0, help="which fold is the test part (0-based)")
     split.set_defaults(handler=run_split)
 
     demo = commands.add_parser("demo", help="synthetic dataset -> train -> predict -> eval")
@@ -346,10 +348,17 @@ def format_report(report: dict) -> str:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from worker.dataset import load_dataset, stratified_split
+    from worker.dataset import load_dataset, stratified_folds, stratified_split
 
     dataset = load_dataset(args.data)
-    rest, held = stratified_split(dataset.samples, args.test_fraction, args.seed)
+    if args.folds:
+        if not 0 <= args.fold < args.folds:
+            raise CamsamError(f"--fold must be between 0 and {args.folds - 1}")
+        parts = stratified_folds(dataset.samples, args.folds, args.seed)
+        held = parts[args.fold]
+        rest = [s for i, part in enumerate(parts) if i != args.fold for s in part]
+    else:
+        rest, held = stratified_split(dataset.samples, args.test_fraction, args.seed)
     payload = {"train": sorted(s.key for s in rest), "test": sorted(s.key for s in held)}
     Path(args.out).write_text(json.dumps(payload, indent=1))
     print(f"{len(rest)} train / {len(held)} test images written to {args.out}")

@@ -216,3 +216,22 @@ def stratified_split(
         held.extend(group[:count])
         rest.extend(group[count:])
     return rest, held
+
+
+def stratified_folds(samples: Sequence[Sample], folds: int, seed: int = 0) -> list[list[Sample]]:
+    """``folds`` disjoint parts covering ``samples``, each with about the same class-set shares."""
+    if folds < 2:
+        raise DatasetError(f"cross-validation needs at least 2 folds, not {folds}")
+    groups: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[tuple(sorted(sample.classes))].append(sample)
+    rng = random.Random(seed)
+    parts: list[list[Sample]] = [[] for _ in range(folds)]
+    offset = 0
+    for key in sorted(groups):
+        group = sorted(groups[key], key=lambda s: s.key)
+        rng.shuffle(group)
+        for index, sample in enumerate(group):
+            parts[(index + offset) % folds].append(sample)
+        offset += len(group)  # the next group starts where this one stopped: sizes stay even
+    return parts
