@@ -1,13 +1,16 @@
 # Two commands on a fresh machine; both set up .venv/ themselves.
-#   make serve   run camsam (for now: the end-to-end demo on a synthetic dataset)
+#   make serve   run the Label Studio ML backend on port 9090 (models from MODEL_DIR, default models/)
 #   make test    run the test suite
 
-.PHONY: setup serve test lint
+.PHONY: setup serve demo test lint
 
 setup:
 	@bash scripts/bootstrap.sh
 
 serve: setup
+	.venv/bin/camsam serve --model-dir $${MODEL_DIR:-models}
+
+demo: setup
 	.venv/bin/camsam demo --out demo
 
 test: setup

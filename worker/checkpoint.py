@@ -3,7 +3,8 @@
 A checkpoint is one file: a dict of plain values plus the weights, loadable with
 ``torch.load(weights_only=True)``. The model directory keeps every version as
 ``<dir>/versions/<version>.pt`` and names the current one in ``<dir>/CURRENT``; both are written
-atomically (temp file, then rename), so a reader never sees half a file.
+atomically (temp file, then rename), so a reader never sees half a file. torch is imported only
+where weights are read or written, so the web side reads the current version without it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from worker.errors import CheckpointError, NoModelError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "camsam-classifier/1"
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
@@ -59,6 +62,8 @@ class ClassifierSpec:
 
 def save_checkpoint(path: str | Path, spec: ClassifierSpec, state_dict: Mapping) -> None:
     """Write spec and weights to ``path`` atomically."""
+    import torch
+
     payload = {"format": FORMAT, "spec": _plain(asdict(spec)), "state_dict": dict(state_dict)}
     _atomic_write(Path(path), lambda f: torch.save(payload, f))
 
@@ -69,6 +74,8 @@ def load_checkpoint(path: str | Path) -> tuple[ClassifierSpec, dict]:
     Raises:
         CheckpointError: missing, unreadable, not a camsam checkpoint, or of an unknown format.
     """
+    import torch
+
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -180,3 +187,12 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def project_model_dir(root: str | Path, project: str) -> ModelDir:
+    """A project's models live in ``root/<project id>``; a single-project ``root`` serves all."""
+    own = ModelDir(Path(root) / project)
+    shared = ModelDir(root)
+    if own.current_version() is None and shared.current_version() is not None:
+        return shared
+    return own

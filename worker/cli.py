@@ -110,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--fold", type=int, default=0, help="which fold is the test part (0-based)")
     split.set_defaults(handler=run_split)
 
+    serve = commands.add_parser("serve", help="run the Label Studio ML backend under gunicorn")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=9090)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--threads", type=int, default=4)
+    serve.add_argument("--model-dir", help="sets MODEL_DIR: models/<project id>/ or one model")
+    serve.set_defaults(handler=run_serve)
+
     demo = commands.add_parser("demo", help="synthetic dataset -> train -> predict -> eval")
     demo.add_argument("--out", default="demo", help="folder for everything the demo writes")
     demo.add_argument("--epochs", type=int, default=8)
@@ -230,15 +238,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def build_pipeline(args: argparse.Namespace):
     from worker.checkpoint import ModelDir
-    from worker.classify import Classifier
     from worker.pipeline import Pipeline, PipelineOptions
-    from worker.segment import build_segmenter
-    from worker.tune import from_plain
 
-    device = resolve_device(args.device)
     model_dir = ModelDir(args.model_dir)
     path = model_dir.path(args.version) if args.version else model_dir.current_path()
-    classifier = Classifier.load(path, device)
     has_sam2 = bool(args.sam2_hub_id or args.sam2_checkpoint)
     name = args.segmenter or ("sam2" if has_sam2 else "cam")
     if name != "sam2" and not has_sam2:
@@ -248,24 +251,23 @@ def build_pipeline(args: argparse.Namespace):
             f"({how}), not SAM2",
             file=sys.stderr,
         )
-    tuned = from_plain(classifier.spec.refine) if args.refiner is None else None
-    segmenter = build_segmenter(
-        name,
-        sam2_config=args.sam2_config,
-        sam2_checkpoint=args.sam2_checkpoint,
-        sam2_hub_id=args.sam2_hub_id,
-        mask_choice=args.mask_choice,
-        refiner=args.refiner or "guided",
-        tuned=tuned,
-        device=device,
-    )
     options = PipelineOptions(
         cam_method=args.cam_method,
         cam_stages=args.cam_stages,
         prompt_strategy=args.prompts,
         instances=args.instances,
     )
-    return Pipeline(classifier, segmenter, options)
+    return Pipeline.build(
+        path,
+        segmenter=name,
+        sam2_config=args.sam2_config,
+        sam2_checkpoint=args.sam2_checkpoint,
+        sam2_hub_id=args.sam2_hub_id,
+        mask_choice=args.mask_choice,
+        refiner=args.refiner,
+        options=options,
+        device=resolve_device(args.device),
+    )
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -362,6 +364,42 @@ def run_split(args: argparse.Namespace) -> int:
     payload = {"train": sorted(s.key for s in rest), "test": sorted(s.key for s in held)}
     Path(args.out).write_text(json.dumps(payload, indent=1))
     print(f"{len(rest)} train / {len(held)} test images written to {args.out}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from gunicorn.app.base import BaseApplication
+
+    from ml_backend.app import create_app
+
+    if args.model_dir:
+        os.environ["MODEL_DIR"] = args.model_dir
+    workers = args.workers
+    if workers != 1:
+        print(
+            "camsam serve: jobs run in the serving process, so one gunicorn worker serves "
+            "them all (threads keep /health answering during a long /predict)",
+            file=sys.stderr,
+        )
+        workers = 1
+    app = create_app()
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 300)
+
+        def load(self):
+            return app
+
+    model_dir = os.environ.get("MODEL_DIR", "models")
+    print(f"camsam ML backend on http://{args.host}:{args.port} (models in {model_dir})")
+    Server().run()
     return 0
 
 

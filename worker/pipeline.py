@@ -53,6 +53,42 @@ class Pipeline:
         self.options = options or PipelineOptions()
 
     @classmethod
+    def build(
+        cls,
+        path: str | Path,
+        *,
+        segmenter: str | None = None,
+        sam2_config: str | None = None,
+        sam2_checkpoint: str | Path | None = None,
+        sam2_hub_id: str | None = None,
+        mask_choice: str = "cam",
+        refiner: str | None = None,
+        options: PipelineOptions | None = None,
+        device: str = "cpu",
+    ) -> Pipeline:
+        """The one place a pipeline is assembled from a checkpoint and segmenter settings.
+
+        ``segmenter`` defaults to ``sam2`` when SAM2 weights are named, else ``cam``; the ``cam``
+        segmenter uses the refinement training chose per class unless ``refiner`` overrides it.
+        """
+        from worker.segment import build_segmenter
+        from worker.tune import from_plain
+
+        classifier = Classifier.load(path, device)
+        name = segmenter or ("sam2" if sam2_checkpoint or sam2_hub_id else "cam")
+        built = build_segmenter(
+            name,
+            sam2_config=sam2_config,
+            sam2_checkpoint=sam2_checkpoint,
+            sam2_hub_id=sam2_hub_id,
+            mask_choice=mask_choice,
+            refiner=refiner or "guided",
+            tuned=None if refiner else from_plain(classifier.spec.refine),
+            device=device,
+        )
+        return cls(classifier, built, options)
+
+    @classmethod
     def from_checkpoint(
         cls,
         path: str | Path,

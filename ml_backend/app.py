@@ -1,0 +1,168 @@
+"""The Flask app Label Studio talks to: ``/health``, ``/setup``, ``/predict``, ``/webhook``,
+``/metrics``. It parses requests, hands jobs to the runner and never imports torch itself.
+
+Shape familiar from label-studio-ml: :class:`CamsamBackend` has ``setup``, ``predict(tasks,
+context)`` and ``fit(event, data)``; the routes are thin wrappers around it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import time
+
+from flask import Flask, Response, g, jsonify, request
+
+from ml_backend.errors import BackendError, BadRequest
+from ml_backend.label_config import LabelConfigError, parse_label_config
+from ml_backend.metrics import Metrics
+from ml_backend.protocol import predict_payload, project_id
+from ml_backend.runner import EmbeddedRunner
+from ml_backend.settings import Settings
+from worker.checkpoint import project_model_dir
+
+UNTRAINED = "untrained"
+
+
+class CamsamBackend:
+    """What the routes do, in label-studio-ml's terms."""
+
+    def __init__(self, settings: Settings, runner, metrics: Metrics) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.metrics = metrics
+
+    def model_version(self, project: str) -> str:
+        version = project_model_dir(self.settings.model_dir, project).current_version()
+        return version or UNTRAINED
+
+    def setup(self, body: dict) -> dict:
+        project = project_id(body.get("project"))
+        schema = body.get("schema") or ""
+        config = parse_label_config(schema) if schema else None
+        answer = {"model_version": self.model_version(project)}
+        if answer["model_version"] == UNTRAINED:
+            answer["status"] = f"no model for project {project} yet: predictions are empty"
+        if config is not None and not config.mask_labels:
+            answer["warning"] = "the label config has no BrushLabels: only choices are predicted"
+        return answer
+
+    def predict(self, body: dict) -> dict:
+        payload = predict_payload(body)
+        if payload["context"]:
+            raise BadRequest(
+                "interactive prompts (keypoints, rectangles) are not served by this backend yet; "
+                "turn off 'Interactive preannotations' in the model settings"
+            )
+        if payload["label_config"]:
+            parse_label_config(payload["label_config"])
+        payload["settings"] = self.settings.for_worker()
+        answer = self.runner.run("worker.jobs.predict", payload, self.settings.predict_timeout)
+        self.metrics.count_tasks("predicted", len(payload["tasks"]) - answer["failed"])
+        self.metrics.count_tasks("failed", answer["failed"])
+        version = answer["model_version"] or UNTRAINED
+        return {"results": answer["results"], "model_version": version}
+
+    def fit(self, event: str, data: dict) -> dict:
+        """Training from annotations is not part of this backend yet: events are acknowledged."""
+        return {"status": "ignored", "event": event}
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Defaults, then the environment, then ``test_config`` (keys named like the variables)."""
+    app = Flask(__name__)
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in (test_config or {}).items()})
+    settings = Settings.from_env(env)
+    if settings.redis_url:
+        raise BackendError(
+            "REDIS_URL is set, but this version runs jobs in the serving process only: "
+            "unset REDIS_URL to serve"
+        )
+    metrics = Metrics()
+    runner = EmbeddedRunner()
+    backend = CamsamBackend(settings, runner, metrics)
+    app.extensions["camsam"] = backend
+
+    @app.before_request
+    def _start():
+        g.started = time.perf_counter()
+        if settings.basic_auth_user and request.endpoint not in ("health", "index"):
+            if not _authorised(request.headers.get("Authorization", ""), settings):
+                return Response(
+                    "authentication required", 401, {"WWW-Authenticate": 'Basic realm="camsam"'}
+                )
+        return None
+
+    @app.after_request
+    def _observe(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.observe(route, response.status_code, time.perf_counter() - g.get("started", 0))
+        return response
+
+    @app.errorhandler(BackendError)
+    def _backend_error(error: BackendError):
+        return jsonify({"error": str(error)}), error.status
+
+    @app.errorhandler(LabelConfigError)
+    def _config_error(error: LabelConfigError):
+        return jsonify({"error": f"cannot serve this label config: {error}"}), 422
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(
+            {
+                "status": "UP",
+                "model_class": "CamsamBackend",
+                "mode": runner.mode,
+                "segmenter": "sam2" if settings.has_sam2 else "cam",
+                "note": None
+                if settings.has_sam2
+                else (
+                    "no SAM2 checkpoint configured: masks come from the CAM refined with the image"
+                ),
+            }
+        )
+
+    @app.post("/setup")
+    def setup():
+        return jsonify(backend.setup(_json()))
+
+    @app.post("/predict")
+    def predict():
+        return jsonify(backend.predict(_json()))
+
+    @app.post("/webhook")
+    def webhook():
+        body = _json()
+        return jsonify(backend.fit(str(body.get("action", "")), body))
+
+    @app.get("/metrics")
+    def metrics_route():
+        return Response(
+            metrics.render({"camsam_queue_depth": [({}, runner.queue_depth())]}),
+            mimetype="text/plain; version=0.0.4",
+        )
+
+    return app
+
+
+def _json() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object body")
+    return body
+
+
+def _authorised(header: str, settings: Settings) -> bool:
+    if not header.startswith("Basic "):
+        return False
+    try:
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(user, settings.basic_auth_user) and hmac.compare_digest(
+        password, settings.basic_auth_pass
+    )

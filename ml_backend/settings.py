@@ -1,0 +1,44 @@
+"""Configuration, read once from the environment (Label Studio's ML backend conventions)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: str = "models"
+    redis_url: str = ""
+    label_studio_url: str = ""
+    label_studio_api_key: str = ""
+    local_files_document_root: str = ""
+    device: str = "auto"
+    sam2_config: str = ""
+    sam2_checkpoint: str = ""
+    sam2_hub_id: str = ""
+    predict_timeout: float = 90.0
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Each field from its upper-case environment variable (MODEL_DIR, REDIS_URL, ...)."""
+        env = os.environ if env is None else env
+        values = {}
+        for field in fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = float(raw) if field.type == "float" else raw
+        return cls(**values)
+
+    @property
+    def has_sam2(self) -> bool:
+        return bool(self.sam2_checkpoint or self.sam2_hub_id)
+
+    def for_worker(self) -> dict:
+        """What a job needs to know; the worker never reads the web process's environment."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("basic")
+        }

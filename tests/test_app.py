@@ -1,0 +1,180 @@
+"""The ML backend's routes, replaying requests a real Label Studio 1.23.2 sent."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ml_backend.app import create_app
+from tests.conftest import REPO
+from worker.ls_format import decode_mask
+
+FIXTURES = REPO.parent / "shared" / "fixtures" / "label-studio-1.23.2"
+SYNTHETIC_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="defect" toName="image"><Choice value="Scratch"/><Choice value="Spot"/>
+    <Choice value="Clean"/></Choices>
+  <BrushLabels name="mask" toName="image">
+    <Label value="Scratch"/><Label value="Spot"/>
+  </BrushLabels>
+</View>"""
+
+
+def fixture(name: str) -> dict:
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not here")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = create_app({"MODEL_DIR": tmp_path / "models"})
+    return app.test_client()
+
+
+def test_health_and_cold_start_setup(client):
+    request = fixture("008_health.json")
+    health = client.get(request["path"])
+    assert health.status_code == 200 and health.json["status"] == "UP"
+    assert health.json["segmenter"] == "cam" and "no SAM2 checkpoint" in health.json["note"]
+    setup = client.post("/setup", json=fixture("009_setup.json")["body"])
+    assert setup.status_code == 200
+    assert setup.json["model_version"] == "untrained"
+    assert "no model for project 4" in setup.json["status"]
+
+
+def test_cold_start_predict_gives_one_empty_result_per_task(client):
+    body = fixture("016_predict_batch_no_context.json")["body"]
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == len(body["tasks"])
+    assert all(r["result"] == [] and r["model_version"] == "untrained" for r in results)
+
+
+def test_webhooks_are_acknowledged_and_interactive_requests_refused_clearly(client):
+    for name in ("017_webhook_annotation_created.json", "019_webhook_start_training.json"):
+        assert client.post("/webhook", json=fixture(name)["body"]).status_code == 200
+    interactive = client.post(
+        "/predict", json=fixture("020_predict_interactive_keypoint.json")["body"]
+    )
+    assert interactive.status_code == 400
+    assert "Interactive preannotations" in interactive.json["error"]
+
+
+def test_bad_requests_get_json_errors(client):
+    assert client.post("/predict", data="nope", content_type="application/json").status_code == 400
+    bad = client.post("/predict", json={"tasks": [], "project": "1.2", "label_config": "<View>"})
+    assert bad.status_code == 422 and "label config" in bad.json["error"]
+    assert client.post("/setup", json={"project": "x"}).status_code == 400
+
+
+class _TokenHandler(SimpleHTTPRequestHandler):
+    """Serves /data/upload/<file> like Label Studio: only with the right token."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.headers.get("Authorization") != "Token secret":
+            self.send_error(401)
+            return
+        self.path = self.path.replace("/data/upload", "", 1)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def label_studio(synthetic_dir):
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(_TokenHandler, directory=str(synthetic_dir))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_predict_fetches_images_like_label_studio_and_isolates_failures(
+    trained_model_dir, synthetic_dir, label_studio, tmp_path
+):
+    app = create_app(
+        {
+            "MODEL_DIR": trained_model_dir,
+            "LABEL_STUDIO_URL": label_studio,
+            "LABEL_STUDIO_API_KEY": "secret",
+            "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
+        }
+    )
+    client = app.test_client()
+    spot = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
+    scratch = sorted((synthetic_dir / "Scratch").glob("*.png"))[0]
+    tasks = [
+        {"id": 1, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}},
+        {"id": 2, "data": {"image": "/data/upload/Spot/missing.png"}},
+        {"id": 3, "data": {"image": f"/data/upload/Scratch/{scratch.name}"}},
+        {"id": 4, "data": {"image": "/data/local-files/?d=../../etc/passwd"}},
+    ]
+    body = {
+        "tasks": tasks,
+        "project": "7.123",
+        "label_config": SYNTHETIC_CONFIG,
+        "params": {"context": None},
+    }
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == 4 and results[1]["result"] == [] and results[3]["result"] == []
+    assert response.json["model_version"] == "v0001"
+    from PIL import Image
+
+    for result, path, label in ((results[0], spot, "Spot"), (results[2], scratch, "Scratch")):
+        assert result["model_version"] == "v0001"
+        choices = [r for r in result["result"] if r["type"] == "choices"]
+        assert choices[0]["from_name"] == "defect" and choices[0]["value"]["choices"] == [label]
+        width, height = Image.open(path).size
+        for region in result["result"]:
+            if region["type"] == "brushlabels":
+                assert decode_mask(region["value"]["rle"], width, height).any()
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'camsam_tasks_total{outcome="failed"} 2' in metrics
+    assert 'camsam_requests_total{route="/predict",status="200"} 1' in metrics
+
+
+def test_basic_auth_guards_everything_but_health(tmp_path):
+    app = create_app({"MODEL_DIR": tmp_path, "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "pw"})
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    assert client.post("/setup", json={"project": "1.1"}).status_code == 401
+    good = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
+    assert client.post("/setup", json={"project": "1.1"}, headers=good).status_code == 200
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ls:no").decode()}
+    assert client.post("/setup", json={"project": "1.1"}, headers=wrong).status_code == 401
+
+
+def test_the_web_app_imports_no_torch(tmp_path):
+    code = (
+        "import sys; from ml_backend.app import create_app; "
+        f"create_app({{'MODEL_DIR': {str(tmp_path)!r}}}); "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_setup_reports_the_current_version_of_the_project(trained_model_dir, tmp_path):
+    models = tmp_path / "models"
+    (models / "4").mkdir(parents=True)
+    for item in Path(trained_model_dir).iterdir():
+        (models / "4" / item.name).symlink_to(item)
+    client = create_app({"MODEL_DIR": models}).test_client()
+    answer = client.post("/setup", json=fixture("009_setup.json")["body"]).json
+    assert answer["model_version"] == "v0001" and isinstance(answer["model_version"], str)
+    assert client.post("/setup", json={"project": "5.1"}).json["model_version"] == "untrained"
