@@ -23,7 +23,7 @@ for ((fold = 0; fold < folds; fold++)); do
   "$camsam" eval "$data" --split "$dir.split.json" --model-dir "$dir" "${background[@]}" \
     --out "$dir.eval.json" 2>/dev/null | tail -n 3
 done
-"${CAMSAM%camsam}python" - "$out" "$folds" <<'PY'
+"${camsam%camsam}python" - "$out" "$folds" <<'PY'
 import json, sys, statistics as st
 out, folds = sys.argv[1], int(sys.argv[2])
 reports = [json.load(open(f"{out}/fold{i}.eval.json")) for i in range(folds)]
