@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import SAM2_TINY_CONFIG
 from worker.checkpoint import ModelDir
+from worker.classify import Classifier
 from worker.ls_format import decode_mask, to_prediction
 from worker.pipeline import Pipeline, PipelineOptions, split_instances
 from worker.segment import CamSegmenter, MaskResult, build_segmenter
@@ -17,7 +18,7 @@ def checkpoint(trained_model_dir):
 
 
 def test_cam_pipeline_masks_the_defect_it_classifies(checkpoint):
-    pipeline = Pipeline.from_checkpoint(checkpoint, CamSegmenter())
+    pipeline = Pipeline(Classifier.load(checkpoint), CamSegmenter())
     rng = np.random.default_rng(3)
     ious = []
     for _ in range(5):
@@ -31,7 +32,7 @@ def test_cam_pipeline_masks_the_defect_it_classifies(checkpoint):
 
 
 def test_background_images_get_no_mask_and_given_labels_are_used(checkpoint):
-    pipeline = Pipeline.from_checkpoint(checkpoint, CamSegmenter())
+    pipeline = Pipeline(Classifier.load(checkpoint), CamSegmenter())
     image, _ = make_image(np.random.default_rng(5), "Clean", (90, 90))
     result = pipeline.run(image)
     assert result.prediction.classes == ("Clean",)
@@ -57,7 +58,7 @@ def test_sam2_pipeline_rle_round_trip_at_original_size(checkpoint, sam2_checkpoi
     segmenter = build_segmenter(
         "sam2", sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint
     )
-    pipeline = Pipeline.from_checkpoint(checkpoint, segmenter, PipelineOptions())
+    pipeline = Pipeline(Classifier.load(checkpoint), segmenter, PipelineOptions())
     image, _ = make_image(np.random.default_rng(11), "Scratch", (77, 133))
     result = pipeline.run(image, labels=["Scratch"])
     prediction = to_prediction(result, pipeline.version)

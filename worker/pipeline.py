@@ -88,16 +88,6 @@ class Pipeline:
         )
         return cls(classifier, built, options)
 
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path,
-        segmenter: Segmenter,
-        options: PipelineOptions | None = None,
-        device: str = "cpu",
-    ) -> Pipeline:
-        return cls(Classifier.load(path, device), segmenter, options)
-
     @property
     def version(self) -> str:
         return self.classifier.spec.version
