@@ -21,6 +21,7 @@ from ml_backend.protocol import predict_payload, project_id
 from ml_backend.runner import EmbeddedRunner
 from ml_backend.settings import Settings
 from worker.checkpoint import project_model_dir
+from worker.errors import CamsamError
 
 UNTRAINED = "untrained"
 
@@ -50,15 +51,12 @@ class CamsamBackend:
 
     def predict(self, body: dict) -> dict:
         payload = predict_payload(body)
-        if payload["context"]:
-            raise BadRequest(
-                "interactive prompts (keypoints, rectangles) are not served by this backend yet; "
-                "turn off 'Interactive preannotations' in the model settings"
-            )
-        if payload["label_config"]:
-            parse_label_config(payload["label_config"])
+        config = parse_label_config(payload["label_config"]) if payload["label_config"] else None
+        if payload["prompt"] and config is not None and config.brush is None:
+            raise BadRequest("interactive masks need a <BrushLabels> tag in the label config")
         payload["settings"] = self.settings.for_worker()
-        answer = self.runner.run("worker.jobs.predict", payload, self.settings.predict_timeout)
+        job = "worker.jobs.interactive" if payload["prompt"] else "worker.jobs.predict"
+        answer = self.runner.run(job, payload, self.settings.predict_timeout)
         self.metrics.count_tasks("predicted", len(payload["tasks"]) - answer["failed"])
         self.metrics.count_tasks("failed", answer["failed"])
         version = answer["model_version"] or UNTRAINED
@@ -104,6 +102,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     @app.errorhandler(BackendError)
     def _backend_error(error: BackendError):
         return jsonify({"error": str(error)}), error.status
+
+    @app.errorhandler(CamsamError)
+    def _input_error(error: CamsamError):
+        # Raised by a job run in this process for the request's own input (an image it cannot
+        # read, a label it cannot use): the caller's to fix.
+        return jsonify({"error": str(error)}), 422
 
     @app.errorhandler(LabelConfigError)
     def _config_error(error: LabelConfigError):

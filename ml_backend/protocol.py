@@ -22,9 +22,37 @@ def predict_payload(body: object) -> dict:
     if not isinstance(tasks, list):
         raise BadRequest("/predict needs 'tasks': a list of Label Studio tasks")
     context = (body.get("params") or {}).get("context")
+    prompt = interactive_prompt(context) if context else None
+    if prompt is not None and len(tasks) != 1:
+        raise BadRequest("an interactive request must carry exactly one task")
     return {
         "project": project_id(body.get("project")),
         "label_config": body.get("label_config") or "",
         "tasks": [{"id": t.get("id"), "data": t.get("data") or {}} for t in tasks],
-        "context": context or None,
+        "prompt": prompt,
     }
+
+
+def interactive_prompt(context: dict) -> dict:
+    """A smart-tool context as one prompt in percent of the image: label, points, box.
+
+    Raises:
+        BadRequest: no keypoint or rectangle in the context, or regions with different labels.
+    """
+    points, box, labels = [], None, set()
+    for region in context.get("result") or []:
+        value = region.get("value") or {}
+        kind = region.get("type")
+        if kind == "keypointlabels":
+            labels.update(value.get("keypointlabels") or [])
+            positive = region.get("is_positive", True) is not False
+            points.append([float(value["x"]), float(value["y"]), int(positive)])
+        elif kind == "rectanglelabels":
+            labels.update(value.get("rectanglelabels") or [])
+            x, y = float(value["x"]), float(value["y"])
+            box = [x, y, x + float(value["width"]), y + float(value["height"])]
+    if not points and box is None:
+        raise BadRequest("the interactive context holds no keypoint or rectangle to segment")
+    if len(labels) != 1:
+        raise BadRequest(f"an interactive request needs exactly one label, got {sorted(labels)}")
+    return {"label": labels.pop(), "points": points, "box": box}

@@ -11,9 +11,12 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ml_backend.app import create_app
+from ml_backend.errors import BadRequest
+from ml_backend.protocol import predict_payload
 from tests.conftest import REPO
 from worker.ls_format import decode_mask
 
@@ -61,14 +64,26 @@ def test_cold_start_predict_gives_one_empty_result_per_task(client):
     assert all(r["result"] == [] and r["model_version"] == "untrained" for r in results)
 
 
-def test_webhooks_are_acknowledged_and_interactive_requests_refused_clearly(client):
+def test_webhooks_are_acknowledged_and_cold_interactive_requests_answer_empty(client):
     for name in ("017_webhook_annotation_created.json", "019_webhook_start_training.json"):
         assert client.post("/webhook", json=fixture(name)["body"]).status_code == 200
-    interactive = client.post(
-        "/predict", json=fixture("020_predict_interactive_keypoint.json")["body"]
-    )
-    assert interactive.status_code == 400
-    assert "Interactive preannotations" in interactive.json["error"]
+    body = fixture("020_predict_interactive_keypoint.json")["body"]
+    interactive = client.post("/predict", json=body)
+    assert interactive.status_code == 200
+    assert interactive.json["results"] == [
+        {"result": [], "score": 0.0, "model_version": "untrained"}
+    ]
+
+
+def test_interactive_contexts_as_label_studio_sends_them():
+    keypoints = fixture("021_predict_interactive_keypoints_pos_neg.json")["body"]
+    prompt = predict_payload(keypoints)["prompt"]
+    assert prompt == {"label": "Crack", "points": [[40.0, 50.0, 1], [60.0, 30.0, 0]], "box": None}
+    rectangle = predict_payload(fixture("022_predict_interactive_rectangle.json")["body"])
+    assert rectangle["prompt"] == {"label": "Uneven", "points": [], "box": [10.0, 20.0, 40.0, 45.0]}
+    empty = {**keypoints, "params": {"context": {"result": []}}}
+    with pytest.raises(BadRequest, match="no keypoint or rectangle"):
+        predict_payload(empty)
 
 
 def test_bad_requests_get_json_errors(client):
@@ -178,3 +193,60 @@ def test_setup_reports_the_current_version_of_the_project(trained_model_dir, tmp
     answer = client.post("/setup", json=fixture("009_setup.json")["body"]).json
     assert answer["model_version"] == "v0001" and isinstance(answer["model_version"], str)
     assert client.post("/setup", json={"project": "5.1"}).json["model_version"] == "untrained"
+
+
+def test_interactive_click_and_box_give_a_mask_with_the_chosen_label(
+    trained_model_dir, synthetic_dir
+):
+    from PIL import Image
+
+    app = create_app({"MODEL_DIR": trained_model_dir, "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir})
+    client = app.test_client()
+    spot = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
+    width, height = Image.open(spot).size
+    truth = np.asarray(Image.open(synthetic_dir / "Spot" / "masks" / spot.name)) >= 128
+    ys, xs = np.nonzero(truth)
+    cx, cy = 100 * xs.mean() / width, 100 * ys.mean() / height
+    task = {"id": 1, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}}
+    click = {
+        "type": "keypointlabels",
+        "is_positive": True,
+        "value": {"x": cx, "y": cy, "keypointlabels": ["Spot"]},
+    }
+    box = {
+        "type": "rectanglelabels",
+        "value": {
+            "x": 0.0,
+            "y": 0.0,
+            "width": 50.0,
+            "height": 50.0,
+            "rectanglelabels": ["Scratch"],
+        },
+    }
+    for context, label in (({"result": [click]}, "Spot"), ({"result": [box]}, "Scratch")):
+        body = {
+            "tasks": [task],
+            "project": "3.1",
+            "label_config": SYNTHETIC_CONFIG,
+            "params": {"context": context},
+        }
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200
+        (result,) = response.json["results"]
+        (region,) = result["result"]
+        assert region["value"]["brushlabels"] == [label]
+        assert region["meta"]["segmenter"] == "cam" and region["meta"]["interactive"]
+        mask = decode_mask(region["value"]["rle"], width, height)
+        if label == "Spot":
+            assert mask[int(ys.mean()), int(xs.mean())]
+        else:  # nothing outside the box
+            assert not mask[height // 2 + 2 :, :].any() and not mask[:, width // 2 + 2 :].any()
+    missing = {"id": 2, "data": {"image": "/data/local-files/?d=Spot/missing.png"}}
+    body = {
+        "tasks": [missing],
+        "project": "3.1",
+        "label_config": SYNTHETIC_CONFIG,
+        "params": {"context": {"result": [click]}},
+    }
+    bad = client.post("/predict", json=body)
+    assert bad.status_code == 422 and "missing.png" in bad.json["error"]

@@ -70,3 +70,21 @@ def test_sam2_pipeline_rle_round_trip_at_original_size(checkpoint, sam2_checkpoi
         assert region["meta"]["segmenter"] == "sam2"
         decoded = decode_mask(region["value"]["rle"], 133, 77)
         assert np.array_equal(decoded, mask.mask)
+
+
+@pytest.mark.slow
+def test_sam2_answers_a_click_for_known_and_unknown_labels(checkpoint, sam2_checkpoint):
+    from worker.prompts import Prompts
+
+    segmenter = build_segmenter(
+        "sam2", sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint
+    )
+    pipeline = Pipeline(Classifier.load(checkpoint), segmenter)
+    image, _ = make_image(np.random.default_rng(2), "Spot", (90, 120))
+    click = Prompts(np.array([[60.0, 45.0], [5.0, 5.0]]), np.array([1, 0]))
+    for label in ("Spot", "Pore"):  # "Pore" is not a class of the classifier
+        mask = pipeline.segment_prompted(image, label, click)
+        # Random SAM2 weights may draw nothing; then the focused CAM answers, and says so.
+        assert mask is not None and mask.mask.any()
+        assert mask.label == label and mask.segmenter == "sam2"
+        assert mask.mask.shape == (90, 120) and mask.details["interactive"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from worker.errors import CamsamError
-from worker.prompts import find_peaks, main_region_box, make_prompts
+from worker.prompts import Prompts, find_peaks, main_region_box, make_prompts, seed_cam
 
 
 def blob_cam(shape=(120, 200), centres=((60, 50),), sigma=10.0) -> np.ndarray:
@@ -52,3 +52,15 @@ def test_box_strategy_has_no_points_and_unknown_strategy_is_refused():
     assert len(prompts.points) == 0 and prompts.box is not None
     with pytest.raises(CamsamError, match="choose one of"):
         make_prompts(blob_cam(), "clicks")
+
+
+def test_seeded_cam_follows_the_person_not_only_the_classifier():
+    cam = blob_cam(centres=((30, 40),))
+    clicked = seed_cam(cam, Prompts(np.array([[160.0, 90.0]]), np.array([1])))
+    assert np.unravel_index(np.argmax(clicked), clicked.shape) == (90, 160)  # CAM silent there
+    boxed = seed_cam(
+        cam, Prompts(np.zeros((0, 2)), np.zeros(0, int), np.array([100, 60, 190, 110]))
+    )
+    assert boxed[:, :100].max() == 0 and boxed[70, 150] > 0
+    negative = seed_cam(cam, Prompts(np.array([[40.0, 30.0]]), np.array([0])))
+    assert negative[30, 40] < 0.01

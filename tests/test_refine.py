@@ -7,6 +7,7 @@ from worker.errors import SegmenterError
 from worker.refine import (
     RefineParams,
     contrast_map,
+    fill_holes,
     guided_filter,
     refine_cam,
     remove_specks,
@@ -81,3 +82,16 @@ def test_texture_residual_is_in_robust_standard_deviations():
     assert 0.8 < np.median(np.abs(z)) * 1.4826 < 1.2
     gray[100, 100] += 60
     assert texture_residual(gray, 12)[100, 100] > 8
+
+
+def test_fill_holes_closes_rings_only():
+    ring = np.zeros((30, 30), bool)
+    ring[5:20, 5:20] = True
+    ring[8:17, 8:17] = False
+    open_cup = np.zeros((30, 30), bool)
+    open_cup[22:28, 2:10] = True
+    open_cup[22:27, 4:8] = False
+    open_cup[27, 4:8] = False  # an opening to the outside: not a hole
+    filled = fill_holes(ring | open_cup)
+    assert filled[12, 12] and filled[5:20, 5:20].all()
+    assert not filled[24, 5]

@@ -14,7 +14,7 @@ from worker.checkpoint import project_model_dir
 from worker.errors import CamsamError
 from worker.fetch import ImageFetcher
 from worker.images import load_image
-from worker.ls_format import to_prediction
+from worker.ls_format import brush_region, to_prediction
 
 log = logging.getLogger(__name__)
 _pipelines: dict[tuple[str, str], object] = {}
@@ -34,11 +34,7 @@ def predict(payload: dict) -> dict:
         return {"results": [empty(None) for _ in tasks], "model_version": None, "failed": 0}
     config = parse_label_config(payload["label_config"]) if payload["label_config"] else None
     pipeline = load_pipeline(model_dir, version, settings)
-    fetcher = ImageFetcher(
-        settings["label_studio_url"],
-        settings["label_studio_api_key"],
-        settings["local_files_document_root"],
-    )
+    fetcher = fetcher_for(settings)
     key = config.image_key if config else "image"
     results, failed = [], 0
     for task in tasks:
@@ -50,6 +46,48 @@ def predict(payload: dict) -> dict:
             log.warning("task %s: no prediction: %s", task.get("id"), error)
             results.append(empty(version))
     return {"results": results, "model_version": version, "failed": failed}
+
+
+def interactive(payload: dict) -> dict:
+    """The mask for one click or box on one task, labelled as the person chose.
+
+    Bad input here is the person's to fix, so it raises rather than answering empty.
+    """
+    import numpy as np
+
+    from worker.prompts import Prompts
+
+    settings = payload["settings"]
+    model_dir = project_model_dir(settings["model_dir"], payload["project"])
+    version = model_dir.current_version()
+    config = parse_label_config(payload["label_config"]) if payload["label_config"] else None
+    if version is None:
+        return {"results": [empty(None)], "model_version": None, "failed": 0}
+    pipeline = load_pipeline(model_dir, version, settings)
+    (task,) = payload["tasks"]
+    key = config.image_key if config else "image"
+    image = load_image(fetcher_for(settings).fetch(str(task["data"][key])))
+    height, width = image.shape[:2]
+    prompt = payload["prompt"]
+    scale = np.array([width / 100.0, height / 100.0], dtype=np.float32)
+    points = np.array([p[:2] for p in prompt["points"]], np.float32).reshape(-1, 2) * scale
+    labels = np.array([p[2] for p in prompt["points"]], np.int32)
+    box = None
+    if prompt["box"] is not None:
+        box = np.array(prompt["box"], np.float32) * np.tile(scale, 2)
+    mask = pipeline.segment_prompted(image, prompt["label"], Prompts(points, labels, box))
+    regions = [] if mask is None else [brush_region(mask, width, height, config)]
+    score = 0.0 if mask is None else mask.score
+    result = {"result": regions, "score": score, "model_version": version}
+    return {"results": [result], "model_version": version, "failed": 0}
+
+
+def fetcher_for(settings: dict) -> ImageFetcher:
+    return ImageFetcher(
+        settings["label_studio_url"],
+        settings["label_studio_api_key"],
+        settings["local_files_document_root"],
+    )
 
 
 def empty(version: str | None) -> dict:

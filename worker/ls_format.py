@@ -9,6 +9,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from ml_backend.label_config import LabelConfig
 from worker.pipeline import ImageResult
+from worker.segment import MaskResult
 
 # The names used in the repository's label_config.xml (a test keeps them in step).
 DEFAULT_IMAGE_NAME = "image"
@@ -41,31 +42,29 @@ def to_prediction(
             }
         )
     for mask in result.masks:
-        if config is not None and mask.label not in config.mask_labels:
-            continue
-        meta = {"segmenter": mask.segmenter, **mask.details}
-        if mask.prompts is not None:
-            meta["prompts"] = mask.prompts.to_dict()
-        regions.append(
-            {
-                "id": _region_id(),
-                "from_name": config.brush.name if config else DEFAULT_BRUSH_NAME,
-                "to_name": image_name,
-                "type": "brushlabels",
-                "original_width": result.width,
-                "original_height": result.height,
-                "image_rotation": 0,
-                "value": {
-                    "format": "rle",
-                    "rle": encode_mask(mask.mask),
-                    "brushlabels": [mask.label],
-                },
-                "score": mask.score,
-                "readonly": False,
-                "meta": {**meta, "text": [f"camsam {mask.segmenter} mask"]},
-            }
-        )
+        if config is None or mask.label in config.mask_labels:
+            regions.append(brush_region(mask, result.width, result.height, config))
     return {"model_version": model_version, "score": result.score, "result": regions}
+
+
+def brush_region(mask: MaskResult, width: int, height: int, config: LabelConfig | None) -> dict:
+    """One ``brushlabels`` region; ``meta`` says which segmenter made it and from what prompts."""
+    meta = {"segmenter": mask.segmenter, **mask.details}
+    if mask.prompts is not None:
+        meta["prompts"] = mask.prompts.to_dict()
+    return {
+        "id": _region_id(),
+        "from_name": config.brush.name if config else DEFAULT_BRUSH_NAME,
+        "to_name": config.image_name if config else DEFAULT_IMAGE_NAME,
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": encode_mask(mask.mask), "brushlabels": [mask.label]},
+        "score": mask.score,
+        "readonly": False,
+        "meta": {**meta, "text": [f"camsam {mask.segmenter} mask"]},
+    }
 
 
 def encode_mask(mask: np.ndarray) -> list[int]:

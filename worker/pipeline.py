@@ -14,7 +14,7 @@ import numpy as np
 
 from worker.cam import CamMap, compute_cams
 from worker.classify import Classifier, Prediction
-from worker.prompts import make_prompts
+from worker.prompts import Prompts, make_prompts, seed_cam
 from worker.segment import MaskResult, Segmenter
 
 
@@ -102,6 +102,31 @@ class Pipeline:
             masks = [part for m in masks for part in split_instances(m, area)]
         height, width = image.shape[:2]
         return ImageResult(width, height, prediction, tuple(masks), tuple(cams))
+
+    def segment_prompted(
+        self, image: np.ndarray, label: str, prompts: Prompts
+    ) -> MaskResult | None:
+        """The mask for a person's click or box on ``image``, labelled ``label``.
+
+        SAM2 reads the prompt itself (the CAM only helps pick among its masks); the ``cam``
+        segmenter refines the class's CAM focused on the prompt, or the prompt alone for a label
+        the classifier does not know.
+        """
+        height, width = image.shape[:2]
+        if label in self.classifier.spec.classes:
+            (cam,) = compute_cams(self.classifier, image, [label], self.options.cam_method)
+        else:
+            cam = CamMap(label, np.ones((height, width), np.float32), 1.0)
+        seeded = replace(cam, cam=seed_cam(cam.cam, prompts))
+        (mask,) = self.segmenter.segment(image, [seeded], [prompts])
+        details = {**mask.details, "interactive": True}
+        if not mask.mask.any():
+            # A person asked for a mask here: the focused CAM itself beats answering nothing.
+            fallback = seeded.cam >= 0.5 * float(seeded.cam.max())
+            if not fallback.any():
+                return None
+            return replace(mask, mask=fallback, details={**details, "fallback": "focused CAM"})
+        return replace(mask, details=details)
 
     def segment_labels(
         self, image: np.ndarray, labels: Sequence[str]

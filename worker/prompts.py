@@ -128,3 +128,27 @@ def main_region_box(cam: np.ndarray, threshold: float) -> np.ndarray:
     y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
     ys, xs = np.nonzero(components == components[y, x])
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+def seed_cam(cam: np.ndarray, prompts: Prompts) -> np.ndarray:
+    """A CAM focused by a person's prompt: kept near positive clicks, cut outside the box and
+    near negative clicks. Used when there is no SAM2 to read the clicks itself.
+    """
+    height, width = cam.shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    sigma = 0.12 * max(height, width)
+    focus = np.ones_like(cam, dtype=np.float32)
+    if len(prompts.positives):
+        near = [
+            np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) for x, y in prompts.positives
+        ]
+        focus = np.max(near, axis=0)
+    for x, y in prompts.negatives:
+        focus *= 1.0 - np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * (sigma / 2) ** 2))
+    if prompts.box is not None:
+        x0, y0, x1, y1 = prompts.box
+        focus *= (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    # The person's prompt outranks the classifier: where the CAM is silent, the focus still counts.
+    relative = cam.astype(np.float32) / max(float(cam.max()), 1e-6)
+    seeded = focus * (0.2 + 0.8 * relative)
+    return seeded / max(float(seeded.max()), 1e-6)

@@ -89,7 +89,7 @@ def refine_cam(
         if not mask.any():
             return cam >= max(threshold, 0.5)
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-        return remove_specks(mask.astype(bool), min_area)
+        return remove_specks(fill_holes(mask.astype(bool)), min_area)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     radius = max(2, int(round(0.02 * max(cam.shape))))
     smoothed = guided_filter(gray, cam, radius, eps=1e-3)
@@ -111,6 +111,17 @@ def _grabcut(image: np.ndarray, cam: np.ndarray, threshold: float) -> np.ndarray
     bgr = np.ascontiguousarray(image[:, :, ::-1])
     cv2.grabCut(bgr, trimap, None, background, foreground, 3, cv2.GC_INIT_WITH_MASK)
     return (trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill regions the mask encloses: a spot whose rim differs from the surface but whose middle
+    matches it is still one solid defect."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    outside = padded.copy()
+    flood = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
+    cv2.floodFill(outside, flood, (0, 0), 1)
+    holes = outside[1:-1, 1:-1] == 0
+    return mask | holes
 
 
 def remove_specks(mask: np.ndarray, min_area: float) -> np.ndarray:
