@@ -59,6 +59,8 @@ class CamsamBackend:
         answer = self.runner.run(job, payload, self.settings.predict_timeout)
         self.metrics.count_tasks("predicted", len(payload["tasks"]) - answer["failed"])
         self.metrics.count_tasks("failed", answer["failed"])
+        if "embedding_cache" in answer:
+            self.metrics.embedding_cache = answer["embedding_cache"]
         version = answer["model_version"] or UNTRAINED
         return {"results": answer["results"], "model_version": version}
 
@@ -146,7 +148,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     @app.get("/metrics")
     def metrics_route():
         return Response(
-            metrics.render({"camsam_queue_depth": [({}, runner.queue_depth())]}),
+            metrics.render(
+                {
+                    "camsam_queue_depth": [({}, runner.queue_depth())],
+                    "camsam_embedding_cache": [
+                        ({"outcome": k}, v) for k, v in sorted(metrics.embedding_cache.items())
+                    ],
+                }
+            ),
             mimetype="text/plain; version=0.0.4",
         )
 

@@ -13,6 +13,7 @@ class Metrics:
         self.latency_sum: dict[str, float] = defaultdict(float)
         self.latency_count: dict[str, int] = defaultdict(int)
         self.tasks: dict[str, int] = defaultdict(int)
+        self.embedding_cache: dict[str, int] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self.lock:

@@ -250,3 +250,42 @@ def test_interactive_click_and_box_give_a_mask_with_the_chosen_label(
     }
     bad = client.post("/predict", json=body)
     assert bad.status_code == 422 and "missing.png" in bad.json["error"]
+
+
+@pytest.mark.slow
+def test_second_click_on_an_image_reuses_its_sam2_embedding(
+    trained_model_dir, synthetic_dir, sam2_checkpoint
+):
+    from tests.conftest import SAM2_TINY_CONFIG
+
+    app = create_app(
+        {
+            "MODEL_DIR": trained_model_dir,
+            "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
+            "SAM2_CONFIG": SAM2_TINY_CONFIG,
+            "SAM2_CHECKPOINT": sam2_checkpoint,
+        }
+    )
+    client = app.test_client()
+    assert client.get("/health").json["segmenter"] == "sam2"
+    spot = sorted((synthetic_dir / "Spot").glob("*.png"))[1]
+    task = {"id": 1, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}}
+    for x in (30.0, 60.0):
+        click = {
+            "type": "keypointlabels",
+            "is_positive": True,
+            "value": {"x": x, "y": 50.0, "keypointlabels": ["Spot"]},
+        }
+        body = {
+            "tasks": [task],
+            "project": "3.1",
+            "label_config": SYNTHETIC_CONFIG,
+            "params": {"context": {"result": [click]}},
+        }
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200
+        (region,) = response.json["results"][0]["result"]
+        assert region["meta"]["segmenter"] == "sam2"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'camsam_embedding_cache{outcome="hits"} 1' in metrics
+    assert 'camsam_embedding_cache{outcome="misses"} 1' in metrics

@@ -49,14 +49,23 @@ def test_sam2_contract_shapes_and_details(sam2):
 
 
 @pytest.mark.slow
-def test_sam2_embeds_each_image_once(sam2, monkeypatch):
+def test_sam2_embeds_each_image_once_and_caches_the_embedding(sam2, monkeypatch):
     image, cam = scene()
+    sam2.cache.clear()  # earlier tests embedded this scene already
     calls = []
     original = sam2.predictor.set_image
     monkeypatch.setattr(sam2.predictor, "set_image", lambda im: calls.append(1) or original(im))
     cams = [cam, CamMap("Crack", cam.cam[::-1].copy(), 0.5), CamMap("Other", cam.cam, 0.5)]
-    sam2.segment(image, cams, [make_prompts(c.cam) for c in cams])
+    first = sam2.segment(image, cams, [make_prompts(c.cam) for c in cams])
     assert len(calls) == 1
+    hits = sam2.cache_stats["hits"]
+    other = image.copy()
+    other[0, 0] = 0
+    sam2.segment(other, [cam], [make_prompts(cam.cam)])  # another image: embedded
+    again = sam2.segment(image, cams, [make_prompts(c.cam) for c in cams])  # a second click
+    assert len(calls) == 2 and sam2.cache_stats["hits"] == hits + 1
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.mask, b.mask)  # the cached embedding decodes the same masks
     assert sam2.segment(image, [], []) == []
 
 

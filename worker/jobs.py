@@ -17,7 +17,7 @@ from worker.images import load_image
 from worker.ls_format import brush_region, to_prediction
 
 log = logging.getLogger(__name__)
-_pipelines: dict[tuple[str, str], object] = {}
+_pipelines: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
@@ -45,7 +45,7 @@ def predict(payload: dict) -> dict:
             failed += 1
             log.warning("task %s: no prediction: %s", task.get("id"), error)
             results.append(empty(version))
-    return {"results": results, "model_version": version, "failed": failed}
+    return {"results": results, "model_version": version, "failed": failed, **cache_stats(pipeline)}
 
 
 def interactive(payload: dict) -> dict:
@@ -79,7 +79,13 @@ def interactive(payload: dict) -> dict:
     regions = [] if mask is None else [brush_region(mask, width, height, config)]
     score = 0.0 if mask is None else mask.score
     result = {"result": regions, "score": score, "model_version": version}
-    return {"results": [result], "model_version": version, "failed": 0}
+    return {"results": [result], "model_version": version, "failed": 0, **cache_stats(pipeline)}
+
+
+def cache_stats(pipeline) -> dict:
+    """The SAM2 embedding cache's hits and misses in this process, when SAM2 is in use."""
+    stats = getattr(pipeline.segmenter, "cache_stats", None)
+    return {"embedding_cache": dict(stats)} if stats is not None else {}
 
 
 def fetcher_for(settings: dict) -> ImageFetcher:
@@ -99,7 +105,8 @@ def load_pipeline(model_dir, version: str, settings: dict):
     from worker.cli import resolve_device
     from worker.pipeline import Pipeline
 
-    key = (str(model_dir.root), version)
+    segmenter = tuple(settings[k] for k in ("sam2_config", "sam2_checkpoint", "sam2_hub_id"))
+    key = (str(model_dir.root), version, segmenter, settings["device"])
     with _lock:
         if key not in _pipelines:
             pipeline = Pipeline.build(
@@ -109,7 +116,7 @@ def load_pipeline(model_dir, version: str, settings: dict):
                 sam2_hub_id=settings["sam2_hub_id"] or None,
                 device=resolve_device(settings["device"]),
             )
-            for old in [k for k in _pipelines if k[0] == key[0]]:
-                del _pipelines[old]
+            for old in [k for k in _pipelines if k[0] == key[0] and k[1] != version]:
+                del _pipelines[old]  # an older version of this model: training replaced it
             _pipelines[key] = pipeline
         return _pipelines[key]

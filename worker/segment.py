@@ -7,7 +7,9 @@ is the bare CAM cut at half its peak, the floor the others must beat.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,11 +89,22 @@ class CamSegmenter:
 
 
 class Sam2Segmenter:
-    """SAM2's image predictor, built once; one lock because the predictor holds the image state."""
+    """SAM2's image predictor, built once, with an LRU cache of image embeddings.
+
+    One lock, because the predictor holds the current image's state. The cache means a second
+    click on the same image (or the pre-annotation of an image clicked before) decodes without
+    embedding it again; ``cache_stats`` counts hits and misses.
+    """
 
     name = "sam2"
 
-    def __init__(self, predictor, mask_choice: str = "cam", mask_threshold: float = 0.0) -> None:
+    def __init__(
+        self,
+        predictor,
+        mask_choice: str = "cam",
+        mask_threshold: float = 0.0,
+        cache_size: int = 16,
+    ) -> None:
         if mask_choice not in MASK_CHOICES:
             raise SegmenterError(
                 f"unknown mask choice {mask_choice!r}: choose one of {MASK_CHOICES}"
@@ -100,13 +113,33 @@ class Sam2Segmenter:
         self.mask_choice = mask_choice
         self.mask_threshold = mask_threshold
         self.lock = threading.Lock()
+        self.cache_size = cache_size
+        self.cache: OrderedDict[str, tuple] = OrderedDict()
+        self.cache_stats = {"hits": 0, "misses": 0}
 
     def segment(self, image, cams, prompts):
         if not cams:
             return []
         with self.lock:
-            self.predictor.set_image(image)
+            self._set_image(image)
             return [self._decode(c, p) for c, p in zip(cams, prompts, strict=True)]
+
+    def _set_image(self, image: np.ndarray) -> None:
+        """Embed ``image``, or restore its embedding from the cache (keyed by its pixels)."""
+        key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
+        predictor = self.predictor
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            predictor._features, predictor._orig_hw = self.cache[key]
+            predictor._is_image_set, predictor._is_batch = True, False
+            self.cache_stats["hits"] += 1
+            return
+        predictor.set_image(image)
+        self.cache_stats["misses"] += 1
+        if self.cache_size:
+            self.cache[key] = (predictor._features, predictor._orig_hw)
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
 
     def _decode(self, cam: CamMap, prompts: Prompts) -> MaskResult:
         import torch
