@@ -14,14 +14,13 @@ import time
 
 from flask import Flask, Response, g, jsonify, request
 
-from ml_backend.errors import BackendError, BadRequest
+from ml_backend.errors import BackendError, BadRequest, InputError
 from ml_backend.label_config import LabelConfigError, parse_label_config
 from ml_backend.metrics import Metrics
 from ml_backend.protocol import predict_payload, project_id
-from ml_backend.runner import EmbeddedRunner
+from ml_backend.runner import EmbeddedRunner, RqRunner
 from ml_backend.settings import Settings
 from worker.checkpoint import project_model_dir
-from worker.errors import CamsamError
 
 UNTRAINED = "untrained"
 
@@ -57,6 +56,8 @@ class CamsamBackend:
         payload["settings"] = self.settings.for_worker()
         job = "worker.jobs.interactive" if payload["prompt"] else "worker.jobs.predict"
         answer = self.runner.run(job, payload, self.settings.predict_timeout)
+        if "error" in answer:
+            raise InputError(answer["error"])
         self.metrics.count_tasks("predicted", len(payload["tasks"]) - answer["failed"])
         self.metrics.count_tasks("failed", answer["failed"])
         if "embedding_cache" in answer:
@@ -75,13 +76,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in (test_config or {}).items()})
     settings = Settings.from_env(env)
-    if settings.redis_url:
-        raise BackendError(
-            "REDIS_URL is set, but this version runs jobs in the serving process only: "
-            "unset REDIS_URL to serve"
-        )
     metrics = Metrics()
-    runner = EmbeddedRunner()
+    runner = RqRunner(settings.redis_url) if settings.redis_url else EmbeddedRunner()
     backend = CamsamBackend(settings, runner, metrics)
     app.extensions["camsam"] = backend
 
@@ -104,12 +100,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     @app.errorhandler(BackendError)
     def _backend_error(error: BackendError):
         return jsonify({"error": str(error)}), error.status
-
-    @app.errorhandler(CamsamError)
-    def _input_error(error: CamsamError):
-        # Raised by a job run in this process for the request's own input (an image it cannot
-        # read, a label it cannot use): the caller's to fix.
-        return jsonify({"error": str(error)}), 422
 
     @app.errorhandler(LabelConfigError)
     def _config_error(error: LabelConfigError):

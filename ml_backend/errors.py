@@ -11,6 +11,12 @@ class BadRequest(BackendError):
     status = 400
 
 
+class InputError(BackendError):
+    """The request's own input cannot be served (an unreadable image, an unusable label)."""
+
+    status = 422
+
+
 class Unavailable(BackendError):
     """The worker did not answer in time, or the queue is unreachable."""
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create or update .venv/ with everything camsam needs. Idempotent: a second run with the same
-# pyproject.toml returns at once.
+# Create or update .venv/ with everything camsam needs (and, as root on Debian, redis-server for
+# the tests). Idempotent: a second run with the same pyproject.toml returns at once.
 #
 #   TORCH_SPEC        torch requirement (default torch==2.14.1)
 #   TORCHVISION_SPEC  torchvision requirement (default torchvision==0.29.1)
@@ -13,6 +13,12 @@ torch_spec=${TORCH_SPEC:-torch==2.14.1}
 torchvision_spec=${TORCHVISION_SPEC:-torchvision==0.29.1}
 stamp=.venv/.camsam-installed
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+
+# The tests start their own redis-server on a free port; install it where we may.
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "camsam: installing redis-server (for the queue tests)" >&2
+  apt-get update -qq >/dev/null && apt-get install -y -qq redis-server >/dev/null
+fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-dir", help="sets MODEL_DIR: models/<project id>/ or one model")
     serve.set_defaults(handler=run_serve)
 
+    worker = commands.add_parser("worker", help="run a worker for the backend's Redis queues")
+    worker.add_argument("--redis-url", help="default: REDIS_URL")
+    worker.add_argument("--burst", action="store_true", help="stop when the queues are empty")
+    worker.set_defaults(handler=run_worker)
+
     demo = commands.add_parser("demo", help="synthetic dataset -> train -> predict -> eval")
     demo.add_argument("--out", default="demo", help="folder for everything the demo writes")
     demo.add_argument("--epochs", type=int, default=8)
@@ -377,10 +382,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.model_dir:
         os.environ["MODEL_DIR"] = args.model_dir
     workers = args.workers
-    if workers != 1:
+    if workers != 1 and not os.environ.get("REDIS_URL"):
         print(
-            "camsam serve: jobs run in the serving process, so one gunicorn worker serves "
-            "them all (threads keep /health answering during a long /predict)",
+            "camsam serve: without REDIS_URL jobs run in the serving process, so one gunicorn "
+            "worker serves them all (threads keep /health answering during a long /predict)",
             file=sys.stderr,
         )
         workers = 1
@@ -400,6 +405,32 @@ def run_serve(args: argparse.Namespace) -> int:
     model_dir = os.environ.get("MODEL_DIR", "models")
     print(f"camsam ML backend on http://{args.host}:{args.port} (models in {model_dir})")
     Server().run()
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """A non-forking rq worker: CUDA does not survive fork, and the models stay warm between jobs.
+
+    Interactive jobs are taken before batch predictions.
+    """
+    import logging
+    import os
+
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    from ml_backend.runner import INTERACTIVE_QUEUE, PREDICT_QUEUE
+
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        raise CamsamError(
+            "camsam worker needs --redis-url or REDIS_URL (e.g. redis://localhost:6379)"
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    connection = Redis.from_url(url)
+    queues = [Queue(name, connection=connection) for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE)]
+    print(f"camsam worker on {url}: queues {INTERACTIVE_QUEUE}, {PREDICT_QUEUE}")
+    SimpleWorker(queues, connection=connection).work(burst=args.burst, with_scheduler=False)
     return 0
 
 

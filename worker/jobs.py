@@ -51,7 +51,7 @@ def predict(payload: dict) -> dict:
 def interactive(payload: dict) -> dict:
     """The mask for one click or box on one task, labelled as the person chose.
 
-    Bad input here is the person's to fix, so it raises rather than answering empty.
+    Bad input here is the person's to fix, so it answers ``{"error": ...}`` rather than empty.
     """
     import numpy as np
 
@@ -66,7 +66,10 @@ def interactive(payload: dict) -> dict:
     pipeline = load_pipeline(model_dir, version, settings)
     (task,) = payload["tasks"]
     key = config.image_key if config else "image"
-    image = load_image(fetcher_for(settings).fetch(str(task["data"][key])))
+    try:
+        image = load_image(fetcher_for(settings).fetch(str(task["data"][key])))
+    except (CamsamError, KeyError) as error:
+        return {"error": f"cannot read the task's image: {error}"}
     height, width = image.shape[:2]
     prompt = payload["prompt"]
     scale = np.array([width / 100.0, height / 100.0], dtype=np.float32)

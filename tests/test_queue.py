@@ -1,0 +1,146 @@
+"""The Redis mode: the web app enqueues, a real `camsam worker` process answers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ml_backend.app import create_app
+from tests.conftest import REPO
+from tests.test_app import SYNTHETIC_CONFIG
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    from redis import Redis
+
+    for _ in range(100):
+        try:
+            Redis.from_url(url).ping()
+            break
+        except Exception:  # noqa: BLE001 (not up yet)
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_process(redis_url):
+    env = {**os.environ, "REDIS_URL": redis_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "worker"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield process
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_web_process_in_redis_mode_imports_no_torch(redis_url, tmp_path):
+    code = (
+        "import sys; from ml_backend.app import create_app; "
+        f"app = create_app({{'MODEL_DIR': {str(tmp_path)!r}, 'REDIS_URL': {redis_url!r}}}); "
+        "app.test_client().get('/metrics'); "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_predictions_go_through_the_queue_to_a_worker(
+    redis_url, worker_process, trained_model_dir, synthetic_dir
+):
+    app = create_app(
+        {
+            "MODEL_DIR": trained_model_dir,
+            "REDIS_URL": redis_url,
+            "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
+            "PREDICT_TIMEOUT": 60,
+        }
+    )
+    client = app.test_client()
+    assert client.get("/health").json["mode"] == "redis"
+    spot = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
+    tasks = [
+        {"id": 1, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}},
+        {"id": 2, "data": {"image": "/data/local-files/?d=Spot/missing.png"}},
+    ]
+    body = {
+        "tasks": tasks,
+        "project": "9.1",
+        "label_config": SYNTHETIC_CONFIG,
+        "params": {"context": None},
+    }
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.json
+    results = response.json["results"]
+    assert len(results) == 2 and results[1]["result"] == []
+    assert any(r["type"] == "brushlabels" for r in results[0]["result"])
+    click = {
+        "type": "keypointlabels",
+        "is_positive": True,
+        "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Spot"]},
+    }
+    body = {**body, "tasks": tasks[1:], "params": {"context": {"result": [click]}}}
+    bad = client.post("/predict", json=body)
+    assert bad.status_code == 422 and "missing.png" in bad.json["error"]
+    assert "camsam_queue_depth 0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_no_worker_means_a_clear_timeout_and_the_job_is_dropped(redis_url, tmp_path):
+    from redis import Redis
+    from rq import Queue
+
+    from ml_backend.runner import PREDICT_QUEUE
+
+    app = create_app({"MODEL_DIR": tmp_path, "REDIS_URL": redis_url, "PREDICT_TIMEOUT": 1})
+    body = {
+        "tasks": [{"id": 1, "data": {"image": "/x.png"}}],
+        "project": "2.1",
+        "label_config": "",
+        "params": {"context": None},
+    }
+    started = time.monotonic()
+    response = app.test_client().post("/predict", json=body)
+    assert response.status_code == 503
+    assert "camsam worker" in response.json["error"]
+    assert time.monotonic() - started < 30  # it gave up instead of blocking the web worker
+    assert len(Queue(PREDICT_QUEUE, connection=Redis.from_url(redis_url))) == 0
