@@ -375,62 +375,23 @@ def run_split(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import os
 
-    from gunicorn.app.base import BaseApplication
-
-    from ml_backend.app import create_app
+    from ml_backend.server import serve
 
     if args.model_dir:
         os.environ["MODEL_DIR"] = args.model_dir
-    workers = args.workers
-    if workers != 1 and not os.environ.get("REDIS_URL"):
-        print(
-            "camsam serve: without REDIS_URL jobs run in the serving process, so one gunicorn "
-            "worker serves them all (threads keep /health answering during a long /predict)",
-            file=sys.stderr,
-        )
-        workers = 1
-    app = create_app()
-
-    class Server(BaseApplication):
-        def load_config(self):
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", workers)
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("timeout", 300)
-
-        def load(self):
-            return app
-
-    model_dir = os.environ.get("MODEL_DIR", "models")
-    print(f"camsam ML backend on http://{args.host}:{args.port} (models in {model_dir})")
-    Server().run()
+    serve(args.host, args.port, args.workers, args.threads)
     return 0
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    """A non-forking rq worker: CUDA does not survive fork, and the models stay warm between jobs.
-
-    Interactive jobs are taken before batch predictions.
-    """
-    import logging
     import os
 
-    from redis import Redis
-    from rq import Queue, SimpleWorker
-
-    from ml_backend.runner import INTERACTIVE_QUEUE, PREDICT_QUEUE
+    from worker.queue_worker import work
 
     url = args.redis_url or os.environ.get("REDIS_URL")
     if not url:
-        raise CamsamError(
-            "camsam worker needs --redis-url or REDIS_URL (e.g. redis://localhost:6379)"
-        )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    connection = Redis.from_url(url)
-    queues = [Queue(name, connection=connection) for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE)]
-    print(f"camsam worker on {url}: queues {INTERACTIVE_QUEUE}, {PREDICT_QUEUE}")
-    SimpleWorker(queues, connection=connection).work(burst=args.burst, with_scheduler=False)
+        raise CamsamError("camsam worker needs --redis-url or REDIS_URL (redis://host:6379/0)")
+    work(url, burst=args.burst)
     return 0
 
 
