@@ -17,12 +17,10 @@ from flask import Flask, Response, g, jsonify, request
 from ml_backend.errors import BackendError, BadRequest, InputError
 from ml_backend.label_config import LabelConfigError, parse_label_config
 from ml_backend.metrics import Metrics
-from ml_backend.protocol import predict_payload, project_id
+from ml_backend.protocol import UNTRAINED, predict_payload, project_id
 from ml_backend.runner import EmbeddedRunner, RqRunner
 from ml_backend.settings import Settings
 from worker.checkpoint import project_model_dir
-
-UNTRAINED = "untrained"
 
 
 class CamsamBackend:

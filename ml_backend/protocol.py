@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from ml_backend.errors import BadRequest
 
+# The model_version of a project that has no model yet (always a string: Label Studio needs one).
+UNTRAINED = "untrained"
+
 
 def project_id(project: object) -> str:
     """Label Studio sends ``"<id>.<timestamp>"``; models are kept per project id."""

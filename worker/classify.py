@@ -31,6 +31,13 @@ from worker.refine import texture_residual
 DEFAULT_ARCH = "resnet10t"
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` is the GPU when there is one, else the CPU; any other name is taken as it is."""
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def create_model(
     arch: str,
     num_classes: int,

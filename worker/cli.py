@@ -181,14 +181,6 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
-def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_split(path: str | None, part: str) -> list[str] | None:
     if not path:
         return None
@@ -209,7 +201,7 @@ def read_dataset(args: argparse.Namespace, part: str):
 
 def run_train(args: argparse.Namespace) -> int:
     from worker.checkpoint import ModelDir
-    from worker.classify import DEFAULT_ARCH
+    from worker.classify import DEFAULT_ARCH, resolve_device
     from worker.train import TrainConfig, train
 
     dataset = read_dataset(args, "train")
@@ -243,6 +235,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def build_pipeline(args: argparse.Namespace):
     from worker.checkpoint import ModelDir
+    from worker.classify import resolve_device
     from worker.pipeline import Pipeline, PipelineOptions
 
     model_dir = ModelDir(args.model_dir)

@@ -10,6 +10,7 @@ import logging
 import threading
 
 from ml_backend.label_config import parse_label_config
+from ml_backend.protocol import UNTRAINED
 from worker.checkpoint import project_model_dir
 from worker.errors import CamsamError
 from worker.fetch import ImageFetcher
@@ -26,26 +27,26 @@ def predict(payload: dict) -> dict:
 
     Returns ``{"results": [...], "model_version": str, "failed": int}``.
     """
-    settings = payload["settings"]
-    model_dir = project_model_dir(settings["model_dir"], payload["project"])
-    version = model_dir.current_version()
-    tasks = payload["tasks"]
-    if version is None:
-        return {"results": [empty(None) for _ in tasks], "model_version": None, "failed": 0}
-    config = parse_label_config(payload["label_config"]) if payload["label_config"] else None
-    pipeline = load_pipeline(model_dir, version, settings)
-    fetcher = fetcher_for(settings)
-    key = config.image_key if config else "image"
+    project = _Project(payload)
+    if project.version is None:
+        results = [empty(None) for _ in payload["tasks"]]
+        return {"results": results, "model_version": None, "failed": 0}
+    pipeline = project.pipeline()
     results, failed = [], 0
-    for task in tasks:
+    for task in payload["tasks"]:
         try:
-            image = load_image(fetcher.fetch(str(task["data"][key])))
-            results.append(to_prediction(pipeline.run(image), version, config))
+            image = project.image(task)
+            results.append(to_prediction(pipeline.run(image), project.version, project.config))
         except (CamsamError, KeyError) as error:
             failed += 1
             log.warning("task %s: no prediction: %s", task.get("id"), error)
-            results.append(empty(version))
-    return {"results": results, "model_version": version, "failed": failed, **cache_stats(pipeline)}
+            results.append(empty(project.version))
+    return {
+        "results": results,
+        "model_version": project.version,
+        "failed": failed,
+        **cache_stats(pipeline),
+    }
 
 
 def interactive(payload: dict) -> dict:
@@ -57,17 +58,13 @@ def interactive(payload: dict) -> dict:
 
     from worker.prompts import Prompts
 
-    settings = payload["settings"]
-    model_dir = project_model_dir(settings["model_dir"], payload["project"])
-    version = model_dir.current_version()
-    config = parse_label_config(payload["label_config"]) if payload["label_config"] else None
-    if version is None:
+    project = _Project(payload)
+    if project.version is None:
         return {"results": [empty(None)], "model_version": None, "failed": 0}
-    pipeline = load_pipeline(model_dir, version, settings)
+    pipeline = project.pipeline()
     (task,) = payload["tasks"]
-    key = config.image_key if config else "image"
     try:
-        image = load_image(fetcher_for(settings).fetch(str(task["data"][key])))
+        image = project.image(task)
     except (CamsamError, KeyError) as error:
         return {"error": f"cannot read the task's image: {error}"}
     height, width = image.shape[:2]
@@ -79,10 +76,39 @@ def interactive(payload: dict) -> dict:
     if prompt["box"] is not None:
         box = np.array(prompt["box"], np.float32) * np.tile(scale, 2)
     mask = pipeline.segment_prompted(image, prompt["label"], Prompts(points, labels, box))
-    regions = [] if mask is None else [brush_region(mask, width, height, config)]
+    regions = [] if mask is None else [brush_region(mask, width, height, project.config)]
     score = 0.0 if mask is None else mask.score
-    result = {"result": regions, "score": score, "model_version": version}
-    return {"results": [result], "model_version": version, "failed": 0, **cache_stats(pipeline)}
+    result = {"result": regions, "score": score, "model_version": project.version}
+    return {
+        "results": [result],
+        "model_version": project.version,
+        "failed": 0,
+        **cache_stats(pipeline),
+    }
+
+
+class _Project:
+    """What every job reads from its payload: the project's model, label config and images."""
+
+    def __init__(self, payload: dict) -> None:
+        self.settings = payload["settings"]
+        self.model_dir = project_model_dir(self.settings["model_dir"], payload["project"])
+        self.version = self.model_dir.current_version()
+        raw = payload["label_config"]
+        self.config = parse_label_config(raw) if raw else None
+        self.image_key = self.config.image_key if self.config else "image"
+        self.fetcher = ImageFetcher(
+            self.settings["label_studio_url"],
+            self.settings["label_studio_api_key"],
+            self.settings["local_files_document_root"],
+        )
+
+    def pipeline(self):
+        return load_pipeline(self.model_dir, self.version, self.settings)
+
+    def image(self, task: dict):
+        """The task's image as RGB uint8. Raises: CamsamError, KeyError (no image in the task)."""
+        return load_image(self.fetcher.fetch(str(task["data"][self.image_key])))
 
 
 def cache_stats(pipeline) -> dict:
@@ -91,21 +117,13 @@ def cache_stats(pipeline) -> dict:
     return {"embedding_cache": dict(stats)} if stats is not None else {}
 
 
-def fetcher_for(settings: dict) -> ImageFetcher:
-    return ImageFetcher(
-        settings["label_studio_url"],
-        settings["label_studio_api_key"],
-        settings["local_files_document_root"],
-    )
-
-
 def empty(version: str | None) -> dict:
-    return {"result": [], "score": 0.0, "model_version": version or "untrained"}
+    return {"result": [], "score": 0.0, "model_version": version or UNTRAINED}
 
 
 def load_pipeline(model_dir, version: str, settings: dict):
     """The warm pipeline for this model version, built on first use."""
-    from worker.cli import resolve_device
+    from worker.classify import resolve_device
     from worker.pipeline import Pipeline
 
     segmenter = tuple(settings[k] for k in ("sam2_config", "sam2_checkpoint", "sam2_hub_id"))
