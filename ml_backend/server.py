@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from gunicorn.app.base import BaseApplication
@@ -11,14 +10,15 @@ from ml_backend.app import create_app
 
 
 def serve(host: str, port: int, workers: int, threads: int) -> None:
-    if workers != 1 and not os.environ.get("REDIS_URL"):
+    app = create_app()
+    backend = app.extensions["camsam"]
+    if workers != 1 and backend.runner.mode == "embedded":
         print(
             "camsam serve: without REDIS_URL jobs run in the serving process, so one gunicorn "
             "worker serves them all (threads keep /health answering during a long /predict)",
             file=sys.stderr,
         )
         workers = 1
-    app = create_app()
 
     class Server(BaseApplication):
         def load_config(self):
@@ -31,6 +31,8 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         def load(self):
             return app
 
-    model_dir = os.environ.get("MODEL_DIR", "models")
-    print(f"camsam ML backend on http://{host}:{port} (models in {model_dir})")
+    print(
+        f"camsam ML backend on http://{host}:{port} ({backend.runner.mode} mode, "
+        f"models in {backend.settings.model_dir})"
+    )
     Server().run()
