@@ -88,3 +88,14 @@ def test_sam2_answers_a_click_for_known_and_unknown_labels(checkpoint, sam2_chec
         assert mask is not None and mask.mask.any()
         assert mask.label == label and mask.segmenter == "sam2"
         assert mask.mask.shape == (90, 120) and mask.details["interactive"]
+
+
+def test_a_prompt_with_nothing_to_focus_on_gives_no_mask(checkpoint):
+    from worker.prompts import Prompts
+
+    pipeline = Pipeline(Classifier.load(checkpoint), CamSegmenter())
+    image, _ = make_image(np.random.default_rng(4), "Spot", (80, 100))
+    outside = Prompts(
+        np.zeros((0, 2), np.float32), np.zeros(0, np.int32), np.array([200, 200, 240, 240])
+    )
+    assert pipeline.segment_prompted(image, "Spot", outside) is None

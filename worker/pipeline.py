@@ -122,7 +122,8 @@ class Pipeline:
         details = {**mask.details, "interactive": True}
         if not mask.mask.any():
             # A person asked for a mask here: the focused CAM itself beats answering nothing.
-            fallback = seeded.cam >= 0.5 * float(seeded.cam.max())
+            # seed_cam peaks at 1 wherever the prompt touches the image, and is 0 everywhere else.
+            fallback = seeded.cam >= 0.5
             if not fallback.any():
                 return None
             return replace(mask, mask=fallback, details={**details, "fallback": "focused CAM"})
