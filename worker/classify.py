@@ -154,7 +154,7 @@ def decide(probabilities: np.ndarray, spec: ClassifierSpec) -> Prediction:
     """
     top = spec.classes[int(np.argmax(probabilities))]
     if spec.exclusive:
-        chosen = {top}
+        chosen, score = {top}, float(probabilities.max())
     else:
         pairs = zip(spec.classes, probabilities, spec.thresholds, strict=True)
         chosen = {c for c, p, t in pairs if p >= t}
@@ -162,10 +162,7 @@ def decide(probabilities: np.ndarray, spec: ClassifierSpec) -> Prediction:
             chosen -= set(spec.background_classes)
         if not chosen and spec.background_classes:
             chosen = {top}
-    inside = np.array([c in chosen for c in spec.classes])
-    if spec.exclusive:
-        score = float(probabilities.max())
-    else:
+        inside = np.array([c in chosen for c in spec.classes])
         score = float(np.prod(np.where(inside, probabilities, 1.0 - probabilities)))
     return Prediction(
         probabilities={c: float(p) for c, p in zip(spec.classes, probabilities, strict=True)},

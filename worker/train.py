@@ -104,7 +104,7 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
     )
     augment = augmentation(config.image_size, config.augment)
     history: list[dict] = []
-    best_key, best_state = None, None
+    best, best_state = None, None
     bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not config.progress)
     for epoch in bar:
         model.train()
@@ -123,9 +123,8 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         history.append(metrics)
         bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}")
         key = (metrics["accuracy"], -metrics["val_loss"])
-        if best_key is None or key > best_key:
-            best_key, best_state = key, copy.deepcopy(model.state_dict())
-    best = max(history, key=lambda m: (m["accuracy"], -m["val_loss"]))
+        if best is None or key > (best["accuracy"], -best["val_loss"]):
+            best, best_state = metrics, copy.deepcopy(model.state_dict())
     summary = {
         "val_accuracy": best["accuracy"],
         "val_loss": best["val_loss"],
