@@ -31,6 +31,16 @@ SYNTHETIC_CONFIG = """<View>
 </View>"""
 
 
+def predict_body(tasks: list, context: dict | None = None, project: str = "3.1") -> dict:
+    """A /predict body as Label Studio sends it, for the synthetic label config."""
+    return {
+        "tasks": tasks,
+        "project": project,
+        "label_config": SYNTHETIC_CONFIG,
+        "params": {"context": context},
+    }
+
+
 def fixture(name: str) -> dict:
     path = FIXTURES / name
     if not path.is_file():
@@ -138,12 +148,7 @@ def test_predict_fetches_images_like_label_studio_and_isolates_failures(
         {"id": 3, "data": {"image": f"/data/upload/Scratch/{scratch.name}"}},
         {"id": 4, "data": {"image": "/data/local-files/?d=../../etc/passwd"}},
     ]
-    body = {
-        "tasks": tasks,
-        "project": "7.123",
-        "label_config": SYNTHETIC_CONFIG,
-        "params": {"context": None},
-    }
+    body = predict_body(tasks, project="7.123")
     response = client.post("/predict", json=body)
     assert response.status_code == 200
     results = response.json["results"]
@@ -224,12 +229,7 @@ def test_interactive_click_and_box_give_a_mask_with_the_chosen_label(
         },
     }
     for context, label in (({"result": [click]}, "Spot"), ({"result": [box]}, "Scratch")):
-        body = {
-            "tasks": [task],
-            "project": "3.1",
-            "label_config": SYNTHETIC_CONFIG,
-            "params": {"context": context},
-        }
+        body = predict_body([task], context)
         response = client.post("/predict", json=body)
         assert response.status_code == 200
         (result,) = response.json["results"]
@@ -242,12 +242,7 @@ def test_interactive_click_and_box_give_a_mask_with_the_chosen_label(
         else:  # nothing outside the box
             assert not mask[height // 2 + 2 :, :].any() and not mask[:, width // 2 + 2 :].any()
     missing = {"id": 2, "data": {"image": "/data/local-files/?d=Spot/missing.png"}}
-    body = {
-        "tasks": [missing],
-        "project": "3.1",
-        "label_config": SYNTHETIC_CONFIG,
-        "params": {"context": {"result": [click]}},
-    }
+    body = predict_body([missing], {"result": [click]})
     bad = client.post("/predict", json=body)
     assert bad.status_code == 422 and "missing.png" in bad.json["error"]
 
@@ -276,12 +271,7 @@ def test_second_click_on_an_image_reuses_its_sam2_embedding(
             "is_positive": True,
             "value": {"x": x, "y": 50.0, "keypointlabels": ["Spot"]},
         }
-        body = {
-            "tasks": [task],
-            "project": "3.1",
-            "label_config": SYNTHETIC_CONFIG,
-            "params": {"context": {"result": [click]}},
-        }
+        body = predict_body([task], {"result": [click]})
         response = client.post("/predict", json=body)
         assert response.status_code == 200
         (region,) = response.json["results"][0]["result"]

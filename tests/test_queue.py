@@ -13,7 +13,7 @@ import pytest
 
 from ml_backend.app import create_app
 from tests.conftest import REPO
-from tests.test_app import SYNTHETIC_CONFIG
+from tests.test_app import predict_body
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed"
@@ -103,12 +103,7 @@ def test_predictions_go_through_the_queue_to_a_worker(
         {"id": 1, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}},
         {"id": 2, "data": {"image": "/data/local-files/?d=Spot/missing.png"}},
     ]
-    body = {
-        "tasks": tasks,
-        "project": "9.1",
-        "label_config": SYNTHETIC_CONFIG,
-        "params": {"context": None},
-    }
+    body = predict_body(tasks, project="9.1")
     response = client.post("/predict", json=body)
     assert response.status_code == 200, response.json
     results = response.json["results"]
