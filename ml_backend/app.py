@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import base64
 import hmac
+import logging
 import os
 import time
 
 from flask import Flask, Response, g, jsonify, request
 
 from ml_backend.errors import BackendError, BadRequest, InputError
-from ml_backend.label_config import LabelConfigError, parse_label_config
+from ml_backend.label_config import LabelConfig, LabelConfigError, parse_label_config
 from ml_backend.metrics import Metrics
-from ml_backend.protocol import UNTRAINED, predict_payload, project_id
+from ml_backend.protocol import UNTRAINED, label_changes, predict_payload, project_id
 from ml_backend.runner import EmbeddedRunner, RqRunner
 from ml_backend.settings import Settings
 from worker.checkpoint import project_model_dir
+
+log = logging.getLogger(__name__)
 
 
 class CamsamBackend:
@@ -30,6 +33,8 @@ class CamsamBackend:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
+        # Seconds one task of a batch takes, learnt from answers; a guess until the first one.
+        self.seconds_per_task = 1.0
 
     def model_version(self, project: str) -> str:
         version = project_model_dir(self.settings.model_dir, project).current_version()
@@ -37,6 +42,9 @@ class CamsamBackend:
 
     def setup(self, body: dict) -> dict:
         project = project_id(body.get("project"))
+        self.settings = self.settings.with_label_studio(
+            str(body.get("hostname") or ""), str(body.get("access_token") or "")
+        )
         schema = body.get("schema") or ""
         config = parse_label_config(schema) if schema else None
         answer = {"model_version": self.model_version(project)}
@@ -44,7 +52,22 @@ class CamsamBackend:
             answer["status"] = f"no model for project {project} yet: predictions are empty"
         if config is not None and not config.mask_labels:
             answer["warning"] = "the label config has no BrushLabels: only choices are predicted"
+        changes = self.label_changes(project, config)
+        if changes:
+            answer["label_changes"] = changes
         return answer
+
+    def label_changes(self, project: str, config: LabelConfig | None) -> list[str]:
+        """What differs between the config's labels and the classes the current model knows."""
+        models = project_model_dir(self.settings.model_dir, project)
+        version = models.current_version()
+        info = models.info(version) if version and config is not None else None
+        if info is None:
+            return []
+        changes = label_changes(config, info["classes"], version)
+        for change in changes:
+            log.warning("project %s: %s", project, change)
+        return changes
 
     def predict(self, body: dict) -> dict:
         payload = predict_payload(body)
@@ -52,16 +75,44 @@ class CamsamBackend:
         if payload["prompt"] and config is not None and config.brush is None:
             raise BadRequest("interactive masks need a <BrushLabels> tag in the label config")
         payload["settings"] = self.settings.for_worker()
+        if payload["prompt"] is None and self.too_long(len(payload["tasks"])):
+            return self.defer(payload)
         job = "worker.jobs.interactive" if payload["prompt"] else "worker.jobs.predict"
         answer = self.runner.run(job, payload, self.settings.predict_timeout)
         if "error" in answer:
             raise InputError(answer["error"])
-        self.metrics.count_tasks("predicted", len(payload["tasks"]) - answer["failed"])
+        tasks = len(payload["tasks"])
+        self.metrics.count_tasks("predicted", tasks - answer["failed"])
         self.metrics.count_tasks("failed", answer["failed"])
         if "embedding_cache" in answer:
             self.metrics.embedding_cache = answer["embedding_cache"]
+        if "seconds" in answer and tasks:
+            self.seconds_per_task = 0.7 * self.seconds_per_task + 0.3 * answer["seconds"] / tasks
         version = answer["model_version"] or UNTRAINED
         return {"results": answer["results"], "model_version": version}
+
+    def too_long(self, tasks: int) -> bool:
+        """Whether a batch would outlast Label Studio's wait, so it is written back instead."""
+        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
+            return False  # nowhere to write to: answer in the request, as fast as it goes
+        limit = self.settings.predict_inline_max_tasks
+        if limit > 0:
+            return tasks > limit
+        return tasks * self.seconds_per_task > 0.8 * self.settings.predict_timeout
+
+    def defer(self, payload: dict) -> dict:
+        """Answer at once with no results (Label Studio then stores none for this call) and let
+        a job write each prediction to Label Studio through its API as it is ready."""
+        self.runner.submit("worker.jobs.preannotate", payload)
+        count = len(payload["tasks"])
+        self.metrics.count_tasks("deferred", count)
+        log.info("project %s: %d tasks queued for write-back", payload["project"], count)
+        return {
+            "results": [],
+            "model_version": self.model_version(payload["project"]),
+            "status": f"{count} tasks are predicted in the background and written to Label "
+            "Studio as they are ready",
+        }
 
     def fit(self, event: str, data: dict) -> dict:
         """Training from annotations is not part of this backend yet: events are acknowledged."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ml_backend.errors import BadRequest
+from ml_backend.label_config import LabelConfig
 
 # The model_version of a project that has no model yet (always a string: Label Studio needs one).
 UNTRAINED = "untrained"
@@ -59,3 +60,22 @@ def interactive_prompt(context: dict) -> dict:
     if len(labels) != 1:
         raise BadRequest(f"an interactive request needs exactly one label, got {sorted(labels)}")
     return {"label": labels.pop(), "points": points, "box": box}
+
+
+def label_changes(config: LabelConfig, classes: list[str], version: str) -> list[str]:
+    """Sentences naming the labels a config and a model's classes do not share (names match
+    labels to classes, so a renamed label is one gone and one new)."""
+    offered = set(config.choice_labels) | set(config.mask_labels)
+    new, gone = sorted(offered - set(classes)), sorted(set(classes) - offered)
+    changes = []
+    if new:
+        changes.append(
+            f"labels {new} are in the label config but model {version} was not trained on them: "
+            "they are predicted once a model is trained with them"
+        )
+    if gone:
+        changes.append(
+            f"model {version} predicts {gone}, which the label config no longer has: "
+            "they are left out of predictions"
+        )
+    return changes

@@ -7,11 +7,13 @@ job's code, and with it torch, unless it runs jobs itself.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import time
 
 from ml_backend.errors import Unavailable
 
+log = logging.getLogger(__name__)
 INTERACTIVE_QUEUE = "camsam-interactive"
 PREDICT_QUEUE = "camsam-predict"
 
@@ -36,6 +38,18 @@ class EmbeddedRunner:
             return resolve(name)(payload)
         finally:
             self.lock.release()
+
+    def submit(self, name: str, payload: dict) -> None:
+        """Run a long job in a thread, after whatever job runs now."""
+
+        def work() -> None:
+            with self.lock:
+                try:
+                    resolve(name)(payload)
+                except Exception:  # a thread has nobody to raise to: say it in the log
+                    log.exception("background job %s failed", name)
+
+        threading.Thread(target=work, name=f"camsam-{name}", daemon=True).start()
 
     def queue_depth(self) -> int:
         return 0
@@ -91,6 +105,17 @@ class RqRunner:
         except redis.RedisError as error:
             raise Unavailable(f"Redis is unreachable: {error}") from error
         raise Unavailable(f"no worker answered within {timeout:.0f} s: is `camsam worker` running?")
+
+    def submit(self, name: str, payload: dict, timeout: float = 6 * 3600) -> None:
+        """Enqueue a long job and return; its outcome is in rq's registries and the worker log."""
+        import redis
+
+        try:
+            self.queues[PREDICT_QUEUE].enqueue(
+                name, payload, job_timeout=int(timeout), result_ttl=3600, failure_ttl=7 * 86400
+            )
+        except redis.RedisError as error:
+            raise Unavailable(f"Redis is unreachable: {error}") from error
 
     def queue_depth(self) -> int:
         try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+
+_CASTS = {"float": float, "int": int}
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class Settings:
     sam2_checkpoint: str = ""
     sam2_hub_id: str = ""
     predict_timeout: float = 90.0
+    predict_batch_size: int = 8
+    predict_inline_max_tasks: int = 0
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
 
@@ -30,12 +34,26 @@ class Settings:
         for field in fields(cls):
             raw = env.get(field.name.upper())
             if raw is not None and raw != "":
-                values[field.name] = float(raw) if field.type == "float" else raw
+                try:
+                    values[field.name] = _CASTS.get(field.type, str)(raw)
+                except ValueError:
+                    raise ValueError(
+                        f"{field.name.upper()}={raw!r} is not a number: set it to a {field.type}"
+                    ) from None
         return cls(**values)
 
     @property
     def has_sam2(self) -> bool:
         return bool(self.sam2_checkpoint or self.sam2_hub_id)
+
+    def with_label_studio(self, url: str, api_key: str) -> Settings:
+        """Label Studio's address and key as ``/setup`` sent them, where the environment named
+        none (the environment always wins)."""
+        return replace(
+            self,
+            label_studio_url=self.label_studio_url or url or "",
+            label_studio_api_key=self.label_studio_api_key or api_key or "",
+        )
 
     def for_worker(self) -> dict:
         """What a job needs to know; the worker never reads the web process's environment."""

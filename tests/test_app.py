@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -103,15 +104,42 @@ def test_bad_requests_get_json_errors(client):
     assert client.post("/setup", json={"project": "x"}).status_code == 400
 
 
-class _TokenHandler(SimpleHTTPRequestHandler):
-    """Serves /data/upload/<file> like Label Studio: only with the right token."""
+class _LabelStudioHandler(SimpleHTTPRequestHandler):
+    """A little Label Studio: /data/upload/<file> and the task presign endpoint only with the
+    right token, and ``POST /api/predictions/`` kept in ``server.predictions``."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path.startswith("/signed/"):  # a storage's signed URL: no Label Studio token
+            if self.headers.get("Authorization"):
+                self.send_error(400, "the token leaked to the storage host")
+                return
+            self.path = self.path.removeprefix("/signed").split("?")[0]
+            super().do_GET()
+            return
         if self.headers.get("Authorization") != "Token secret":
             self.send_error(401)
             return
+        if self.path.startswith("/tasks/"):
+            uri = base64.urlsafe_b64decode(self.path.split("fileuri=")[1]).decode()
+            self.send_response(303)
+            self.send_header("Location", "/signed/" + uri.removeprefix("s3://bucket/") + "?sig=1")
+            self.end_headers()
+            return
         self.path = self.path.replace("/data/upload", "", 1)
         super().do_GET()
+
+    def do_POST(self):  # noqa: N802
+        if self.headers.get("Authorization") != "Token secret" or self.path != "/api/predictions/":
+            self.send_error(401 if self.path == "/api/predictions/" else 404)
+            return
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.predictions.append(body)
+        answer = json.dumps({"id": len(self.server.predictions), **body}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def log_message(self, *args):
         pass
@@ -120,11 +148,13 @@ class _TokenHandler(SimpleHTTPRequestHandler):
 @pytest.fixture
 def label_studio(synthetic_dir):
     server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(_TokenHandler, directory=str(synthetic_dir))
+        ("127.0.0.1", 0), partial(_LabelStudioHandler, directory=str(synthetic_dir))
     )
+    server.predictions = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
     server.shutdown()
 
 
@@ -134,7 +164,7 @@ def test_predict_fetches_images_like_label_studio_and_isolates_failures(
     app = create_app(
         {
             "MODEL_DIR": trained_model_dir,
-            "LABEL_STUDIO_URL": label_studio,
+            "LABEL_STUDIO_URL": label_studio.url,
             "LABEL_STUDIO_API_KEY": "secret",
             "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
         }
@@ -147,12 +177,14 @@ def test_predict_fetches_images_like_label_studio_and_isolates_failures(
         {"id": 2, "data": {"image": "/data/upload/Spot/missing.png"}},
         {"id": 3, "data": {"image": f"/data/upload/Scratch/{scratch.name}"}},
         {"id": 4, "data": {"image": "/data/local-files/?d=../../etc/passwd"}},
+        {"id": 5, "data": {"image": f"s3://bucket/Spot/{spot.name}"}},  # cloud storage
     ]
     body = predict_body(tasks, project="7.123")
     response = client.post("/predict", json=body)
     assert response.status_code == 200
     results = response.json["results"]
-    assert len(results) == 4 and results[1]["result"] == [] and results[3]["result"] == []
+    assert len(results) == 5 and results[1]["result"] == [] and results[3]["result"] == []
+    assert [r["value"] for r in results[4]["result"]][:1] == [{"choices": ["Spot"]}]
     assert response.json["model_version"] == "v0001"
     from PIL import Image
 
@@ -279,3 +311,65 @@ def test_second_click_on_an_image_reuses_its_sam2_embedding(
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'camsam_embedding_cache{outcome="hits"} 1' in metrics
     assert 'camsam_embedding_cache{outcome="misses"} 1' in metrics
+
+
+def test_a_batch_too_long_to_wait_for_is_written_back_through_the_api(
+    trained_model_dir, synthetic_dir, label_studio
+):
+    app = create_app(
+        {
+            "MODEL_DIR": trained_model_dir,
+            "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
+            "PREDICT_INLINE_MAX_TASKS": 2,
+        }
+    )
+    client = app.test_client()
+    spots = sorted((synthetic_dir / "Spot").glob("*.png"))[:3]
+    tasks = [
+        {"id": 10 + k, "data": {"image": f"/data/local-files/?d=Spot/{p.name}"}}
+        for k, p in enumerate(spots)
+    ]
+    # Without a Label Studio to write to, even a long batch is answered in the request.
+    inline = client.post("/predict", json=predict_body(tasks)).json
+    assert len(inline["results"]) == 3 and not label_studio.predictions
+    # /setup names Label Studio (the environment named none): now the batch is written back.
+    setup = {"project": "3.1", "hostname": label_studio.url, "access_token": "secret"}
+    assert client.post("/setup", json=setup).status_code == 200
+    deferred = client.post("/predict", json=predict_body(tasks)).json
+    assert deferred["results"] == [] and "background" in deferred["status"]
+    runner = app.extensions["camsam"].runner
+    with runner.lock:  # the background job holds the lock until it has written everything
+        pass
+    deadline = time.monotonic() + 60
+    while len(label_studio.predictions) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    written = sorted(label_studio.predictions, key=lambda p: p["task"])
+    assert [p["task"] for p in written] == [10, 11, 12]
+    for prediction, answer in zip(written, inline["results"], strict=True):
+        assert prediction["model_version"] == "v0001"
+        assert [r["type"] for r in prediction["result"]] == [r["type"] for r in answer["result"]]
+    assert client.post("/predict", json=predict_body(tasks[:2])).json["results"]  # short: inline
+
+
+def test_the_environment_wins_over_what_setup_sends(tmp_path):
+    app = create_app({"MODEL_DIR": tmp_path, "LABEL_STUDIO_URL": "http://ls.internal:8080"})
+    client = app.test_client()
+    client.post(
+        "/setup", json={"project": "1.1", "hostname": "http://elsewhere", "access_token": "t"}
+    )
+    settings = app.extensions["camsam"].settings
+    assert settings.label_studio_url == "http://ls.internal:8080"
+    assert settings.label_studio_api_key == "t"  # the environment named no key
+
+
+def test_setup_says_which_labels_the_model_and_the_config_do_not_share(trained_model_dir):
+    client = create_app({"MODEL_DIR": trained_model_dir}).test_client()
+    same = client.post("/setup", json={"project": "2.1", "schema": SYNTHETIC_CONFIG}).json
+    assert "label_changes" not in same
+    changed = SYNTHETIC_CONFIG.replace('<Choice value="Spot"/>', '<Choice value="Dent"/>').replace(
+        '<Label value="Spot"/>', '<Label value="Dent"/>'
+    )
+    answer = client.post("/setup", json={"project": "2.1", "schema": changed}).json
+    (new, gone) = answer["label_changes"]
+    assert "['Dent']" in new and "not trained" in new
+    assert "['Spot']" in gone and "no longer" in gone

@@ -42,6 +42,24 @@ def test_background_images_get_no_mask_and_given_labels_are_used(checkpoint):
     assert [c.label for c in given.cams] == ["Scratch"]
 
 
+def test_a_batch_gives_what_each_image_gives_alone(checkpoint):
+    pipeline = Pipeline(Classifier.load(checkpoint), CamSegmenter())
+    rng = np.random.default_rng(11)
+    images = [
+        make_image(rng, kind, (80 + 10 * k, 120))[0]
+        for k, kind in enumerate(["Spot", "Clean", "Scratch"])
+    ]
+    batch = pipeline.run_batch(images)
+    assert pipeline.run_batch([]) == []
+    for image, batched in zip(images, batch, strict=True):
+        alone = pipeline.run(image)
+        assert batched.prediction.classes == alone.prediction.classes
+        assert (batched.width, batched.height) == (alone.width, alone.height)
+        assert [m.label for m in batched.masks] == [m.label for m in alone.masks]
+        for a, b in zip(alone.masks, batched.masks, strict=True):
+            assert (a.mask == b.mask).mean() > 0.99
+
+
 def test_instances_split_connected_parts():
     mask = np.zeros((50, 50), bool)
     mask[5:15, 5:15] = True

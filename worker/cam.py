@@ -59,29 +59,47 @@ def compute_cams(
     Raises:
         CamsamError: an unknown method or a label the classifier does not know.
     """
+    return compute_cams_batch(classifier, [image], [labels], method, stages)[0]
+
+
+def compute_cams_batch(
+    classifier: Classifier,
+    images: Sequence[np.ndarray],
+    labels: Sequence[Sequence[str]],
+    method: str = "gradcam",
+    stages: int = 1,
+) -> list[list[CamMap]]:
+    """The CAMs of several images, each for its own labels, in one forward and backward pass.
+
+    Raises:
+        CamsamError: an unknown method or a label the classifier does not know.
+    """
     if method not in METHODS:
         raise CamsamError(f"unknown CAM method {method!r}: choose one of {sorted(METHODS)}")
-    unknown = [label for label in labels if label not in classifier.spec.classes]
+    unknown = sorted({x for wanted in labels for x in wanted} - set(classifier.spec.classes))
     if unknown:
         raise CamsamError(
             f"the classifier has no class {unknown}: it knows {classifier.spec.classes}"
         )
-    if not labels:
-        return []
+    pairs = [(i, label) for i, wanted in enumerate(labels) for label in wanted]
+    if not pairs:
+        return [[] for _ in images]
     model = classifier.model
     layers, reshape = target_layers(model, stages)
-    indices = [classifier.spec.classes.index(label) for label in labels]
-    batch = classifier.to_tensor([image]).repeat(len(labels), 1, 1, 1)
+    indices = [classifier.spec.classes.index(label) for _, label in pairs]
+    tensors = classifier.to_tensor(images)
+    batch = tensors[[i for i, _ in pairs]]
     with torch.enable_grad(), METHODS[method](model, layers, reshape_transform=reshape) as cam:
         maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(i) for i in indices])
         logits = cam.outputs.detach()
     model.zero_grad(set_to_none=True)
     probabilities = to_probabilities(logits, classifier.spec)
-    height, width = image.shape[:2]
-    return [
-        CamMap(label, _resize(maps[k], width, height), float(probabilities[k, indices[k]]))
-        for k, label in enumerate(labels)
-    ]
+    result: list[list[CamMap]] = [[] for _ in images]
+    for k, (i, label) in enumerate(pairs):
+        height, width = images[i].shape[:2]
+        resized = _resize(maps[k], width, height)
+        result[i].append(CamMap(label, resized, float(probabilities[k, indices[k]])))
+    return result
 
 
 def target_layers(

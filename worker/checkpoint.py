@@ -9,6 +9,7 @@ where weights are read or written, so the web side reads the current version wit
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -153,8 +154,20 @@ class ModelDir:
         version = self.next_version()
         spec = replace(spec, version=version, created=time.time())
         save_checkpoint(self.path(version), spec, state_dict)
+        info = json.dumps(_plain(asdict(spec)), indent=1).encode()
+        _atomic_write(self.info_path(version), lambda f: f.write(info))
         self.set_current(version)
         return spec
+
+    def info_path(self, version: str) -> Path:
+        return self.versions_dir / f"{version}.json"
+
+    def info(self, version: str) -> dict | None:
+        """A version's spec as plain JSON (classes, metrics, recipe), readable without torch."""
+        try:
+            return json.loads(self.info_path(version).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
 
     def set_current(self, version: str) -> None:
         if not self.path(version).is_file():

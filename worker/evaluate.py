@@ -61,13 +61,14 @@ def score_image(pipeline: Pipeline, sample: Sample) -> ImageScore:
     started = time.perf_counter()
     image = load_image(sample.image)
     shape = image.shape[:2]
-    prediction = pipeline.classifier.predict([image])[0]
     mask_classes = pipeline.classifier.spec.mask_classes
     truth = [c for c in sample.classes if c in mask_classes and sample.has_mask(c)]
+    prediction = pipeline.classifier.predict([image])[0]
     wanted = list(dict.fromkeys([*prediction.classes, *truth]))
-    _, masks = pipeline.segment_labels(image, wanted)
-    by_label = {m.label: m.mask for m in masks}
     empty = np.zeros(shape, dtype=bool)
+    by_label: dict[str, np.ndarray] = {}
+    for mask in pipeline.run(image, labels=wanted).masks:  # instances of a class are one mask
+        by_label[mask.label] = by_label.get(mask.label, empty) | mask.mask
     score = ImageScore(sample.key, sample.classes, prediction.classes)
     for label in truth:
         ground = sample.mask(label, shape)

@@ -4,11 +4,14 @@
   it, else through Label Studio;
 - ``/data/upload/...`` and other relative URLs: from ``LABEL_STUDIO_URL`` with the API key
   (a legacy token is sent as ``Token``; a personal access token is exchanged for an access token);
+- cloud storage URIs (``s3://``, ``gs://``, ``azure-blob://``): through Label Studio's task
+  presign endpoint, which redirects to a signed URL (the key is not sent on to that host);
 - plain ``http(s)`` URLs and local paths as they are.
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ import requests
 from worker.errors import ImageError
 
 TIMEOUT = 30
+CLOUD_SCHEMES = ("s3", "gs", "gcs", "azure-blob", "azure-spi")
 
 
 class ImageFetcher:
@@ -30,13 +34,16 @@ class ImageFetcher:
         self._access: tuple[str, float] | None = None
         self._lock = threading.Lock()
 
-    def fetch(self, ref: str) -> bytes:
-        """The encoded image bytes for a task's image reference.
+    def fetch(self, ref: str, task_id: int | None = None) -> bytes:
+        """The encoded image bytes for a task's image reference (``task_id`` for presigning).
 
         Raises:
             ImageError: unreachable, refused, or a relative URL with no LABEL_STUDIO_URL set.
         """
         parsed = urlparse(ref)
+        if parsed.scheme in CLOUD_SCHEMES:
+            ref = self._presign_path(ref, task_id)
+            parsed = urlparse(ref)
         if parsed.path.startswith("/data/local-files") and self.document_root:
             relative = unquote(parse_qs(parsed.query).get("d", [""])[0])
             path = (self.document_root / relative).resolve()
@@ -46,6 +53,8 @@ class ImageFetcher:
         if parsed.scheme in ("http", "https"):
             return self._get(ref, self._auth_for(ref))
         if ref.startswith("/"):
+            if parsed.path.startswith(("/tasks/", "/projects/")) and self.base:
+                return self._get_presigned(urljoin(self.base + "/", ref.lstrip("/")))
             if parsed.path.startswith("/data/") and self.base:
                 return self._get(urljoin(self.base + "/", ref.lstrip("/")), self._auth())
             if Path(ref).is_file():
@@ -56,17 +65,41 @@ class ImageFetcher:
             )
         return self._read(Path(ref))
 
+    def _presign_path(self, uri: str, task_id: int | None) -> str:
+        if task_id is None or not self.base:
+            raise ImageError(
+                f"{uri} is in cloud storage: camsam fetches it through Label Studio, so set "
+                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
+            )
+        encoded = base64.urlsafe_b64encode(uri.encode()).decode()
+        return f"/tasks/{int(task_id)}/presign/?fileuri={encoded}"
+
     def _read(self, path: Path) -> bytes:
         try:
             return path.read_bytes()
         except OSError as error:
             raise ImageError(f"cannot read image {path}: {error}") from error
 
+    def _get_presigned(self, url: str) -> bytes:
+        """Label Studio's presign endpoint either proxies the file or redirects to a signed URL;
+        the signed URL gets no Label Studio credentials, whatever host it is on."""
+        response = self._request(url, self._auth(), redirects=False)
+        if response.is_redirect:
+            return self._get(urljoin(url, response.headers["Location"]), {})
+        return self._content(url, response)
+
     def _get(self, url: str, headers: dict) -> bytes:
+        return self._content(url, self._request(url, headers))
+
+    def _request(self, url: str, headers: dict, redirects: bool = True) -> requests.Response:
         try:
-            response = self.session.get(url, headers=headers, timeout=TIMEOUT)
+            return self.session.get(
+                url, headers=headers, timeout=TIMEOUT, allow_redirects=redirects
+            )
         except requests.RequestException as error:
             raise ImageError(f"cannot fetch {url}: {error}") from error
+
+    def _content(self, url: str, response: requests.Response) -> bytes:
         if response.status_code in (401, 403):
             raise ImageError(
                 f"Label Studio refused {url} ({response.status_code}): check LABEL_STUDIO_API_KEY"

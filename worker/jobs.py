@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
 
 from ml_backend.label_config import parse_label_config
 from ml_backend.protocol import UNTRAINED
@@ -25,28 +27,49 @@ _lock = threading.Lock()
 def predict(payload: dict) -> dict:
     """Pre-annotate a batch: one prediction per task, in order; a failed task gets an empty one.
 
-    Returns ``{"results": [...], "model_version": str, "failed": int}``.
+    Returns ``{"results": [...], "model_version": str, "failed": int, "seconds": float}``.
     """
+    started = time.perf_counter()
     project = _Project(payload)
-    if project.version is None:
-        results = [empty(None) for _ in payload["tasks"]]
-        return {"results": results, "model_version": None, "failed": 0}
-    pipeline = project.pipeline()
     results, failed = [], 0
-    for task in payload["tasks"]:
-        try:
-            image = project.image(task)
-            results.append(to_prediction(pipeline.run(image), project.version, project.config))
-        except (CamsamError, KeyError) as error:
-            failed += 1
-            log.warning("task %s: no prediction: %s", task.get("id"), error)
-            results.append(empty(project.version))
+    for chunk in _chunks(payload["tasks"], project.batch_size):
+        answers = project.predict(chunk)
+        failed += sum(answer is None for answer in answers)
+        results += [answer or empty(project.version) for answer in answers]
     return {
         "results": results,
         "model_version": project.version,
         "failed": failed,
-        **cache_stats(pipeline),
+        "seconds": time.perf_counter() - started,
+        **project.cache_stats(),
     }
+
+
+def preannotate(payload: dict, progress=None) -> dict:
+    """Predict tasks and store each batch's predictions in Label Studio through its API.
+
+    For batches too long to answer within Label Studio's request timeout, and for
+    ``camsam preannotate``. ``progress`` (a tqdm bar) is advanced per task.
+    Returns ``{"model_version", "written", "failed"}``.
+    """
+    from worker.labelstudio import connect, post_prediction
+
+    project = _Project(payload)
+    if project.version is None:
+        return {"model_version": None, "written": 0, "failed": 0}
+    client = connect(project.settings["label_studio_url"], project.settings["label_studio_api_key"])
+    written = failed = 0
+    for chunk in _chunks(payload["tasks"], project.batch_size):
+        for task, answer in zip(chunk, project.predict(chunk), strict=True):
+            if answer is None:
+                failed += 1
+            else:
+                post_prediction(client, task["id"], answer)
+                written += 1
+        if progress is not None:
+            progress.update(len(chunk))
+    log.info("project %s: %d predictions written, %d failed", payload["project"], written, failed)
+    return {"model_version": project.version, "written": written, "failed": failed}
 
 
 def interactive(payload: dict) -> dict:
@@ -83,7 +106,7 @@ def interactive(payload: dict) -> dict:
         "results": [result],
         "model_version": project.version,
         "failed": 0,
-        **cache_stats(pipeline),
+        **project.cache_stats(),
     }
 
 
@@ -97,6 +120,7 @@ class _Project:
         raw = payload["label_config"]
         self.config = parse_label_config(raw) if raw else None
         self.image_key = self.config.image_key if self.config else "image"
+        self.batch_size = max(1, int(self.settings.get("predict_batch_size", 8)))
         self.fetcher = ImageFetcher(
             self.settings["label_studio_url"],
             self.settings["label_studio_api_key"],
@@ -108,13 +132,45 @@ class _Project:
 
     def image(self, task: dict):
         """The task's image as RGB uint8. Raises: CamsamError, KeyError (no image in the task)."""
-        return load_image(self.fetcher.fetch(str(task["data"][self.image_key])))
+        return load_image(self.fetcher.fetch(str(task["data"][self.image_key]), task.get("id")))
+
+    def predict(self, tasks: list[dict]) -> list[dict | None]:
+        """Predictions for ``tasks`` in one batched pipeline pass; None for a task that failed."""
+        if self.version is None:
+            return [empty(None) for _ in tasks]
+        images: dict[int, object] = {}
+        for k, task in enumerate(tasks):
+            try:
+                images[k] = self.image(task)
+            except (CamsamError, KeyError) as error:
+                log.warning("task %s: no prediction: %s", task.get("id"), error)
+        pipeline = self.pipeline()
+        try:
+            results = dict(zip(images, pipeline.run_batch(list(images.values())), strict=True))
+        except CamsamError as error:  # one image spoilt the batch: find it, keep the others
+            log.warning("batch of %d failed (%s): predicting one by one", len(images), error)
+            results = {}
+            for k, image in images.items():
+                try:
+                    results[k] = pipeline.run(image)
+                except CamsamError as single:
+                    log.warning("task %s: no prediction: %s", tasks[k].get("id"), single)
+        return [
+            to_prediction(results[k], self.version, self.config) if k in results else None
+            for k in range(len(tasks))
+        ]
+
+    def cache_stats(self) -> dict:
+        """The SAM2 embedding cache's hits and misses in this process, when SAM2 is in use."""
+        if self.version is None:
+            return {}
+        stats = getattr(self.pipeline().segmenter, "cache_stats", None)
+        return {"embedding_cache": dict(stats)} if stats is not None else {}
 
 
-def cache_stats(pipeline) -> dict:
-    """The SAM2 embedding cache's hits and misses in this process, when SAM2 is in use."""
-    stats = getattr(pipeline.segmenter, "cache_stats", None)
-    return {"embedding_cache": dict(stats)} if stats is not None else {}
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def empty(version: str | None) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worker.cam import CamMap, compute_cams
+from worker.cam import CamMap, compute_cams, compute_cams_batch
 from worker.classify import Classifier, Prediction
 from worker.prompts import Prompts, make_prompts, seed_cam
 from worker.segment import MaskResult, Segmenter
@@ -94,14 +94,37 @@ class Pipeline:
 
     def run(self, image: np.ndarray, labels: Sequence[str] | None = None) -> ImageResult:
         """Pre-annotate ``image``; ``labels`` (if given) are classes an annotator already chose."""
-        prediction = self.classifier.predict([image])[0]
-        wanted = prediction.classes if labels is None else tuple(labels)
-        cams, masks = self.segment_labels(image, wanted)
-        if self.options.instances:
-            area = self.options.min_instance_area
-            masks = [part for m in masks for part in split_instances(m, area)]
-        height, width = image.shape[:2]
-        return ImageResult(width, height, prediction, tuple(masks), tuple(cams))
+        return self.run_batch([image], None if labels is None else [labels])[0]
+
+    def run_batch(
+        self, images: Sequence[np.ndarray], labels: Sequence[Sequence[str]] | None = None
+    ) -> list[ImageResult]:
+        """Pre-annotate several images with one classifier pass, one CAM pass and, with SAM2,
+        one batched image embedding: what a GPU needs to be busy."""
+        if not images:
+            return []
+        predictions = self.classifier.predict(images)
+        if labels is None:
+            labels = [p.classes for p in predictions]
+        mask_classes = self.classifier.spec.mask_classes
+        wanted = [[c for c in image_labels if c in mask_classes] for image_labels in labels]
+        options = self.options
+        cams = compute_cams_batch(
+            self.classifier, images, wanted, options.cam_method, options.cam_stages
+        )
+        prompts = [[make_prompts(c.cam, options.prompt_strategy) for c in row] for row in cams]
+        masks = self.segmenter.segment_batch(images, cams, prompts)
+        results = []
+        for image, prediction, image_cams, image_masks in zip(
+            images, predictions, cams, masks, strict=True
+        ):
+            kept = [m for m in image_masks if m.mask.any()]
+            if options.instances:
+                area = options.min_instance_area
+                kept = [part for m in kept for part in split_instances(m, area)]
+            height, width = image.shape[:2]
+            results.append(ImageResult(width, height, prediction, tuple(kept), tuple(image_cams)))
+        return results
 
     def segment_prompted(
         self, image: np.ndarray, label: str, prompts: Prompts
@@ -128,19 +151,6 @@ class Pipeline:
                 return None
             return replace(mask, mask=fallback, details={**details, "fallback": "focused CAM"})
         return replace(mask, details=details)
-
-    def segment_labels(
-        self, image: np.ndarray, labels: Sequence[str]
-    ) -> tuple[list[CamMap], list[MaskResult]]:
-        """CAMs and non-empty masks for those of ``labels`` that get masks."""
-        mask_labels = [c for c in labels if c in self.classifier.spec.mask_classes]
-        options = self.options
-        cams = compute_cams(
-            self.classifier, image, mask_labels, options.cam_method, options.cam_stages
-        )
-        prompts = [make_prompts(c.cam, options.prompt_strategy) for c in cams]
-        masks = self.segmenter.segment(image, cams, prompts)
-        return cams, [m for m in masks if m.mask.any()]
 
 
 def split_instances(result: MaskResult, min_area: float) -> list[MaskResult]:

@@ -45,8 +45,22 @@ class Segmenter(Protocol):
         self, image: np.ndarray, cams: Sequence[CamMap], prompts: Sequence[Prompts]
     ) -> list[MaskResult]: ...
 
+    def segment_batch(
+        self,
+        images: Sequence[np.ndarray],
+        cams: Sequence[Sequence[CamMap]],
+        prompts: Sequence[Sequence[Prompts]],
+    ) -> list[list[MaskResult]]: ...
 
-class ThresholdSegmenter:
+
+class _OneByOne:
+    """Segmenters with nothing to share between images segment a batch one image at a time."""
+
+    def segment_batch(self, images, cams, prompts):
+        return [self.segment(*args) for args in zip(images, cams, prompts, strict=True)]
+
+
+class ThresholdSegmenter(_OneByOne):
     name = "threshold"
 
     def __init__(self, threshold: float = 0.5) -> None:
@@ -59,7 +73,7 @@ class ThresholdSegmenter:
         ]
 
 
-class CamSegmenter:
+class CamSegmenter(_OneByOne):
     """The CAM refined with the image itself: useful masks with no SAM2 checkpoint at all.
 
     ``per_class`` holds refinement settings tuned on training images (kept in the checkpoint);
@@ -118,28 +132,56 @@ class Sam2Segmenter:
         self.cache_stats = {"hits": 0, "misses": 0}
 
     def segment(self, image, cams, prompts):
-        if not cams:
-            return []
-        with self.lock:
-            self._set_image(image)
-            return [self._decode(c, p) for c, p in zip(cams, prompts, strict=True)]
+        return self.segment_batch([image], [cams], [prompts])[0]
 
-    def _set_image(self, image: np.ndarray) -> None:
-        """Embed ``image``, or restore its embedding from the cache (keyed by its pixels)."""
-        key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
+    def segment_batch(self, images, cams, prompts):
+        """Embed the images not in the cache in one ``set_image_batch``, then decode each."""
+        wanted = [i for i, image_cams in enumerate(cams) if image_cams]
+        keys = {i: _image_key(images[i]) for i in wanted}
+        with self.lock:
+            missing = list({keys[i]: i for i in wanted if keys[i] not in self.cache}.values())
+            self.cache_stats["hits"] += len(wanted) - len(missing)
+            self.cache_stats["misses"] += len(missing)
+            embedded = self._embed([images[i] for i in missing])
+            results: list[list[MaskResult]] = [[] for _ in images]
+            for i in wanted:
+                self._restore(embedded.get(keys[i]) or self.cache[keys[i]])
+                self.cache.move_to_end(keys[i])
+                pairs = zip(cams[i], prompts[i], strict=True)
+                results[i] = [self._decode(c, p) for c, p in pairs]
+            return results
+
+    def _embed(self, images: list[np.ndarray]) -> dict[str, tuple]:
+        """Image embeddings by image key, put in the cache; one batched pass for all images."""
+        if not images:
+            return {}
+        import torch
+
         predictor = self.predictor
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            predictor._features, predictor._orig_hw = self.cache[key]
-            predictor._is_image_set, predictor._is_batch = True, False
-            self.cache_stats["hits"] += 1
-            return
-        predictor.set_image(image)
-        self.cache_stats["misses"] += 1
+        with torch.inference_mode():
+            if len(images) == 1:
+                predictor.set_image(images[0])
+            else:
+                predictor.set_image_batch(images)
+        features = predictor._features
+        embedded = {}
+        for k, image in enumerate(images):
+            one = {
+                "image_embed": features["image_embed"][k : k + 1],
+                "high_res_feats": [f[k : k + 1] for f in features["high_res_feats"]],
+            }
+            embedded[_image_key(image)] = (one, [tuple(image.shape[:2])])
         if self.cache_size:
-            self.cache[key] = (predictor._features, predictor._orig_hw)
+            self.cache.update(embedded)
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
+        return embedded
+
+    def _restore(self, entry: tuple) -> None:
+        """Make one image's embedding the predictor's current image, as ``set_image`` would."""
+        predictor = self.predictor
+        predictor._features, predictor._orig_hw = entry
+        predictor._is_image_set, predictor._is_batch = True, False
 
     def _decode(self, cam: CamMap, prompts: Prompts) -> MaskResult:
         import torch
@@ -162,6 +204,11 @@ class Sam2Segmenter:
         }
         score = cam.probability * float(np.clip(predicted_iou[index], 0.0, 1.0))
         return MaskResult(cam.label, masks[index], score, self.name, prompts, details)
+
+
+def _image_key(image: np.ndarray) -> str:
+    """An image's identity by its pixels: the same picture from any URL hits the same entry."""
+    return hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
 
 
 def choose_mask(

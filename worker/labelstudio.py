@@ -1,0 +1,68 @@
+"""Label Studio's API, from the worker side, through label-studio-sdk.
+
+The SDK takes either kind of key: a legacy token, or a personal access token it exchanges for
+short-lived access tokens itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from worker.errors import CamsamError
+
+
+class LabelStudioError(CamsamError):
+    """Label Studio could not be reached, or refused a call."""
+
+
+def connect(url: str, api_key: str):
+    """A label-studio-sdk client. Raises: LabelStudioError when url or key is missing."""
+    if not url or not api_key:
+        raise LabelStudioError(
+            "writing to Label Studio needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (a legacy "
+            "token or a personal access token from Account & Settings)"
+        )
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key)
+
+
+def project_config(client, project: int | str) -> str:
+    """The project's label config XML."""
+    try:
+        return client.projects.get(id=int(project)).label_config
+    except Exception as error:  # the SDK raises its own API and transport errors
+        message = f"cannot read project {project} from Label Studio: {error}"
+        raise LabelStudioError(message) from error
+
+
+def project_tasks(client, project: int | str, skip_version: str | None = None) -> Iterator[dict]:
+    """The project's tasks as ``{"id", "data"}``, leaving out those that already hold a
+    prediction of ``skip_version`` (what Label Studio itself skips when it retrieves)."""
+    try:
+        for task in client.tasks.list(project=int(project), fields="all"):
+            versions = {_field(p, "model_version") for p in (task.predictions or [])}
+            if skip_version is not None and skip_version in versions:
+                continue
+            yield {"id": task.id, "data": dict(task.data or {})}
+    except LabelStudioError:
+        raise
+    except Exception as error:
+        raise LabelStudioError(f"cannot list the tasks of project {project}: {error}") from error
+
+
+def post_prediction(client, task_id: int, prediction: dict) -> None:
+    """Store one prediction on a task, as the backend's own answer would have."""
+    try:
+        client.predictions.create(
+            task=int(task_id),
+            result=prediction["result"],
+            score=prediction.get("score"),
+            model_version=prediction.get("model_version"),
+        )
+    except Exception as error:
+        raise LabelStudioError(f"cannot store the prediction of task {task_id}: {error}") from error
+
+
+def _field(item, name: str):
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
