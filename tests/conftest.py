@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import torch
@@ -51,3 +57,76 @@ def sam2_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny_random.pt"
     torch.save({"model": model.state_dict()}, path)
     return path
+
+
+class _LabelStudioHandler(SimpleHTTPRequestHandler):
+    """A little Label Studio: /data/upload/<file> and the task presign endpoint only with the
+    right token, and ``POST /api/predictions/`` kept in ``server.predictions``."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path.startswith("/signed/"):  # a storage's signed URL: no Label Studio token
+            if self.headers.get("Authorization"):
+                self.send_error(400, "the token leaked to the storage host")
+                return
+            self.path = self.path.removeprefix("/signed").split("?")[0]
+            super().do_GET()
+            return
+        if self.headers.get("Authorization") != "Token secret":
+            self.send_error(401)
+            return
+        if self.path.startswith("/api/"):
+            self._api_get()
+            return
+        if self.path.startswith("/tasks/"):
+            uri = base64.urlsafe_b64decode(self.path.split("fileuri=")[1]).decode()
+            self.send_response(303)
+            self.send_header("Location", "/signed/" + uri.removeprefix("s3://bucket/") + "?sig=1")
+            self.end_headers()
+            return
+        self.path = self.path.replace("/data/upload", "", 1)
+        super().do_GET()
+
+    def _api_get(self) -> None:
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        if url.path.startswith("/api/projects/"):
+            answer = {"id": int(url.path.split("/")[3]), "label_config": self.server.label_config}
+        else:  # /api/tasks/: pages of tasks, then an empty page
+            page = int(query.get("page", ["1"])[0])
+            answer = {"tasks": self.server.tasks if page == 1 else [], "total": 0}
+            answer["total"] = len(self.server.tasks)
+        self._json(200, answer)
+
+    def _json(self, status: int, answer: dict) -> None:
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802
+        if self.headers.get("Authorization") != "Token secret" or self.path != "/api/predictions/":
+            self.send_error(401 if self.path == "/api/predictions/" else 404)
+            return
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.predictions.append(body)
+        self._json(201, {"id": len(self.server.predictions), **body})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def label_studio(synthetic_dir):
+    """A fake Label Studio on loopback serving the synthetic images; ``.url``, ``.predictions``
+    (what was posted), ``.tasks`` and ``.label_config`` (what it lists)."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(_LabelStudioHandler, directory=str(synthetic_dir))
+    )
+    server.predictions, server.tasks, server.label_config = [], [], ""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()

@@ -6,10 +6,7 @@ import base64
 import json
 import subprocess
 import sys
-import threading
 import time
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +19,7 @@ from tests.conftest import REPO
 from worker.ls_format import decode_mask
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "label-studio-1.23.2"
-SYNTHETIC_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <Choices name="defect" toName="image"><Choice value="Scratch"/><Choice value="Spot"/>
-    <Choice value="Clean"/></Choices>
-  <BrushLabels name="mask" toName="image">
-    <Label value="Scratch"/><Label value="Spot"/>
-  </BrushLabels>
-</View>"""
+SYNTHETIC_CONFIG = (REPO / "tests" / "data" / "synthetic_config.xml").read_text()
 
 
 def predict_body(tasks: list, context: dict | None = None, project: str = "3.1") -> dict:
@@ -102,60 +92,6 @@ def test_bad_requests_get_json_errors(client):
     bad = client.post("/predict", json={"tasks": [], "project": "1.2", "label_config": "<View>"})
     assert bad.status_code == 422 and "label config" in bad.json["error"]
     assert client.post("/setup", json={"project": "x"}).status_code == 400
-
-
-class _LabelStudioHandler(SimpleHTTPRequestHandler):
-    """A little Label Studio: /data/upload/<file> and the task presign endpoint only with the
-    right token, and ``POST /api/predictions/`` kept in ``server.predictions``."""
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path.startswith("/signed/"):  # a storage's signed URL: no Label Studio token
-            if self.headers.get("Authorization"):
-                self.send_error(400, "the token leaked to the storage host")
-                return
-            self.path = self.path.removeprefix("/signed").split("?")[0]
-            super().do_GET()
-            return
-        if self.headers.get("Authorization") != "Token secret":
-            self.send_error(401)
-            return
-        if self.path.startswith("/tasks/"):
-            uri = base64.urlsafe_b64decode(self.path.split("fileuri=")[1]).decode()
-            self.send_response(303)
-            self.send_header("Location", "/signed/" + uri.removeprefix("s3://bucket/") + "?sig=1")
-            self.end_headers()
-            return
-        self.path = self.path.replace("/data/upload", "", 1)
-        super().do_GET()
-
-    def do_POST(self):  # noqa: N802
-        if self.headers.get("Authorization") != "Token secret" or self.path != "/api/predictions/":
-            self.send_error(401 if self.path == "/api/predictions/" else 404)
-            return
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.predictions.append(body)
-        answer = json.dumps({"id": len(self.server.predictions), **body}).encode()
-        self.send_response(201)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def label_studio(synthetic_dir):
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(_LabelStudioHandler, directory=str(synthetic_dir))
-    )
-    server.predictions = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
 
 
 def test_predict_fetches_images_like_label_studio_and_isolates_failures(

@@ -176,3 +176,37 @@ def test_demo_runs(tmp_path):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"]) == 0
     assert (tmp_path / "demo" / "predictions.json").is_file()
     assert (tmp_path / "demo" / "report.json").is_file()
+
+
+def test_preannotate_writes_a_prediction_for_each_task_not_yet_predicted(
+    trained_model_dir, synthetic_dir, label_studio, tmp_path, monkeypatch, capsys
+):
+    models = tmp_path / "models"
+    (models / "9").mkdir(parents=True)
+    for item in trained_model_dir.iterdir():
+        (models / "9" / item.name).symlink_to(item)
+    label_studio.label_config = (REPO / "tests" / "data" / "synthetic_config.xml").read_text()
+    spots = sorted((synthetic_dir / "Spot").glob("*.png"))
+    label_studio.tasks = [
+        {"id": 1, "data": {"image": f"/data/upload/Spot/{spots[0].name}"}, "predictions": []},
+        {"id": 2, "data": {"image": "/data/upload/Spot/missing.png"}, "predictions": []},
+        {  # already predicted by the current version: Label Studio has it, nothing to do
+            "id": 3,
+            "data": {"image": f"/data/upload/Spot/{spots[1].name}"},
+            "predictions": [{"model_version": "v0001", "result": []}],
+        },
+        {"id": 4, "data": {"image": f"/data/upload/Spot/{spots[2].name}"}, "predictions": []},
+    ]
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "secret")
+    argv = ["preannotate", "--project", "9", "--url", label_studio.url, "--model-dir", str(models)]
+    assert main(argv) == 0
+    assert "2 predictions written, 1 tasks failed" in capsys.readouterr().out
+    written = sorted(label_studio.predictions, key=lambda p: p["task"])
+    assert [p["task"] for p in written] == [1, 4]
+    for prediction in written:
+        assert prediction["model_version"] == "v0001"
+        (choice,) = [r for r in prediction["result"] if r["type"] == "choices"]
+        assert choice["from_name"] == "defect" and choice["value"]["choices"] == ["Spot"]
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "wrong")
+    assert main(argv) == 2  # refused by Label Studio: one clear line, no traceback
+    assert "camsam: error:" in capsys.readouterr().err

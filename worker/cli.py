@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from worker.errors import CamsamError
@@ -122,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis-url", help="default: REDIS_URL")
     worker.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     worker.set_defaults(handler=run_worker)
+
+    pre = commands.add_parser(
+        "preannotate", help="predict a whole Label Studio project and store the predictions"
+    )
+    pre.add_argument("--project", required=True, type=int, help="Label Studio project id")
+    pre.add_argument("--url", help="Label Studio's address (default: LABEL_STUDIO_URL)")
+    pre.add_argument("--api-key", help="legacy or personal access token (LABEL_STUDIO_API_KEY)")
+    pre.add_argument("--model-dir", help="default: MODEL_DIR, else ./models")
+    pre.add_argument("--batch-size", type=int, help="images per pass (PREDICT_BATCH_SIZE)")
+    pre.add_argument(
+        "--all", action="store_true", help="also tasks that hold a prediction of this version"
+    )
+    pre.set_defaults(handler=run_preannotate)
 
     demo = commands.add_parser("demo", help="synthetic dataset -> train -> predict -> eval")
     demo.add_argument("--out", default="demo", help="folder for everything the demo writes")
@@ -386,6 +400,41 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CamsamError("camsam worker needs --redis-url or REDIS_URL (redis://host:6379/0)")
     work(url, burst=args.burst)
     return 0
+
+
+def run_preannotate(args: argparse.Namespace) -> int:
+    """The same job a long ``/predict`` batch becomes, over every task of a project."""
+    from tqdm import tqdm
+
+    from ml_backend.settings import Settings
+    from worker.checkpoint import project_model_dir
+    from worker.jobs import preannotate
+    from worker.labelstudio import connect, project_config, project_tasks
+
+    given = {
+        "model_dir": args.model_dir,
+        "label_studio_url": args.url,
+        "label_studio_api_key": args.api_key,
+        "predict_batch_size": args.batch_size,
+    }
+    settings = replace(Settings.from_env(), **{k: v for k, v in given.items() if v})
+    project = str(args.project)
+    version = project_model_dir(settings.model_dir, project).current_version()
+    if version is None:
+        raise CamsamError(f"no model for project {project} in {settings.model_dir}: train first")
+    client = connect(settings.label_studio_url, settings.label_studio_api_key)
+    skip = None if args.all else version
+    tasks = list(project_tasks(client, project, skip_version=skip))
+    payload = {
+        "project": project,
+        "label_config": project_config(client, project),
+        "tasks": tasks,
+        "settings": settings.for_worker(),
+    }
+    with tqdm(total=len(tasks), desc=f"project {project} ({version})", unit="task") as bar:
+        answer = preannotate(payload, progress=bar)
+    print(f"{answer['written']} predictions written, {answer['failed']} tasks failed")
+    return 1 if answer["failed"] and not answer["written"] else 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
