@@ -190,15 +190,24 @@ def create_app(test_config: dict | None = None) -> Flask:
             metrics.render(
                 {
                     "camsam_queue_depth": [({}, runner.queue_depth())],
-                    "camsam_embedding_cache": [
-                        ({"outcome": k}, v) for k, v in sorted(metrics.embedding_cache.items())
-                    ],
+                    "camsam_embedding_cache": embedding_cache_samples(
+                        metrics.embedding_cache, runner.embedding_cache()
+                    ),
                 }
             ),
             mimetype="text/plain; version=0.0.4",
         )
 
     return app
+
+
+def embedding_cache_samples(own: dict, workers: dict) -> list[tuple[dict, float]]:
+    """Cache hits and misses: this process's (embedded mode) or each worker's (Redis mode)."""
+    samples = [({"outcome": k}, v) for k, v in sorted(own.items())]
+    for key, value in sorted(workers.items()):
+        worker, _, outcome = key.rpartition(":")
+        samples.append(({"worker": worker, "outcome": outcome}, value))
+    return samples
 
 
 def _json() -> dict:

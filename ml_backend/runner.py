@@ -6,7 +6,9 @@ job's code, and with it torch, unless it runs jobs itself.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import threading
 import time
@@ -16,6 +18,22 @@ from ml_backend.errors import Unavailable
 log = logging.getLogger(__name__)
 INTERACTIVE_QUEUE = "camsam-interactive"
 PREDICT_QUEUE = "camsam-predict"
+# Where a worker says which image embeddings it holds, and how its embedding cache does.
+ROUTE_PREFIX = "camsam:route:"
+CACHE_STATS_KEY = "camsam:embedding-cache"
+AFTER_JOB = "worker.queue_worker.after_job"
+
+
+def own_queue(worker_name: str) -> str:
+    """The interactive queue only one worker serves: clicks on images it has embedded."""
+    return f"{INTERACTIVE_QUEUE}@{worker_name}"
+
+
+def route_key(payload: dict) -> str:
+    """An interactive request's image, by project and task data (the same task, the same key)."""
+    task = payload["tasks"][0]
+    text = json.dumps([payload["project"], task.get("data")], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def resolve(name: str):
@@ -54,12 +72,17 @@ class EmbeddedRunner:
     def queue_depth(self) -> int:
         return 0
 
+    def embedding_cache(self) -> dict[str, int]:
+        return {}
+
 
 class RqRunner:
     """Enqueues jobs on Redis for ``camsam worker`` processes and waits for their answer.
 
-    Interactive jobs have their own queue, which workers serve first. A job not started within
-    the caller's timeout is dropped (its ``ttl``), so nobody computes an answer nobody waits for.
+    Interactive jobs have their own queue, which workers serve first. A click on an image that a
+    worker has embedded goes to that worker's own queue, so its embedding cache answers. A job
+    not started within the caller's timeout is dropped (its ``ttl``), so nobody computes an
+    answer nobody waits for.
     """
 
     mode = "redis"
@@ -76,11 +99,17 @@ class RqRunner:
 
     def run(self, name: str, payload: dict, timeout: float) -> object:
         import redis
+        from rq import Callback
         from rq.exceptions import InvalidJobOperation
 
-        queue = self.queues[INTERACTIVE_QUEUE if name.endswith("interactive") else PREDICT_QUEUE]
         deadline = time.monotonic() + timeout
         try:
+            meta = {}
+            if name.endswith("interactive"):
+                meta["route"] = route_key(payload)
+                queue = self._interactive_queue(meta["route"])
+            else:
+                queue = self.queues[PREDICT_QUEUE]
             job = queue.enqueue(
                 name,
                 payload,
@@ -88,6 +117,8 @@ class RqRunner:
                 job_timeout=int(timeout) + 30,
                 result_ttl=60,
                 failure_ttl=3600,
+                meta=meta,
+                on_success=Callback(AFTER_JOB, timeout=5),
             )
             while time.monotonic() < deadline:
                 status = job.get_status(refresh=True)
@@ -116,6 +147,25 @@ class RqRunner:
             )
         except redis.RedisError as error:
             raise Unavailable(f"Redis is unreachable: {error}") from error
+
+    def _interactive_queue(self, key: str):
+        """The queue of the live worker that embedded this image last, else the shared one."""
+        from rq import Queue, Worker
+
+        held = self.connection.get(ROUTE_PREFIX + key)
+        if held:
+            queue = Queue(held.decode(), connection=self.connection)
+            if Worker.count(queue=queue):
+                return queue
+        return self.queues[INTERACTIVE_QUEUE]
+
+    def embedding_cache(self) -> dict[str, int]:
+        """Hits and misses of every worker's embedding cache, as the workers last reported."""
+        try:
+            raw = self.connection.hgetall(CACHE_STATS_KEY)
+        except Exception:  # noqa: BLE001 (metrics must answer even when Redis does not)
+            return {}
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     def queue_depth(self) -> int:
         try:

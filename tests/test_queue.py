@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ml_backend.app import create_app
-from tests.conftest import REPO
+from tests.conftest import REPO, SAM2_TINY_CONFIG
 from tests.test_app import predict_body
 
 pytestmark = pytest.mark.skipif(
@@ -60,19 +60,27 @@ def redis_url(tmp_path_factory):
     server.wait(timeout=10)
 
 
-@pytest.fixture
-def worker_process(redis_url):
+def start_worker(redis_url: str, name: str) -> subprocess.Popen:
     env = {**os.environ, "REDIS_URL": redis_url}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "worker"],
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "worker", "--name", name],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    yield process
+
+
+def stop(process: subprocess.Popen) -> None:
     process.terminate()
     process.wait(timeout=20)
+
+
+@pytest.fixture
+def worker_process(redis_url):
+    process = start_worker(redis_url, "w0")
+    yield process
+    stop(process)
 
 
 def test_web_process_in_redis_mode_imports_no_torch(redis_url, tmp_path):
@@ -139,3 +147,48 @@ def test_no_worker_means_a_clear_timeout_and_the_job_is_dropped(redis_url, tmp_p
     assert "camsam worker" in response.json["error"]
     assert time.monotonic() - started < 30  # it gave up instead of blocking the web worker
     assert len(Queue(PREDICT_QUEUE, connection=Redis.from_url(redis_url))) == 0
+
+
+@pytest.mark.slow
+def test_clicks_on_one_image_go_to_the_worker_that_embedded_it(
+    redis_url, trained_model_dir, synthetic_dir, sam2_checkpoint
+):
+    from redis import Redis
+
+    Redis.from_url(redis_url).delete("camsam:embedding-cache")
+    workers = [start_worker(redis_url, name) for name in ("wa", "wb")]
+    try:
+        app = create_app(
+            {
+                "MODEL_DIR": trained_model_dir,
+                "REDIS_URL": redis_url,
+                "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
+                "SAM2_CONFIG": SAM2_TINY_CONFIG,
+                "SAM2_CHECKPOINT": sam2_checkpoint,
+                "PREDICT_TIMEOUT": 180,
+            }
+        )
+        client = app.test_client()
+        spot = sorted((synthetic_dir / "Spot").glob("*.png"))[3]
+        task = {"id": 7, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}}
+        for x in (30.0, 50.0, 60.0, 70.0):
+            click = {
+                "type": "keypointlabels",
+                "is_positive": True,
+                "value": {"x": x, "y": 50.0, "keypointlabels": ["Spot"]},
+            }
+            body = predict_body([task], context={"result": [click]}, project="11.1")
+            response = client.post("/predict", json=body)
+            assert response.status_code == 200, response.json
+            (region,) = response.json["results"][0]["result"]
+            assert region["value"]["brushlabels"] == ["Spot"]
+        metrics = client.get("/metrics").get_data(as_text=True)
+        counts = {"hits": 0, "misses": 0}
+        for line in metrics.splitlines():
+            if line.startswith("camsam_embedding_cache{worker="):
+                outcome = line.split('outcome="')[1].split('"')[0]
+                counts[outcome] += int(line.rsplit(" ", 1)[1])
+        assert counts == {"hits": 3, "misses": 1}  # embedded once, by one worker, for all clicks
+    finally:
+        for process in workers:
+            stop(process)

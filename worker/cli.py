@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a worker for the backend's Redis queues")
     worker.add_argument("--redis-url", help="default: REDIS_URL")
     worker.add_argument("--burst", action="store_true", help="stop when the queues are empty")
+    worker.add_argument("--name", help="unique worker name (default: camsam-<host>-<pid>)")
     worker.set_defaults(handler=run_worker)
 
     pre = commands.add_parser(
@@ -398,7 +399,7 @@ def run_worker(args: argparse.Namespace) -> int:
     url = args.redis_url or os.environ.get("REDIS_URL")
     if not url:
         raise CamsamError("camsam worker needs --redis-url or REDIS_URL (redis://host:6379/0)")
-    work(url, burst=args.burst)
+    work(url, burst=args.burst, name=args.name)
     return 0
 
 

@@ -1,22 +1,49 @@
 """``camsam worker``: serves the backend's Redis queues with the models loaded once.
 
 A non-forking rq worker: CUDA does not survive fork, and the models stay warm between jobs
-(``worker.jobs`` keeps them per process). Interactive jobs are taken before batch predictions.
+(``worker.jobs`` keeps them per process). Each worker first serves its own interactive queue
+(clicks on images it has embedded, routed there by the web side), then the shared interactive
+queue, then batch predictions.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from ml_backend.runner import INTERACTIVE_QUEUE, PREDICT_QUEUE
+from ml_backend.runner import (
+    CACHE_STATS_KEY,
+    INTERACTIVE_QUEUE,
+    PREDICT_QUEUE,
+    ROUTE_PREFIX,
+    own_queue,
+)
+
+ROUTE_SECONDS = 3600
+_name = ""
 
 
-def work(redis_url: str, burst: bool = False) -> None:
+def work(redis_url: str, burst: bool = False, name: str | None = None) -> None:
+    global _name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _name = name or f"camsam-{socket.gethostname()}-{os.getpid()}"
     connection = Redis.from_url(redis_url)
-    queues = [Queue(name, connection=connection) for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE)]
-    print(f"camsam worker on {redis_url}: queues {INTERACTIVE_QUEUE}, {PREDICT_QUEUE}")
-    SimpleWorker(queues, connection=connection).work(burst=burst, with_scheduler=False)
+    names = [own_queue(_name), INTERACTIVE_QUEUE, PREDICT_QUEUE]
+    queues = [Queue(q, connection=connection) for q in names]
+    print(f"camsam worker {_name} on {redis_url}: queues {', '.join(names)}")
+    SimpleWorker(queues, connection=connection, name=_name).work(burst=burst, with_scheduler=False)
+
+
+def after_job(job, connection, result) -> None:
+    """rq's success callback, in the worker: remember whose cache holds the clicked image, and
+    report this worker's embedding cache counts for ``/metrics``."""
+    route = job.meta.get("route")
+    if route and _name:
+        connection.set(ROUTE_PREFIX + route, own_queue(_name), ex=ROUTE_SECONDS)
+    stats = result.get("embedding_cache") if isinstance(result, dict) else None
+    if stats and _name:
+        connection.hset(CACHE_STATS_KEY, mapping={f"{_name}:{k}": v for k, v in stats.items()})
