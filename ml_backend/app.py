@@ -21,6 +21,16 @@ from ml_backend.metrics import Metrics
 from ml_backend.protocol import UNTRAINED, label_changes, predict_payload, project_id
 from ml_backend.runner import EmbeddedRunner, RqRunner
 from ml_backend.settings import Settings
+from ml_backend.training import (
+    FEEDBACK_JOB,
+    TRAINING_EVENTS,
+    imported_annotations,
+    remember_project,
+    request_training,
+    store_for,
+    submitter,
+    webhook_project,
+)
 from worker.checkpoint import project_model_dir
 
 log = logging.getLogger(__name__)
@@ -35,10 +45,14 @@ class CamsamBackend:
         self.metrics = metrics
         # Seconds one task of a batch takes, learnt from answers; a guess until the first one.
         self.seconds_per_task = 1.0
+        self.training_store = store_for(settings.redis_url)
+        self.submit = submitter(settings.redis_url)
+
+    def models(self, project: str):
+        return project_model_dir(self.settings.model_dir, project, self.settings.redis_url)
 
     def model_version(self, project: str) -> str:
-        version = project_model_dir(self.settings.model_dir, project).current_version()
-        return version or UNTRAINED
+        return self.models(project).current_version() or UNTRAINED
 
     def setup(self, body: dict) -> dict:
         project = project_id(body.get("project"))
@@ -59,7 +73,7 @@ class CamsamBackend:
 
     def label_changes(self, project: str, config: LabelConfig | None) -> list[str]:
         """What differs between the config's labels and the classes the current model knows."""
-        models = project_model_dir(self.settings.model_dir, project)
+        models = self.models(project)
         version = models.current_version()
         info = models.info(version) if version and config is not None else None
         if info is None:
@@ -115,8 +129,22 @@ class CamsamBackend:
         }
 
     def fit(self, event: str, data: dict) -> dict:
-        """Training from annotations is not part of this backend yet: events are acknowledged."""
-        return {"status": "ignored", "event": event}
+        """A webhook: a trigger for training (debounced), and for scoring a submitted annotation
+        against camsam's prediction. Nothing in it is trusted: the jobs read Label Studio."""
+        if event not in TRAINING_EVENTS:
+            return {"status": "ignored", "event": event}
+        project = webhook_project(data)
+        if event == "TASKS_CREATED" and not imported_annotations(data):
+            return {"status": "ignored", "event": event, "reason": "no annotations imported"}
+        payload = {"project": project, "settings": self.settings.for_worker()}
+        remember_project(self.training_store, payload)
+        queued = request_training(self.training_store, self.submit, payload, event)
+        annotation = data.get("annotation") or {}
+        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and annotation.get("id"):
+            if not annotation.get("was_cancelled"):
+                self.submit(FEEDBACK_JOB, {**payload, "annotation": int(annotation["id"])})
+        self.metrics.count_tasks(f"webhook_{event.lower()}")
+        return {"status": "training queued" if queued else "training pending", "event": event}
 
 
 def create_app(test_config: dict | None = None) -> Flask:

@@ -7,6 +7,7 @@ import sys
 from gunicorn.app.base import BaseApplication
 
 from ml_backend.app import create_app
+from ml_backend.training import reconcile_every
 
 
 def serve(host: str, port: int, workers: int, threads: int) -> None:
@@ -27,6 +28,15 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 300)
+            if backend.runner.mode == "embedded":  # no trainer worker: reconcile in here
+                self.cfg.set(
+                    "post_worker_init",
+                    lambda _: reconcile_every(
+                        backend.settings.reconcile_seconds,
+                        backend.training_store,
+                        backend.submit,
+                    ),
+                )
 
         def load(self):
             return app

@@ -23,6 +23,16 @@ class Settings:
     predict_timeout: float = 90.0
     predict_batch_size: int = 8
     predict_inline_max_tasks: int = 0
+    min_per_class: int = 5
+    train_debounce: float = 10.0
+    min_publish_interval: float = 0.0
+    keep_versions: int = 5
+    reconcile_seconds: float = 300.0
+    train_arch: str = ""
+    train_epochs: int = 30
+    train_image_size: int = 224
+    train_input: str = "rgb"
+    train_pretrained: str = ""
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
 

@@ -48,6 +48,7 @@ class ClassifierSpec:
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     created: float = 0.0
+    lineage: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.mask_classes) - set(self.classes)
@@ -66,7 +67,7 @@ def save_checkpoint(path: str | Path, spec: ClassifierSpec, state_dict: Mapping)
     import torch
 
     payload = {"format": FORMAT, "spec": _plain(asdict(spec)), "state_dict": dict(state_dict)}
-    _atomic_write(Path(path), lambda f: torch.save(payload, f))
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path) -> tuple[ClassifierSpec, dict]:
@@ -111,12 +112,18 @@ def load_state_strict(model: torch.nn.Module, state_dict: Mapping, source: str) 
 
 
 class ModelDir:
-    """Versions of one project's classifier, and which one is current."""
+    """Versions of one project's classifier, and which one is current.
 
-    def __init__(self, root: str | Path) -> None:
+    The current version is named in ``CURRENT``; with a Redis connection it is also recorded
+    there, and read from there first, so every web and worker process agrees at once.
+    """
+
+    def __init__(self, root: str | Path, redis=None) -> None:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.pointer = self.root / "CURRENT"
+        self.redis = redis
+        self.redis_key = f"camsam:current:{self.root.resolve()}"
 
     def versions(self) -> list[str]:
         if not self.versions_dir.is_dir():
@@ -133,6 +140,13 @@ class ModelDir:
         return self.versions_dir / f"{version}.pt"
 
     def current_version(self) -> str | None:
+        if self.redis is not None:
+            try:
+                shared = self.redis.get(self.redis_key)
+            except Exception:  # noqa: BLE001 (Redis down: the file is the fallback)
+                shared = None
+            if shared and self.path(shared.decode()).is_file():
+                return shared.decode()
         try:
             version = self.pointer.read_text().strip()
         except FileNotFoundError:
@@ -155,7 +169,7 @@ class ModelDir:
         spec = replace(spec, version=version, created=time.time())
         save_checkpoint(self.path(version), spec, state_dict)
         info = json.dumps(_plain(asdict(spec)), indent=1).encode()
-        _atomic_write(self.info_path(version), lambda f: f.write(info))
+        atomic_write(self.info_path(version), lambda f: f.write(info))
         self.set_current(version)
         return spec
 
@@ -172,7 +186,18 @@ class ModelDir:
     def set_current(self, version: str) -> None:
         if not self.path(version).is_file():
             raise CheckpointError(f"version {version} does not exist in {self.versions_dir}")
-        _atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
+        atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
+        if self.redis is not None:
+            self.redis.set(self.redis_key, version)
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` versions (never the current one)."""
+        current = self.current_version()
+        old = [v for v in self.versions()[:-keep] if v != current] if keep > 0 else []
+        for version in old:
+            self.path(version).unlink(missing_ok=True)
+            self.info_path(version).unlink(missing_ok=True)
+        return old
 
 
 def _version_number(version: str) -> int:
@@ -188,7 +213,7 @@ def _plain(value):
     return value
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -202,10 +227,23 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def project_model_dir(root: str | Path, project: str) -> ModelDir:
+def project_model_dir(root: str | Path, project: str, redis_url: str = "") -> ModelDir:
     """A project's models live in ``root/<project id>``; a single-project ``root`` serves all."""
-    own = ModelDir(Path(root) / project)
-    shared = ModelDir(root)
+    redis = redis_connection(redis_url) if redis_url else None
+    own = ModelDir(Path(root) / project, redis)
+    shared = ModelDir(root, redis)
     if own.current_version() is None and shared.current_version() is not None:
         return shared
     return own
+
+
+_connections: dict[str, object] = {}
+
+
+def redis_connection(url: str):
+    """One Redis client per URL and process."""
+    if url not in _connections:
+        from redis import Redis
+
+        _connections[url] = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    return _connections[url]

@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis-url", help="default: REDIS_URL")
     worker.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     worker.add_argument("--name", help="unique worker name (default: camsam-<host>-<pid>)")
+    worker.add_argument(
+        "--role",
+        choices=("predict", "train", "all"),
+        default="predict",
+        help="predict: clicks and batches (default); train: training runs and reconciliation",
+    )
     worker.set_defaults(handler=run_worker)
 
     pre = commands.add_parser(
@@ -399,7 +405,7 @@ def run_worker(args: argparse.Namespace) -> int:
     url = args.redis_url or os.environ.get("REDIS_URL")
     if not url:
         raise CamsamError("camsam worker needs --redis-url or REDIS_URL (redis://host:6379/0)")
-    work(url, burst=args.burst, name=args.name)
+    work(url, burst=args.burst, name=args.name, role=args.role)
     return 0
 
 
@@ -420,7 +426,7 @@ def run_preannotate(args: argparse.Namespace) -> int:
     }
     settings = replace(Settings.from_env(), **{k: v for k, v in given.items() if v})
     project = str(args.project)
-    version = project_model_dir(settings.model_dir, project).current_version()
+    version = project_model_dir(settings.model_dir, project, settings.redis_url).current_version()
     if version is None:
         raise CamsamError(f"no model for project {project} in {settings.model_dir}: train first")
     client = connect(settings.label_studio_url, settings.label_studio_api_key)

@@ -119,8 +119,6 @@ def load_label_studio_export(
     path: Path, background_classes: Sequence[str] = (), image_root: str | Path | None = None
 ) -> Dataset:
     """Read a Label Studio JSON export; the newest annotation of each task that was not skipped."""
-    from label_studio_sdk.converter.brush import decode_rle
-
     try:
         tasks = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -129,36 +127,39 @@ def load_label_studio_export(
         raise DatasetError(f"{path} is not a Label Studio JSON export (expected a list of tasks)")
     roots = [Path(image_root)] if image_root else []
     roots.append(path.parent)
-    samples, seen = [], []
+    samples = []
     for task in tasks:
         annotation = newest_annotation(task.get("annotations") or [])
-        if annotation is None:
-            continue
         image_ref = next(iter((task.get("data") or {}).values()), None)
-        if not isinstance(image_ref, str):
+        if annotation is None or not isinstance(image_ref, str):
             continue
-        classes, masks = [], defaultdict(lambda: None)
-        for region in annotation.get("result") or []:
-            value = region.get("value") or {}
-            for name in value.get("choices") or []:
-                classes.append(name)
-            if region.get("type") == "brushlabels" and value.get("format") == "rle":
-                height, width = region["original_height"], region["original_width"]
-                alpha = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] >= 128
-                for name in value.get("brushlabels") or []:
-                    classes.append(name)
-                    previous = masks[name]
-                    masks[name] = alpha if previous is None else previous | alpha
-        classes = list(dict.fromkeys(classes))
-        if not classes:
-            continue
-        seen.extend(classes)
-        image = resolve_image_path(image_ref, roots)
-        key = str(task.get("id", image.name))
-        samples.append(Sample(image, tuple(classes), {}, dict(masks), key=key))
+        classes, masks = read_annotation(annotation)
+        if classes:
+            image = resolve_image_path(image_ref, roots)
+            key = str(task.get("id", image.name))
+            samples.append(Sample(image, classes, {}, masks, key=key))
     if not samples:
         raise DatasetError(f"{path} holds no task with a usable (not skipped) annotation")
-    return Dataset(tuple(samples), tuple(dict.fromkeys(seen)), tuple(background_classes))
+    seen = dict.fromkeys(c for sample in samples for c in sample.classes)
+    return Dataset(tuple(samples), tuple(seen), tuple(background_classes))
+
+
+def read_annotation(annotation: dict) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """An annotation's image-level classes (Choices, and every BrushLabels label: an image with
+    a "Crack" mask is a Crack image) and its masks per label, from brush RLE."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    classes, masks = [], {}
+    for region in annotation.get("result") or []:
+        value = region.get("value") or {}
+        classes += value.get("choices") or []
+        if region.get("type") == "brushlabels" and value.get("format") == "rle":
+            height, width = region["original_height"], region["original_width"]
+            alpha = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] >= 128
+            for name in value.get("brushlabels") or []:
+                classes.append(name)
+                masks[name] = masks[name] | alpha if name in masks else alpha
+    return tuple(dict.fromkeys(classes)), masks
 
 
 def newest_annotation(annotations: list[dict]) -> dict | None:

@@ -115,7 +115,9 @@ class _Project:
 
     def __init__(self, payload: dict) -> None:
         self.settings = payload["settings"]
-        self.model_dir = project_model_dir(self.settings["model_dir"], payload["project"])
+        self.model_dir = project_model_dir(
+            self.settings["model_dir"], payload["project"], self.settings["redis_url"]
+        )
         self.version = self.model_dir.current_version()
         raw = payload["label_config"]
         self.config = parse_label_config(raw) if raw else None

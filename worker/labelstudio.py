@@ -51,6 +51,30 @@ def project_tasks(client, project: int | str, skip_version: str | None = None) -
         raise LabelStudioError(f"cannot list the tasks of project {project}: {error}") from error
 
 
+def labelled_tasks(client, project: int | str) -> list[dict]:
+    """The project's tasks that hold annotations, as plain dicts (``id``, ``data``,
+    ``annotations`` with ``id``, ``result``, ``was_cancelled``, ``updated_at``)."""
+    try:
+        tasks = client.tasks.list(project=int(project), fields="all", only_annotated=True)
+        return [_plain(task) for task in tasks]
+    except Exception as error:
+        raise LabelStudioError(f"cannot read the labels of project {project}: {error}") from error
+
+
+def get_annotation(client, annotation_id: int) -> dict:
+    try:
+        return _plain(client.annotations.get(id=int(annotation_id)))
+    except Exception as error:
+        raise LabelStudioError(f"cannot read annotation {annotation_id}: {error}") from error
+
+
+def task_predictions(client, task_id: int) -> list[dict]:
+    try:
+        return [_plain(p) for p in client.predictions.list(task=int(task_id))]
+    except Exception as error:
+        raise LabelStudioError(f"cannot read the predictions of task {task_id}: {error}") from error
+
+
 def post_prediction(client, task_id: int, prediction: dict) -> None:
     """Store one prediction on a task, as the backend's own answer would have."""
     try:
@@ -62,6 +86,13 @@ def post_prediction(client, task_id: int, prediction: dict) -> None:
         )
     except Exception as error:
         raise LabelStudioError(f"cannot store the prediction of task {task_id}: {error}") from error
+
+
+def _plain(item) -> dict:
+    """An SDK object as the JSON Label Studio sent (dates as ISO strings)."""
+    if isinstance(item, dict):
+        return item
+    return item.model_dump(mode="json", exclude_none=False)
 
 
 def _field(item, name: str):

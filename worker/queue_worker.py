@@ -1,9 +1,10 @@
 """``camsam worker``: serves the backend's Redis queues with the models loaded once.
 
 A non-forking rq worker: CUDA does not survive fork, and the models stay warm between jobs
-(``worker.jobs`` keeps them per process). Each worker first serves its own interactive queue
-(clicks on images it has embedded, routed there by the web side), then the shared interactive
-queue, then batch predictions.
+(``worker.jobs`` keeps them per process). A prediction worker first serves its own interactive
+queue (clicks on images it has embedded, routed there by the web side), then the shared
+interactive queue, then batch predictions. A training worker serves the training queue (so a
+training run never holds up a prediction) and reconciles with Label Studio periodically.
 """
 
 from __future__ import annotations
@@ -22,17 +23,28 @@ from ml_backend.runner import (
     ROUTE_PREFIX,
     own_queue,
 )
+from ml_backend.settings import Settings
+from ml_backend.training import TRAIN_QUEUE, reconcile_every, store_for, submitter
+
+ROLES = ("predict", "train", "all")
 
 ROUTE_SECONDS = 3600
 _name = ""
 
 
-def work(redis_url: str, burst: bool = False, name: str | None = None) -> None:
+def work(redis_url: str, burst: bool = False, name: str | None = None, role: str = "predict"):
     global _name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _name = name or f"camsam-{socket.gethostname()}-{os.getpid()}"
     connection = Redis.from_url(redis_url)
-    names = [own_queue(_name), INTERACTIVE_QUEUE, PREDICT_QUEUE]
+    names = []
+    if role in ("predict", "all"):
+        names += [own_queue(_name), INTERACTIVE_QUEUE, PREDICT_QUEUE]
+    if role in ("train", "all"):
+        names.append(TRAIN_QUEUE)
+        seconds = Settings.from_env().reconcile_seconds
+        if not burst:
+            reconcile_every(seconds, store_for(redis_url), submitter(redis_url))
     queues = [Queue(q, connection=connection) for q in names]
     print(f"camsam worker {_name} on {redis_url}: queues {', '.join(names)}")
     SimpleWorker(queues, connection=connection, name=_name).work(burst=burst, with_scheduler=False)

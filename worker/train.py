@@ -173,6 +173,13 @@ def evaluate_classifier(
     return {"accuracy": accuracy, "val_loss": loss, "per_class_f1": f1}
 
 
+def classifier_accuracy(classifier: Classifier, samples: Sequence[Sample]) -> float:
+    """A trained classifier's accuracy on ``samples`` (its own classes, set equality)."""
+    x, y = _tensors(samples, classifier.spec, progress=False)
+    metrics = evaluate_classifier(classifier.model, classifier.spec, x, y, str(classifier.device))
+    return metrics["accuracy"]
+
+
 def classification_loss(
     logits: torch.Tensor, targets: torch.Tensor, spec: ClassifierSpec
 ) -> torch.Tensor:
