@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import time
+from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
 
@@ -32,6 +33,7 @@ from ml_backend.training import (
     webhook_project,
 )
 from worker.checkpoint import project_model_dir
+from worker.live import live_stats
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,31 @@ class CamsamBackend:
             "Studio as they are ready",
         }
 
+    def project_gauges(self) -> dict[str, list[tuple[dict, float]]]:
+        """Per project: the current model version, and each version's live accept rate and
+        mean IoU on the masks annotators submitted."""
+        gauges: dict[str, list] = {
+            "camsam_model_version": [],
+            "camsam_live_masks": [],
+            "camsam_live_accept_rate": [],
+            "camsam_live_mean_iou": [],
+        }
+        root = Path(self.settings.model_dir)
+        projects = (
+            sorted(p.name for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+        )
+        for project in projects:
+            models = self.models(project)
+            current = models.current_version()
+            if current:
+                gauges["camsam_model_version"].append(({"project": project, "version": current}, 1))
+            for version, row in sorted(live_stats(models).items()):
+                labels = {"project": project, "version": version}
+                gauges["camsam_live_masks"].append((labels, row["masks"]))
+                gauges["camsam_live_accept_rate"].append((labels, round(row["accept_rate"], 4)))
+                gauges["camsam_live_mean_iou"].append((labels, round(row["mean_iou"], 4)))
+        return gauges
+
     def fit(self, event: str, data: dict) -> dict:
         """A webhook: a trigger for training (debounced), and for scoring a submitted annotation
         against camsam's prediction. Nothing in it is trusted: the jobs read Label Studio."""
@@ -221,6 +248,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                     "camsam_embedding_cache": embedding_cache_samples(
                         metrics.embedding_cache, runner.embedding_cache()
                     ),
+                    **backend.project_gauges(),
                 }
             ),
             mimetype="text/plain; version=0.0.4",

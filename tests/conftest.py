@@ -60,8 +60,9 @@ def sam2_checkpoint(tmp_path_factory) -> Path:
 
 
 class _LabelStudioHandler(SimpleHTTPRequestHandler):
-    """A little Label Studio: /data/upload/<file> and the task presign endpoint only with the
-    right token, and ``POST /api/predictions/`` kept in ``server.predictions``."""
+    """A little Label Studio: /data/upload/<file>, the task presign endpoint and a few API
+    routes (projects, tasks, annotations, predictions), only with the right token;
+    ``POST /api/predictions/`` is kept in ``server.predictions``."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         if self.path.startswith("/signed/"):  # a storage's signed URL: no Label Studio token
@@ -89,12 +90,23 @@ class _LabelStudioHandler(SimpleHTTPRequestHandler):
     def _api_get(self) -> None:
         url = urlparse(self.path)
         query = parse_qs(url.query)
-        if url.path.startswith("/api/projects/"):
-            answer = {"id": int(url.path.split("/")[3]), "label_config": self.server.label_config}
+        parts = url.path.strip("/").split("/")
+        tasks = self.server.tasks
+        if parts[1] == "projects":
+            answer = {"id": int(parts[2]), "label_config": self.server.label_config}
+        elif parts[1] == "annotations":
+            wanted = int(parts[2])
+            answer = next(
+                {**a, "task": t["id"]} for t in tasks for a in t["annotations"] if a["id"] == wanted
+            )
+        elif parts[1] == "predictions":
+            task = int(query["task"][0])
+            answer = [p for p in self.server.predictions if p["task"] == task]
         else:  # /api/tasks/: pages of tasks, then an empty page
+            if query.get("only_annotated") == ["true"]:
+                tasks = [t for t in tasks if t.get("annotations")]
             page = int(query.get("page", ["1"])[0])
-            answer = {"tasks": self.server.tasks if page == 1 else [], "total": 0}
-            answer["total"] = len(self.server.tasks)
+            answer = {"tasks": tasks if page == 1 else [], "total": len(tasks)}
         self._json(200, answer)
 
     def _json(self, status: int, answer: dict) -> None:
@@ -110,8 +122,9 @@ class _LabelStudioHandler(SimpleHTTPRequestHandler):
             self.send_error(401 if self.path == "/api/predictions/" else 404)
             return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body["id"] = len(self.server.predictions) + 1
         self.server.predictions.append(body)
-        self._json(201, {"id": len(self.server.predictions), **body})
+        self._json(201, body)
 
     def log_message(self, *args):
         pass

@@ -60,10 +60,10 @@ def redis_url(tmp_path_factory):
     server.wait(timeout=10)
 
 
-def start_worker(redis_url: str, name: str) -> subprocess.Popen:
+def start_worker(redis_url: str, name: str, role: str = "predict") -> subprocess.Popen:
     env = {**os.environ, "REDIS_URL": redis_url}
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "worker", "--name", name],
+        [sys.executable, "-m", "worker.cli", "worker", "--name", name, "--role", role],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -192,3 +192,56 @@ def test_clicks_on_one_image_go_to_the_worker_that_embedded_it(
     finally:
         for process in workers:
             stop(process)
+
+
+@pytest.mark.slow
+def test_webhooks_train_on_a_separate_worker_and_every_process_sees_the_version(
+    redis_url, synthetic_dir, label_studio, tmp_path
+):
+    from redis import Redis
+    from rq import Queue
+    from rq.registry import FinishedJobRegistry
+
+    from ml_backend.training import TRAIN_QUEUE
+    from tests.test_app import fixture
+    from tests.test_training import CONFIG, labelled_tasks
+
+    label_studio.label_config = CONFIG
+    label_studio.tasks = labelled_tasks(synthetic_dir, 6)
+    trainer = start_worker(redis_url, "trainer", role="train")
+    try:
+        settings = {
+            "MODEL_DIR": tmp_path / "models",
+            "REDIS_URL": redis_url,
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": "secret",
+            "TRAIN_EPOCHS": 3,
+            "TRAIN_IMAGE_SIZE": 64,
+            "MIN_PER_CLASS": 4,
+            "TRAIN_DEBOUNCE": 1,
+        }
+        client = create_app(settings).test_client()
+        body = fixture("019_webhook_start_training.json")["body"]
+        body = {**body, "project": {**body["project"], "id": 21}}
+        answers = [client.post("/webhook", json=body).json["status"] for _ in range(10)]
+        assert answers == ["training queued"] + ["training pending"] * 9
+        deadline = time.monotonic() + 300
+        version = "untrained"
+        while version == "untrained" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            version = client.post("/setup", json={"project": "21.1"}).json["model_version"]
+        assert version == "v0001"
+        connection = Redis.from_url(redis_url)
+        queue = Queue(TRAIN_QUEUE, connection=connection)
+        while len(queue) or queue.started_job_registry.count:
+            time.sleep(0.2)
+        finished = FinishedJobRegistry(queue=queue).get_job_ids()
+        runs = [queue.fetch_job(job_id).return_value() for job_id in finished]
+        assert runs == [1]  # ten webhooks, one job, one run
+        pointer = f"camsam:current:{(tmp_path / 'models' / '21').resolve()}"
+        assert connection.get(pointer) == b"v0001"  # what every process reads
+        # Another web process (a fresh app) agrees.
+        other = create_app(settings).test_client()
+        assert other.post("/setup", json={"project": "21.1"}).json["model_version"] == "v0001"
+    finally:
+        stop(trainer)
