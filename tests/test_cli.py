@@ -210,3 +210,45 @@ def test_preannotate_writes_a_prediction_for_each_task_not_yet_predicted(
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "wrong")
     assert main(argv) == 2  # refused by Label Studio: one clear line, no traceback
     assert "camsam: error:" in capsys.readouterr().err
+
+
+def test_rank_lists_images_most_informative_first(trained_model_dir, synthetic_dir, capsys):
+    assert (
+        main(
+            [
+                "rank",
+                str(synthetic_dir / "Spot"),
+                str(synthetic_dir / "Clean"),
+                "--model-dir",
+                str(trained_model_dir),
+            ]
+        )
+        == 0
+    )
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
+    scores = [float(line[0]) for line in lines]
+    assert len(lines) == 48 and scores == sorted(scores)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_versions_and_rollback(trained_model_dir, tmp_path, capsys):
+    import shutil
+
+    models = tmp_path / "models" / "3"
+    shutil.copytree(trained_model_dir, models)
+    for name in ("v0002.pt", "v0002.json"):
+        shutil.copy(
+            models / "versions" / name.replace("v0002", "v0001"), models / "versions" / name
+        )
+    ModelDir(models).set_current("v0002")
+    common = ["--model-dir", str(tmp_path / "models"), "--project", "3"]
+    assert main(["versions", *common]) == 0
+    out = capsys.readouterr().out
+    assert "* v0002" in out and "  v0001" in out and "val acc" in out
+    assert main(["rollback", "v0001", *common]) == 0
+    assert ModelDir(models).current_version() == "v0001"
+    assert main(["rollback", "v0009", *common]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["versions", "--json", *common]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listed["versions"] if v["current"]] == ["v0001"]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SAM2_TINY_CONFIG
+from worker.cam import CamMap
 from worker.checkpoint import ModelDir
 from worker.classify import Classifier
 from worker.ls_format import decode_mask, to_prediction
@@ -117,3 +118,25 @@ def test_a_prompt_with_nothing_to_focus_on_gives_no_mask(checkpoint):
         np.zeros((0, 2), np.float32), np.zeros(0, np.int32), np.array([200, 200, 240, 240])
     )
     assert pipeline.segment_prompted(image, "Spot", outside) is None
+
+
+def test_score_is_low_where_the_cam_does_not_set_the_mask_apart(checkpoint):
+    from worker.classify import Prediction
+    from worker.pipeline import ImageResult, cam_contrast
+
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True
+    focused = mask.astype(np.float32)
+    diffuse = np.full((20, 20), 0.6, np.float32)
+    assert cam_contrast(focused, mask) == 1.0
+    assert cam_contrast(diffuse, mask) == pytest.approx(0.0, abs=1e-6)
+    assert cam_contrast(None, mask) == 1.0
+    prediction = Prediction({"Spot": 0.9}, ("Spot",), 0.9)
+    results = {
+        name: ImageResult(
+            20, 20, prediction, (MaskResult("Spot", mask, 0.8, "cam"),), (CamMap("Spot", cam, 0.9),)
+        )
+        for name, cam in (("focused", focused), ("diffuse", diffuse))
+    }
+    assert results["focused"].score == pytest.approx(0.9 * 0.8)
+    assert results["diffuse"].score < results["focused"].score  # label the diffuse one first

@@ -7,9 +7,9 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
+from worker.cli_service import add_service_commands
 from worker.errors import CamsamError
 
 
@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(predict)
     predict.set_defaults(handler=run_predict)
 
+    rank = commands.add_parser(
+        "rank", help="images in the order to label them next (most informative first)"
+    )
+    rank.add_argument("inputs", nargs="+", help="image files or folders")
+    rank.add_argument("--model-dir", required=True)
+    _pipeline_options(rank)
+    rank.set_defaults(handler=run_rank)
+
     evaluate = commands.add_parser("eval", help="measure masks and classes against ground truth")
     evaluate.add_argument("data")
     evaluate.add_argument("--model-dir", required=True)
@@ -111,38 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--fold", type=int, default=0, help="which fold is the test part (0-based)")
     split.set_defaults(handler=run_split)
 
-    serve = commands.add_parser("serve", help="run the Label Studio ML backend under gunicorn")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=9090)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--threads", type=int, default=4)
-    serve.add_argument("--model-dir", help="sets MODEL_DIR: models/<project id>/ or one model")
-    serve.set_defaults(handler=run_serve)
-
-    worker = commands.add_parser("worker", help="run a worker for the backend's Redis queues")
-    worker.add_argument("--redis-url", help="default: REDIS_URL")
-    worker.add_argument("--burst", action="store_true", help="stop when the queues are empty")
-    worker.add_argument("--name", help="unique worker name (default: camsam-<host>-<pid>)")
-    worker.add_argument(
-        "--role",
-        choices=("predict", "train", "all"),
-        default="predict",
-        help="predict: clicks and batches (default); train: training runs and reconciliation",
-    )
-    worker.set_defaults(handler=run_worker)
-
-    pre = commands.add_parser(
-        "preannotate", help="predict a whole Label Studio project and store the predictions"
-    )
-    pre.add_argument("--project", required=True, type=int, help="Label Studio project id")
-    pre.add_argument("--url", help="Label Studio's address (default: LABEL_STUDIO_URL)")
-    pre.add_argument("--api-key", help="legacy or personal access token (LABEL_STUDIO_API_KEY)")
-    pre.add_argument("--model-dir", help="default: MODEL_DIR, else ./models")
-    pre.add_argument("--batch-size", type=int, help="images per pass (PREDICT_BATCH_SIZE)")
-    pre.add_argument(
-        "--all", action="store_true", help="also tasks that hold a prediction of this version"
-    )
-    pre.set_defaults(handler=run_preannotate)
+    add_service_commands(commands)
 
     demo = commands.add_parser("demo", help="synthetic dataset -> train -> predict -> eval")
     demo.add_argument("--out", default="demo", help="folder for everything the demo writes")
@@ -221,7 +198,9 @@ def read_dataset(args: argparse.Namespace, part: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from worker.checkpoint import ModelDir
+    import os
+
+    from worker.checkpoint import ModelDir, redis_connection
     from worker.classify import DEFAULT_ARCH, resolve_device
     from worker.train import TrainConfig, train
 
@@ -244,7 +223,9 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"training {config.arch} on {len(dataset.samples)} images: {dataset.counts()}")
     started = time.perf_counter()
     result = train(dataset, config)
-    spec = ModelDir(args.model_dir).publish(result.spec, result.state_dict)
+    redis_url = os.environ.get("REDIS_URL")
+    redis = redis_connection(redis_url) if redis_url else None  # every process sees it at once
+    spec = ModelDir(args.model_dir, redis).publish(result.spec, result.state_dict)
     metrics = spec.metrics
     print(
         f"version {spec.version} is current in {args.model_dir}: validation accuracy "
@@ -293,23 +274,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ml_backend.label_config import load_label_config
-    from worker.images import IMAGE_SUFFIXES, load_image
+    from worker.images import load_image
     from worker.ls_format import to_prediction
     from worker.overlays import draw_overlay, save_png
 
     config = load_label_config(args.label_config) if args.label_config else None
-    files = []
-    for item in map(Path, args.inputs):
-        if item.is_dir():
-            files += sorted(
-                p
-                for p in item.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES and "masks" not in p.parts
-            )
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise CamsamError(f"{item} is neither an image file nor a folder")
+    files = image_files(args.inputs)
     pipeline = build_pipeline(args)
     tasks = []
     for path in tqdm(files, desc="predict", unit="img"):
@@ -325,6 +295,41 @@ def run_predict(args: argparse.Namespace) -> int:
     Path(args.out).write_text(json.dumps(tasks))
     masks = sum(len(t["predictions"][0]["result"]) for t in tasks)
     print(f"wrote {len(tasks)} tasks ({masks} regions, model {pipeline.version}) to {args.out}")
+    return 0
+
+
+def image_files(inputs: Sequence[str]) -> list[Path]:
+    """Image files named, and those under folders named (ground-truth ``masks/`` left out)."""
+    from worker.images import IMAGE_SUFFIXES
+
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and "masks" not in p.parts
+            )
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise CamsamError(f"{item} is neither an image file nor a folder")
+    return files
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    """Images in the order to label them: ascending prediction score, as Label Studio sorts."""
+    from tqdm import tqdm
+
+    from worker.images import load_image
+
+    pipeline = build_pipeline(args)
+    rows = []
+    for path in tqdm(image_files(args.inputs), desc="rank", unit="img"):
+        result = pipeline.run(load_image(path))
+        rows.append((result.score, ",".join(result.prediction.classes), str(path)))
+    for score, classes, path in sorted(rows):
+        print(f"{score:.4f}  {classes:<20}  {path}")
     return 0
 
 
@@ -384,64 +389,6 @@ def run_split(args: argparse.Namespace) -> int:
     Path(args.out).write_text(json.dumps(payload, indent=1))
     print(f"{len(rest)} train / {len(held)} test images written to {args.out}")
     return 0
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    import os
-
-    from ml_backend.server import serve
-
-    if args.model_dir:
-        os.environ["MODEL_DIR"] = args.model_dir
-    serve(args.host, args.port, args.workers, args.threads)
-    return 0
-
-
-def run_worker(args: argparse.Namespace) -> int:
-    import os
-
-    from worker.queue_worker import work
-
-    url = args.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        raise CamsamError("camsam worker needs --redis-url or REDIS_URL (redis://host:6379/0)")
-    work(url, burst=args.burst, name=args.name, role=args.role)
-    return 0
-
-
-def run_preannotate(args: argparse.Namespace) -> int:
-    """The same job a long ``/predict`` batch becomes, over every task of a project."""
-    from tqdm import tqdm
-
-    from ml_backend.settings import Settings
-    from worker.checkpoint import project_model_dir
-    from worker.jobs import preannotate
-    from worker.labelstudio import connect, project_config, project_tasks
-
-    given = {
-        "model_dir": args.model_dir,
-        "label_studio_url": args.url,
-        "label_studio_api_key": args.api_key,
-        "predict_batch_size": args.batch_size,
-    }
-    settings = replace(Settings.from_env(), **{k: v for k, v in given.items() if v})
-    project = str(args.project)
-    version = project_model_dir(settings.model_dir, project, settings.redis_url).current_version()
-    if version is None:
-        raise CamsamError(f"no model for project {project} in {settings.model_dir}: train first")
-    client = connect(settings.label_studio_url, settings.label_studio_api_key)
-    skip = None if args.all else version
-    tasks = list(project_tasks(client, project, skip_version=skip))
-    payload = {
-        "project": project,
-        "label_config": project_config(client, project),
-        "tasks": tasks,
-        "settings": settings.for_worker(),
-    }
-    with tqdm(total=len(tasks), desc=f"project {project} ({version})", unit="task") as bar:
-        answer = preannotate(payload, progress=bar)
-    print(f"{answer['written']} predictions written, {answer['failed']} tasks failed")
-    return 1 if answer["failed"] and not answer["written"] else 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -39,9 +39,22 @@ class ImageResult:
 
     @property
     def score(self) -> float:
-        """Ranking score: the classifier's confidence in its class set, times mask confidence."""
-        mask_scores = [m.score for m in self.masks] or [1.0]
-        return float(self.prediction.score * min(mask_scores))
+        """The prediction score Label Studio sorts by: low means label this image next.
+
+        The classifier's confidence in its class set, times, for each mask, its own confidence
+        and how clearly the Grad-CAM activation sets the masked region apart from the rest (a
+        diffuse CAM marks an image the model has not understood yet).
+        """
+        focus = {c.label: c.cam for c in self.cams}
+        mask_scores = [m.score * cam_contrast(focus.get(m.label), m.mask) for m in self.masks]
+        return float(self.prediction.score * min(mask_scores, default=1.0))
+
+
+def cam_contrast(cam: np.ndarray | None, mask: np.ndarray) -> float:
+    """Mean activation inside the mask minus outside it, in [0, 1] (1 with no CAM to judge)."""
+    if cam is None or not mask.any() or mask.all():
+        return 1.0
+    return float(np.clip(cam[mask].mean() - cam[~mask].mean(), 0.0, 1.0))
 
 
 class Pipeline:
