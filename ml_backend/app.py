@@ -218,11 +218,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                 "model_class": "CamsamBackend",
                 "mode": runner.mode,
                 "segmenter": "sam2" if settings.has_sam2 else "cam",
-                "note": None
-                if settings.has_sam2
-                else (
-                    "no SAM2 checkpoint configured: masks come from the CAM refined with the image"
-                ),
+                "note": segmenter_note(settings),
             }
         )
 
@@ -255,6 +251,18 @@ def create_app(test_config: dict | None = None) -> Flask:
         )
 
     return app
+
+
+def segmenter_note(settings: Settings) -> str | None:
+    if not settings.has_sam2:
+        return "no SAM2 checkpoint configured: masks come from the CAM refined with the image"
+    checkpoint = settings.sam2_checkpoint
+    if checkpoint and not Path(checkpoint).is_file():
+        return (
+            f"SAM2_CHECKPOINT {checkpoint} does not exist here: masks fail until it does "
+            "(download it, or unset SAM2_CHECKPOINT to use the cam segmenter)"
+        )
+    return None
 
 
 def embedding_cache_samples(own: dict, workers: dict) -> list[tuple[dict, float]]:

@@ -137,6 +137,15 @@ def test_predict_fetches_images_like_label_studio_and_isolates_failures(
     assert 'camsam_requests_total{route="/predict",status="200"} 1' in metrics
 
 
+def test_health_says_when_the_sam2_checkpoint_is_missing(tmp_path):
+    missing = tmp_path / "sam2.1_hiera_tiny.pt"
+    client = create_app({"MODEL_DIR": tmp_path, "SAM2_CHECKPOINT": missing}).test_client()
+    health = client.get("/health").json
+    assert health["segmenter"] == "sam2" and "does not exist" in health["note"]
+    missing.write_bytes(b"weights")
+    assert client.get("/health").json["note"] is None
+
+
 def test_basic_auth_guards_everything_but_health(tmp_path):
     app = create_app({"MODEL_DIR": tmp_path, "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "pw"})
     client = app.test_client()
