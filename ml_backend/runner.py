@@ -29,6 +29,14 @@ def own_queue(worker_name: str) -> str:
     return f"{INTERACTIVE_QUEUE}@{worker_name}"
 
 
+def describe(name: str, payload: dict) -> str:
+    """What rq logs for a job: its name, project and size, never the payload (it holds the
+    Label Studio key)."""
+    tasks = payload.get("tasks")
+    size = f", {len(tasks)} tasks" if isinstance(tasks, list) else ""
+    return f"{name}(project {payload.get('project')}{size})"
+
+
 def route_key(payload: dict) -> str:
     """An interactive request's image, by project and task data (the same task, the same key)."""
     task = payload["tasks"][0]
@@ -113,6 +121,7 @@ class RqRunner:
             job = queue.enqueue(
                 name,
                 payload,
+                description=describe(name, payload),
                 ttl=max(1, int(timeout)),
                 job_timeout=int(timeout) + 30,
                 result_ttl=60,
@@ -143,7 +152,12 @@ class RqRunner:
 
         try:
             self.queues[PREDICT_QUEUE].enqueue(
-                name, payload, job_timeout=int(timeout), result_ttl=3600, failure_ttl=7 * 86400
+                name,
+                payload,
+                description=describe(name, payload),
+                job_timeout=int(timeout),
+                result_ttl=3600,
+                failure_ttl=7 * 86400,
             )
         except redis.RedisError as error:
             raise Unavailable(f"Redis is unreachable: {error}") from error

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from ml_backend.errors import BadRequest
+from ml_backend.runner import describe
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def store_for(redis_url: str):
 
 
 def submitter(redis_url: str) -> Submit:
-    """Enqueue on the training queue (``camsam worker --queues train``), or run in a thread."""
+    """Enqueue on the training queue (``camsam worker --role train``), or run in a thread."""
     if redis_url:
         from rq import Queue
 
@@ -114,7 +115,12 @@ def submitter(redis_url: str) -> Submit:
 
         def enqueue(name: str, payload: dict) -> None:
             queue.enqueue(
-                name, payload, job_timeout=LEASE_SECONDS, result_ttl=86400, failure_ttl=7 * 86400
+                name,
+                payload,
+                description=describe(name, payload),
+                job_timeout=LEASE_SECONDS,
+                result_ttl=86400,
+                failure_ttl=7 * 86400,
             )
 
         return enqueue

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import socket
+import subprocess
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -57,6 +61,49 @@ def sam2_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny_random.pt"
     torch.save({"model": model.state_dict()}, path)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A redis-server of the tests' own on a free loopback port."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    from redis import Redis
+
+    for _ in range(100):
+        try:
+            Redis.from_url(url).ping()
+            break
+        except Exception:  # noqa: BLE001 (not up yet)
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
 
 
 class _LabelStudioHandler(SimpleHTTPRequestHandler):

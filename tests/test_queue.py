@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,46 +17,6 @@ from tests.test_app import predict_body
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    from redis import Redis
-
-    for _ in range(100):
-        try:
-            Redis.from_url(url).ping()
-            break
-        except Exception:  # noqa: BLE001 (not up yet)
-            time.sleep(0.05)
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
 
 
 def start_worker(redis_url: str, name: str, role: str = "predict") -> subprocess.Popen:
@@ -245,3 +204,11 @@ def test_webhooks_train_on_a_separate_worker_and_every_process_sees_the_version(
         assert other.post("/setup", json={"project": "21.1"}).json["model_version"] == "v0001"
     finally:
         stop(trainer)
+
+
+def test_what_rq_logs_of_a_job_holds_no_secret():
+    from ml_backend.runner import describe
+
+    payload = {"project": "3", "tasks": [{}, {}], "settings": {"label_studio_api_key": "s3cret"}}
+    text = describe("worker.jobs.predict", payload)
+    assert text == "worker.jobs.predict(project 3, 2 tasks)" and "s3cret" not in text
