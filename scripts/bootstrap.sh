@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create or update .venv/ with everything camsam needs (and, as root on Debian, redis-server for
-# the tests). Idempotent: a second run with the same pyproject.toml returns at once.
+# Create or update .venv/ with everything camsam needs (and, as root on Debian, redis-server and
+# chromium for the tests). Idempotent: a second run with the same pyproject.toml returns at once.
 #
 #   TORCH_SPEC        torch requirement (default torch==2.14.1)
 #   TORCHVISION_SPEC  torchvision requirement (default torchvision==0.29.1)
@@ -14,11 +14,15 @@ torchvision_spec=${TORCHVISION_SPEC:-torchvision==0.29.1}
 stamp=.venv/.camsam-installed
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 
-# The tests start their own redis-server on a free port; install it where we may.
-if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "camsam: installing redis-server (for the queue tests)" >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
-    >/dev/null || echo "camsam: could not install redis-server: the queue tests will be skipped" >&2
+# The tests start their own redis-server on a free port, and the end-to-end test drives Debian's
+# chromium; install them where we may.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "camsam: installing ${missing[*]} (for the tests)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
+    >/dev/null || echo "camsam: could not install ${missing[*]}: their tests will be skipped" >&2
 fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

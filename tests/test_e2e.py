@@ -348,6 +348,9 @@ def test_label_studio_and_camsam_end_to_end(stack):
         return [float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
 
     assert wait_for(accept_rate, 120, "the live accept rate") == [1.0]
+    shown = [p for p in current if p["task"] not in labelled and p["task"] != with_mask["task"]]
+    shown = [p for p in shown if any(r["type"] == "brushlabels" for r in p["result"])]
+    stack["shown"] = {"project": pid, "task": min(shown, key=_mask_share)["task"]}
 
 
 def choice(label: str) -> dict:
@@ -372,6 +375,12 @@ def _shown_size(stack, task: dict) -> tuple[int, int]:
     return width, height
 
 
+def _mask_share(prediction: dict) -> float:
+    """How much of the image the prediction's masks cover (the README shows a small defect)."""
+    masks = list(_brush_masks(prediction["result"]).values())
+    return float(np.mean(np.any(masks, axis=0))) if masks else 1.0
+
+
 def _brush_masks(result: list[dict]) -> dict[str, np.ndarray]:
     return {
         region["value"]["brushlabels"][0]: decode_mask(
@@ -386,3 +395,54 @@ def test_the_stack_wrote_its_logs(stack):
     logs = {p.name: p.read_text(errors="replace") for p in stack["root"].glob("*.log")}
     assert set(logs) == {"label-studio.log", "serve.log", "worker.log", "trainer.log"}
     assert TOKEN not in logs["worker.log"] + logs["trainer.log"]  # secrets never logged
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO / "docs" / "label-studio.png"
+
+
+def test_a_browser_shows_the_pre_annotated_mask(stack):
+    """Headless Chromium opens a task in Label Studio's labelling UI; the screenshot shows the
+    mask camsam predicted drawn over the image (kept in docs/ for the README when
+    CAMSAM_KEEP_SCREENSHOT is set)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.is_file():
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap.sh installs it as root)")
+    shown = stack.get("shown")
+    assert shown, "the end-to-end test did not leave a pre-annotated task to look at"
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    path = stack["root"] / "label-studio.png"
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(stack["ls"] + "/user/login/")
+        page.fill('input[name="email"]', "admin@camsam.test")
+        page.fill('input[name="password"]', "camsam-e2e-pw")
+        page.click('button[type="submit"]')
+        page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+        page.goto(f"{stack['ls']}/projects/{shown['project']}/data?task={shown['task']}")
+        canvas = page.locator("canvas").first
+        canvas.wait_for(timeout=60_000)
+        page.wait_for_timeout(3000)  # the brush layer is drawn after the image
+        box = canvas.bounding_box()
+        page.screenshot(path=str(path))
+        browser.close()
+    import cv2
+
+    shot = cv2.imread(str(path))
+    x, y, w, h = (int(v) for v in (box["x"], box["y"], box["width"], box["height"]))
+    picture = shot[y : y + h, x : x + w].astype(np.int16)
+    # The tiles are gray; only a label-coloured brush mask drawn over them has colour.
+    colour = picture.max(axis=2) - picture.min(axis=2) > 60
+    assert colour.mean() > 0.002, "no pre-annotated mask is drawn over the image"
+    if os.environ.get("CAMSAM_KEEP_SCREENSHOT"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copy(path, SCREENSHOT)
