@@ -32,7 +32,7 @@ from ml_backend.training import (
     submitter,
     webhook_project,
 )
-from worker.checkpoint import project_model_dir
+from worker.checkpoint import ModelDir, project_model_dir
 from worker.live import live_stats
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,26 @@ class CamsamBackend:
             "Studio as they are ready",
         }
 
+    def projects(self) -> list[str]:
+        """Projects with a model directory of their own under MODEL_DIR."""
+        root = Path(self.settings.model_dir)
+        found = root.iterdir() if root.is_dir() else []
+        return sorted((p.name for p in found if p.name.isdigit()), key=int)
+
+    def model_summary(self) -> dict:
+        """For /health: each project's current version; a shared model; or why none."""
+        versions = {p: self.model_version(p) for p in self.projects()}
+        shared = ModelDir(self.settings.model_dir).current_version()  # serves every project
+        summary: dict = {"model_versions": versions}
+        if shared:
+            summary["shared_model_version"] = shared
+        elif not any(v != UNTRAINED for v in versions.values()):
+            summary["models"] = (
+                "no project has a model yet: predictions are empty until labels in Label Studio "
+                "train one (or camsam train writes one into MODEL_DIR/<project id>)"
+            )
+        return summary
+
     def project_gauges(self) -> dict[str, list[tuple[dict, float]]]:
         """Per project: the current model version, and each version's live accept rate and
         mean IoU on the masks annotators submitted."""
@@ -219,6 +239,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                 "mode": runner.mode,
                 "segmenter": "sam2" if settings.has_sam2 else "cam",
                 "note": segmenter_note(settings),
+                **backend.model_summary(),
             }
         )
 

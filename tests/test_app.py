@@ -50,6 +50,7 @@ def test_health_and_cold_start_setup(client):
     health = client.get(request["path"])
     assert health.status_code == 200 and health.json["status"] == "UP"
     assert health.json["segmenter"] == "cam" and "no SAM2 checkpoint" in health.json["note"]
+    assert "no project has a model yet" in health.json["models"]
     setup = client.post("/setup", json=fixture("009_setup.json")["body"])
     assert setup.status_code == 200
     assert setup.json["model_version"] == "untrained"
@@ -175,6 +176,8 @@ def test_setup_reports_the_current_version_of_the_project(trained_model_dir, tmp
     answer = client.post("/setup", json=fixture("009_setup.json")["body"]).json
     assert answer["model_version"] == "v0001" and isinstance(answer["model_version"], str)
     assert client.post("/setup", json={"project": "5.1"}).json["model_version"] == "untrained"
+    health = client.get("/health").json
+    assert health["model_versions"] == {"4": "v0001"} and "models" not in health
 
 
 def test_interactive_click_and_box_give_a_mask_with_the_chosen_label(

@@ -12,7 +12,13 @@ import pytest
 
 from ml_backend.app import create_app
 from ml_backend.settings import Settings
-from ml_backend.training import LocalStore, request_training, run_pending
+from ml_backend.training import (
+    LocalStore,
+    reconcile,
+    remember_project,
+    request_training,
+    run_pending,
+)
 from tests.conftest import REPO
 from worker.checkpoint import ClassifierSpec, ModelDir
 from worker.feedback import compare, score_annotation
@@ -106,6 +112,16 @@ def test_a_burst_of_events_is_one_run_and_events_during_a_run_are_one_more():
     assert request_training(store, submit, payload, "START_TRAINING")  # idle again: a new job
     jobs[-1].join(10)
     assert len(runs) == 3
+
+
+def test_reconciliation_asks_every_known_project_for_a_run_once():
+    store, submitted = LocalStore(), []
+    for project in ("3", "8"):
+        remember_project(store, {"project": project, "settings": {"model_dir": "m"}})
+    assert reconcile(store, lambda name, payload: submitted.append(payload)) == 2
+    assert sorted(p["project"] for p in submitted) == ["3", "8"]
+    assert submitted[0]["settings"] == {"model_dir": "m"}
+    assert reconcile(store, lambda name, payload: submitted.append(payload)) == 0  # still queued
 
 
 def test_training_reads_label_studio_publishes_and_records_lineage(
