@@ -7,8 +7,6 @@ context)`` and ``fit(event, data)``; the routes are thin wrappers around it.
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 import os
 import time
@@ -16,7 +14,8 @@ from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
 
-from ml_backend.errors import BackendError, BadRequest, InputError
+from ml_backend.errors import BackendError, BadRequest, InputError, TooManyRequests
+from ml_backend.guard import OPEN_ENDPOINTS, RateLimiter, authorised, needs_credentials
 from ml_backend.label_config import LabelConfig, LabelConfigError, parse_label_config
 from ml_backend.metrics import Metrics
 from ml_backend.protocol import UNTRAINED, label_changes, predict_payload, project_id
@@ -49,6 +48,7 @@ class CamsamBackend:
         self.seconds_per_task = 1.0
         self.training_store = store_for(settings.redis_url)
         self.submit = submitter(settings.redis_url)
+        self.webhooks = RateLimiter(settings.webhook_rate)
 
     def models(self, project: str):
         return project_model_dir(self.settings.model_dir, project, self.settings.redis_url)
@@ -88,8 +88,15 @@ class CamsamBackend:
     def predict(self, body: dict) -> dict:
         payload = predict_payload(body)
         config = parse_label_config(payload["label_config"]) if payload["label_config"] else None
-        if payload["prompt"] and config is not None and config.brush is None:
-            raise BadRequest("interactive masks need a <BrushLabels> tag in the label config")
+        if payload["prompt"] and config is not None:
+            label = payload["prompt"]["label"]
+            if config.brush is None:
+                raise BadRequest("interactive masks need a <BrushLabels> tag in the label config")
+            if label not in config.mask_labels:
+                raise BadRequest(
+                    f"label {label!r} is not one of the config's BrushLabels "
+                    f"{list(config.mask_labels)}: a mask can only carry one of those"
+                )
         payload["settings"] = self.settings.for_worker()
         if payload["prompt"] is None and self.too_long(len(payload["tasks"])):
             return self.defer(payload)
@@ -181,6 +188,11 @@ class CamsamBackend:
         if event not in TRAINING_EVENTS:
             return {"status": "ignored", "event": event}
         project = webhook_project(data)
+        if not self.webhooks.allow(project):
+            raise TooManyRequests(
+                f"more than {self.settings.webhook_rate:.0f} webhooks a second for project "
+                f"{project}: this one is dropped (training re-reads Label Studio anyway)"
+            )
         if event == "TASKS_CREATED" and not imported_annotations(data):
             return {"status": "ignored", "event": event, "reason": "no annotations imported"}
         payload = {"project": project, "settings": self.settings.for_worker()}
@@ -208,11 +220,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     @app.before_request
     def _start():
         g.started = time.perf_counter()
-        if settings.basic_auth_user and request.endpoint not in ("health", "index"):
-            if not _authorised(request.headers.get("Authorization", ""), settings):
-                return Response(
-                    "authentication required", 401, {"WWW-Authenticate": 'Basic realm="camsam"'}
-                )
+        if needs_credentials(settings) and request.endpoint not in OPEN_ENDPOINTS:
+            if not authorised(request.headers.get("Authorization", ""), settings):
+                answer = jsonify({"error": "authentication required"})
+                return answer, 401, {"WWW-Authenticate": 'Basic realm="camsam"'}
         return None
 
     @app.after_request
@@ -300,15 +311,3 @@ def _json() -> dict:
     if not isinstance(body, dict):
         raise BadRequest("expected a JSON object body")
     return body
-
-
-def _authorised(header: str, settings: Settings) -> bool:
-    if not header.startswith("Basic "):
-        return False
-    try:
-        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return hmac.compare_digest(user, settings.basic_auth_user) and hmac.compare_digest(
-        password, settings.basic_auth_pass
-    )

@@ -21,3 +21,7 @@ class Unavailable(BackendError):
     """The worker did not answer in time, or the queue is unreachable."""
 
     status = 503
+
+
+class TooManyRequests(BackendError):
+    status = 429

@@ -33,6 +33,12 @@ class Settings:
     train_image_size: int = 224
     train_input: str = "rgb"
     train_pretrained: str = ""
+    image_hosts: str = ""
+    fetch_timeout: float = 30.0
+    max_image_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    webhook_rate: float = 20.0
+    auth_token: str = ""
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
 
@@ -68,5 +74,7 @@ class Settings:
     def for_worker(self) -> dict:
         """What a job needs to know; the worker never reads the web process's environment."""
         return {
-            f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("basic")
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not f.name.startswith(("basic", "auth"))
         }

@@ -321,3 +321,86 @@ def test_setup_says_which_labels_the_model_and_the_config_do_not_share(trained_m
     (new, gone) = answer["label_changes"]
     assert "['Dent']" in new and "not trained" in new
     assert "['Spot']" in gone and "no longer" in gone
+
+
+def test_bad_tasks_in_a_batch_get_empty_results_and_the_others_are_answered(
+    trained_model_dir, synthetic_dir, label_studio, tmp_path
+):
+    from PIL import Image
+
+    root = tmp_path / "documents"
+    root.mkdir()
+    good = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
+    (root / "good.png").write_bytes(good.read_bytes())
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    (root / "truncated.png").write_bytes(good.read_bytes()[:200])
+    (root / "notes.txt").write_text("not an image")
+    Image.new("L", (4000, 3000)).save(root / "huge.png")
+    app = create_app(
+        {
+            "MODEL_DIR": trained_model_dir,
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": "secret",
+            "LOCAL_FILES_DOCUMENT_ROOT": root,
+            "MAX_IMAGE_PIXELS": 1_000_000,
+        }
+    )
+    client = app.test_client()
+    refs = [
+        "/data/local-files/?d=corrupt.png",
+        "/data/local-files/?d=truncated.png",
+        "/data/local-files/?d=notes.txt",
+        "/data/local-files/?d=huge.png",
+        "/data/upload/Spot/missing.png",
+        "http://images.elsewhere.test/a.png",
+        "/data/local-files/?d=good.png",
+    ]
+    tasks = [{"id": k, "data": {"image": ref}} for k, ref in enumerate(refs)]
+    tasks.append({"id": 99, "data": {"text": "a task with no image"}})
+    response = client.post("/predict", json=predict_body(tasks))
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == len(tasks)
+    assert [bool(r["result"]) for r in results] == [False] * 6 + [True, False]
+    assert 'camsam_tasks_total{outcome="failed"} 7' in client.get("/metrics").get_data(as_text=True)
+    # The same bad input in an interactive request is the person's to fix: a 4xx JSON error.
+    click = {
+        "type": "keypointlabels",
+        "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Spot"]},
+    }
+    for ref in refs[:4]:
+        body = predict_body([{"id": 1, "data": {"image": ref}}], context={"result": [click]})
+        answer = client.post("/predict", json=body)
+        assert answer.status_code == 422 and "cannot read the task's image" in answer.json["error"]
+    unknown = {**click, "value": {**click["value"], "keypointlabels": ["Dent"]}}
+    body = predict_body(tasks[6:7], context={"result": [unknown]})
+    answer = client.post("/predict", json=body)
+    assert (
+        answer.status_code == 400
+        and "'Dent' is not one of the config's BrushLabels" in (answer.json["error"])
+    )
+    assert client.get("/health").json["status"] == "UP"  # and the process keeps serving
+
+
+def test_a_bearer_token_guards_all_but_health_and_webhook(tmp_path):
+    app = create_app({"MODEL_DIR": tmp_path, "AUTH_TOKEN": "t0ken", "BASIC_AUTH_USER": "ls"})
+    client = app.test_client()
+    assert client.post("/setup", json={"project": "1.1"}).status_code == 401
+    assert client.get("/metrics").status_code == 401
+    bearer = {"Authorization": "Bearer t0ken"}
+    assert client.post("/setup", json={"project": "1.1"}, headers=bearer).status_code == 200
+    wrong = {"Authorization": "Bearer t0kem"}
+    assert client.post("/setup", json={"project": "1.1"}, headers=wrong).status_code == 401
+    # Label Studio sends webhooks without credentials: open, but only a trigger.
+    hook = {"action": "PROJECT_UPDATED", "project": {"id": 1}}
+    assert client.post("/webhook", json=hook).status_code == 200
+    assert "t0ken" not in str(app.extensions["camsam"].settings.for_worker())
+
+
+def test_webhooks_are_rate_limited_per_project(tmp_path):
+    client = create_app({"MODEL_DIR": tmp_path, "WEBHOOK_RATE": 3}).test_client()
+    body = {"action": "START_TRAINING", "project": {"id": 31}}
+    codes = [client.post("/webhook", json=body).status_code for _ in range(6)]
+    assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
+    other = {"action": "START_TRAINING", "project": {"id": 32}}
+    assert client.post("/webhook", json=other).status_code == 200  # another project's own bucket

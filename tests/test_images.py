@@ -275,3 +275,11 @@ def test_mask_of_another_size_raises_image_error(tmp_path):
 def test_missing_mask_raises_image_error(tmp_path):
     with pytest.raises(ImageError, match="cannot read mask"):
         load_mask(tmp_path / "absent.png")
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (4000, 3000)).save(path)  # 12 Mpx, a few kB on disk
+    with pytest.raises(ImageError, match="MAX_IMAGE_PIXELS=1000000"):
+        load_image(path.read_bytes(), max_pixels=1_000_000)
+    assert load_image(path, max_pixels=20_000_000).shape == (3000, 4000, 3)

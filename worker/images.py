@@ -18,22 +18,29 @@ from worker.errors import ImageError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
-def load_image(source: str | Path | bytes) -> np.ndarray:
+def load_image(source: str | Path | bytes, max_pixels: int = 0) -> np.ndarray:
     """Decode a file path or encoded bytes into an HxWx3 uint8 RGB array, EXIF-transposed.
 
+    ``max_pixels`` (if > 0) refuses larger images before decoding them (decompression bombs).
+
     Raises:
-        ImageError: the file is missing or not an image Pillow can decode.
+        ImageError: the file is missing, too large, or not an image Pillow can decode.
     """
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         if isinstance(source, bytes):
             image = Image.open(io.BytesIO(source))
         else:
             image = Image.open(source)
+        width, height = image.size
+        if max_pixels and width * height > max_pixels:
+            raise ImageError(
+                f"image {name} is {width}x{height} pixels, above MAX_IMAGE_PIXELS={max_pixels}"
+            )
         image.load()
     except FileNotFoundError as error:
         raise ImageError(f"image not found: {source}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        name = "<bytes>" if isinstance(source, bytes) else str(source)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot decode image {name}: {error}") from error
     return to_rgb8(ImageOps.exif_transpose(image))
 

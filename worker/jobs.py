@@ -15,7 +15,7 @@ from ml_backend.label_config import parse_label_config
 from ml_backend.protocol import UNTRAINED
 from worker.checkpoint import project_model_dir
 from worker.errors import CamsamError
-from worker.fetch import ImageFetcher
+from worker.fetch import FetchLimits, ImageFetcher
 from worker.images import load_image
 from worker.ls_format import brush_region, to_prediction
 
@@ -127,6 +127,7 @@ class _Project:
             self.settings["label_studio_url"],
             self.settings["label_studio_api_key"],
             self.settings["local_files_document_root"],
+            FetchLimits.from_settings(self.settings),
         )
 
     def pipeline(self):
@@ -134,7 +135,8 @@ class _Project:
 
     def image(self, task: dict):
         """The task's image as RGB uint8. Raises: CamsamError, KeyError (no image in the task)."""
-        return load_image(self.fetcher.fetch(str(task["data"][self.image_key]), task.get("id")))
+        data = self.fetcher.fetch(str(task["data"][self.image_key]), task.get("id"))
+        return load_image(data, max_pixels=int(self.settings.get("max_image_pixels") or 0))
 
     def predict(self, tasks: list[dict]) -> list[dict | None]:
         """Predictions for ``tasks`` in one batched pipeline pass; None for a task that failed."""

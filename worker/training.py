@@ -22,7 +22,7 @@ from worker import __version__
 from worker.checkpoint import ModelDir, atomic_write, project_model_dir
 from worker.dataset import Dataset, Sample, newest_annotation, read_annotation, stratified_split
 from worker.errors import CamsamError
-from worker.fetch import ImageFetcher
+from worker.fetch import FetchLimits, ImageFetcher
 from worker.labelstudio import connect, labelled_tasks, project_config
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ def labelled_dataset(
         settings["label_studio_url"],
         settings["label_studio_api_key"],
         settings["local_files_document_root"],
+        FetchLimits.from_settings(settings),
     )
     labels = tuple(dict.fromkeys([*config.choice_labels, *config.mask_labels]))
     samples = []
