@@ -236,6 +236,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     def _backend_error(error: BackendError):
         return jsonify({"error": str(error)}), error.status
 
+    if settings.redis_url:
+        from redis.exceptions import RedisError
+
+        @app.errorhandler(RedisError)
+        def _redis_error(error: RedisError):
+            message = f"Redis is unreachable: {error}; camsam answers again once it is back"
+            return jsonify({"error": message}), 503
+
     @app.errorhandler(LabelConfigError)
     def _config_error(error: LabelConfigError):
         return jsonify({"error": f"cannot serve this label config: {error}"}), 422
@@ -243,9 +251,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     @app.get("/")
     @app.get("/health")
     def health():
+        problem = runner.problem()
         return jsonify(
             {
-                "status": "UP",
+                "status": "DEGRADED" if problem else "UP",
+                "problem": problem,
                 "model_class": "CamsamBackend",
                 "mode": runner.mode,
                 "segmenter": "sam2" if settings.has_sam2 else "cam",

@@ -80,6 +80,9 @@ class EmbeddedRunner:
     def queue_depth(self) -> int:
         return 0
 
+    def problem(self) -> str | None:
+        return None
+
     def embedding_cache(self) -> dict[str, int]:
         return {}
 
@@ -99,7 +102,7 @@ class RqRunner:
         from redis import Redis
         from rq import Queue
 
-        self.connection = Redis.from_url(redis_url)
+        self.connection = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10)
         self.queues = {
             name: Queue(name, connection=self.connection)
             for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE)
@@ -161,6 +164,14 @@ class RqRunner:
             )
         except redis.RedisError as error:
             raise Unavailable(f"Redis is unreachable: {error}") from error
+
+    def problem(self) -> str | None:
+        """What keeps jobs from running, for /health (None when Redis answers)."""
+        try:
+            self.connection.ping()
+        except Exception as error:  # noqa: BLE001 (any failure is the answer)
+            return f"Redis is unreachable: {error}; /predict answers 503 until it is back"
+        return None
 
     def _interactive_queue(self, key: str):
         """The queue of the live worker that embedded this image last, else the shared one."""

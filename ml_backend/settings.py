@@ -28,6 +28,7 @@ class Settings:
     min_publish_interval: float = 0.0
     keep_versions: int = 5
     reconcile_seconds: float = 300.0
+    train_lease: int = 300
     train_arch: str = ""
     train_epochs: int = 30
     train_image_size: int = 224

@@ -5,7 +5,10 @@ Three flags per project, in Redis (or in this process in the embedded mode):
 - ``pending``: something changed since the last run started (a webhook, a reconciliation);
 - ``queued``: a training job for the project is on the queue or running, so a burst of events
   enqueues one job;
-- ``running``: a job holds the project (a lease, in case its worker dies).
+- ``running``: a job holds the project.
+
+``queued`` and ``running`` are leases the running job renews: when its worker dies (even by
+SIGKILL) they expire, and the next event or reconciliation starts a new job.
 
 A job waits out the burst, takes ``running``, and trains while ``pending`` is set: events that
 arrive during a run make exactly one more run. Webhooks are only a trigger: the job reads the
@@ -31,7 +34,8 @@ TRAIN_JOB = "worker.training.train_job"
 FEEDBACK_JOB = "worker.feedback.score_annotation"
 PENDING, QUEUED, RUNNING = "camsam:train:pending:", "camsam:train:queued:", "camsam:train:running:"
 PROJECTS = "camsam:projects"
-LEASE_SECONDS = 4 * 3600
+JOB_TIMEOUT = 4 * 3600
+LEASE_SECONDS = 300  # the flags of a worker that died expire this long after its last beat
 # What Label Studio 1.23 sends that can change a project's labels.
 TRAINING_EVENTS = {
     "ANNOTATION_CREATED",
@@ -118,7 +122,7 @@ def submitter(redis_url: str) -> Submit:
                 name,
                 payload,
                 description=describe(name, payload),
-                job_timeout=LEASE_SECONDS,
+                job_timeout=JOB_TIMEOUT,
                 result_ttl=86400,
                 failure_ttl=7 * 86400,
             )
@@ -162,7 +166,7 @@ def request_training(store, submit: Submit, payload: dict, reason: str) -> bool:
     """
     project = payload["project"]
     store.set(PENDING + project, reason)
-    if not store.set(QUEUED + project, "1", nx=True, ex=LEASE_SECONDS):
+    if not store.set(QUEUED + project, "1", nx=True, ex=_lease(payload)):
         return False
     submit(TRAIN_JOB, payload)
     return True
@@ -180,21 +184,34 @@ def run_pending(
 
     Returns the number of runs.
     """
-    project = payload["project"]
+    project, lease = payload["project"], _lease(payload)
     time.sleep(debounce)
-    while not store.set(RUNNING + project, "1", nx=True, ex=LEASE_SECONDS):
+    while not store.set(RUNNING + project, "1", nx=True, ex=lease):
         time.sleep(poll)  # a run of the previous job is ending on another worker
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lease / 3):
+            store.set(RUNNING + project, "1", ex=lease)
+            store.set(QUEUED + project, "1", ex=lease)
+
+    threading.Thread(target=renew, name=f"camsam-lease-{project}", daemon=True).start()
     runs = 0
     try:
         while store.getdel(PENDING + project) is not None:
             runs += 1
             train_once()
     finally:
+        done.set()
         store.delete(RUNNING + project)
         store.delete(QUEUED + project)
     if store.get(PENDING + project) is not None:  # came after the last check: one more job
         request_training(store, submit, payload, store.get(PENDING + project) or "pending")
     return runs
+
+
+def _lease(payload: dict) -> int:
+    return max(1, int((payload.get("settings") or {}).get("train_lease") or LEASE_SECONDS))
 
 
 def reconcile(store, submit: Submit) -> int:

@@ -69,38 +69,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A redis-server of the tests' own on a free loopback port."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+def start_redis(port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A redis-server on ``port`` (loopback, no persistence), up when this returns."""
     from redis import Redis
 
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(workdir)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         try:
             Redis.from_url(url).ping()
             break
         except Exception:  # noqa: BLE001 (not up yet)
             time.sleep(0.05)
+    return server, url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A redis-server of the tests' own on a free loopback port."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server, url = start_redis(free_port(), tmp_path_factory.mktemp("redis"))
     yield url
     server.terminate()
     server.wait(timeout=10)

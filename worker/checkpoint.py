@@ -184,8 +184,15 @@ class ModelDir:
             return None
 
     def set_current(self, version: str) -> None:
+        """Point at ``version``, once its checkpoint is known to load.
+
+        Raises:
+            CheckpointError: the version does not exist or its file is corrupt (the current
+                version then stays).
+        """
         if not self.path(version).is_file():
             raise CheckpointError(f"version {version} does not exist in {self.versions_dir}")
+        load_checkpoint(self.path(version))
         atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
         if self.redis is not None:
             self.redis.set(self.redis_key, version)

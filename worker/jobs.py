@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from ml_backend.label_config import parse_label_config
 from ml_backend.protocol import UNTRAINED
 from worker.checkpoint import project_model_dir
-from worker.errors import CamsamError
+from worker.errors import CamsamError, CheckpointError
 from worker.fetch import FetchLimits, ImageFetcher
 from worker.images import load_image
 from worker.ls_format import brush_region, to_prediction
@@ -131,7 +131,22 @@ class _Project:
         )
 
     def pipeline(self):
-        return load_pipeline(self.model_dir, self.version, self.settings)
+        """The warm pipeline of the current version; if its checkpoint is refused (corrupt,
+        unreadable), the newest older version that loads answers instead, and says so."""
+        try:
+            return load_pipeline(self.model_dir, self.version, self.settings)
+        except CheckpointError as error:
+            older = [v for v in self.model_dir.versions() if v < self.version][::-1]
+            log.error("project %s: %s refused: %s", self.model_dir.root, self.version, error)
+            for version in older:
+                try:
+                    pipeline = load_pipeline(self.model_dir, version, self.settings)
+                except CheckpointError:
+                    continue
+                log.error("serving %s instead of %s", version, self.version)
+                self.version = version
+                return pipeline
+            raise
 
     def image(self, task: dict):
         """The task's image as RGB uint8. Raises: CamsamError, KeyError (no image in the task)."""

@@ -51,6 +51,13 @@ def train_project(project: str, settings: dict) -> dict:
         outcome = _train(project, settings, models)
     except CamsamError as error:
         outcome = {"outcome": "failed", "reason": str(error)}
+    except Exception as error:  # a crash: the current version stays; say so, then fail the job
+        _record(models, project, {"outcome": "crashed", "reason": repr(error)})
+        raise
+    return _record(models, project, outcome)
+
+
+def _record(models: ModelDir, project: str, outcome: dict) -> dict:
     outcome.update(project=project, finished=time.time())
     log.info("project %s: training %s: %s", project, outcome["outcome"], outcome.get("reason"))
     status = json.dumps(outcome, indent=1).encode()
