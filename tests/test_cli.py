@@ -252,3 +252,29 @@ def test_versions_and_rollback(trained_model_dir, tmp_path, capsys):
     assert main(["versions", "--json", *common]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in listed["versions"] if v["current"]] == ["v0001"]
+
+
+def test_the_command_line_itself_imports_no_torch():
+    """``camsam serve`` forks its web workers from the process that parsed the command line."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from worker.cli import build_parser; build_parser(); "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+@pytest.mark.slow
+def test_bench_runs_and_writes_the_figures_a_script_reads(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--images", "2", "--size", "128", "--repeat", "1", "--json", str(out)]
+    assert main(argv) == 0
+    assert "overhead_ratio" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    for key in ("overhead_ratio", "click_ratio", "images_per_s"):
+        assert report[key] > 0
+    assert set(report["stages_ms"]) >= {"decode", "gradcam", "sam2_embedding", "rle"}
+    if report["web_rss_mb"] is not None:  # with a redis-server: the real web process
+        assert report["queue_roundtrip_ms_p50"] > 0 and report["web_loads_torch"] is False

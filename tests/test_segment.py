@@ -91,6 +91,16 @@ def test_sam2_batch_embeds_new_images_in_one_pass_and_matches_one_by_one(sam2, m
 
 
 @pytest.mark.slow
+def test_sam2_without_a_cache_embeds_every_time(sam2):
+    image, cam = scene(64, 64)
+    uncached = Sam2Segmenter(sam2.predictor, cache_size=0)
+    for _ in range(2):
+        (result,) = uncached.segment(image, [cam], [make_prompts(cam.cam)])
+        assert result.mask.shape == (64, 64)
+    assert uncached.cache_stats == {"hits": 0, "misses": 2} and not uncached.cache
+
+
+@pytest.mark.slow
 def test_sam2_prompt_strategies_all_decode(sam2):
     image, cam = scene(64, 64)
     for strategy in ("argmax", "peaks", "box", "peaks+box"):

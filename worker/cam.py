@@ -23,17 +23,17 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from worker.choices import CAM_METHODS
 from worker.classify import Classifier, to_probabilities
 from worker.errors import CamsamError
 
-METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "layercam": LayerCAM,
-    "xgradcam": XGradCAM,
-    "eigencam": EigenCAM,
-    "scorecam": ScoreCAM,
-}
+METHODS = dict(
+    zip(
+        CAM_METHODS,
+        (GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM, EigenCAM, ScoreCAM),
+        strict=True,
+    )
+)
 
 
 @dataclass(frozen=True)

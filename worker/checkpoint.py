@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 FORMAT = "camsam-classifier/1"
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 INPUTS = ("rgb", "flat")
+AUGMENTATIONS = ("none", "flip", "flip+rot", "full")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from worker.train import AUGMENTATIONS
+    from worker.checkpoint import AUGMENTATIONS
 
     parser = argparse.ArgumentParser(
         prog="camsam", description="Masks nobody had to click: classifier Grad-CAM prompts SAM2."
@@ -143,10 +143,9 @@ def _dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _pipeline_options(parser: argparse.ArgumentParser) -> None:
-    from worker.cam import METHODS
+    from worker.choices import CAM_METHODS, MASK_CHOICES, SEGMENTERS
     from worker.prompts import STRATEGIES
     from worker.refine import REFINERS
-    from worker.segment import MASK_CHOICES, SEGMENTERS
 
     parser.add_argument(
         "--segmenter",
@@ -165,7 +164,7 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
         default="cam",
         help="which of SAM's three masks: agreement with the CAM, SAM's IoU, index",
     )
-    parser.add_argument("--cam-method", choices=sorted(METHODS), default="gradcam")
+    parser.add_argument("--cam-method", choices=CAM_METHODS, default="gradcam")
     parser.add_argument("--cam-stages", type=int, default=1, help="fuse CAMs of the last N stages")
     parser.add_argument("--prompts", choices=STRATEGIES, default="peaks+box")
     parser.add_argument(

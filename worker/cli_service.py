@@ -45,6 +45,18 @@ def add_service_commands(commands) -> None:
     )
     pre.set_defaults(handler=run_preannotate)
 
+    bench = commands.add_parser(
+        "bench", help="time each stage and the pipeline against its bare models"
+    )
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    bench.add_argument("--images", type=int, default=8)
+    bench.add_argument("--size", type=int, default=512, help="image side in pixels")
+    bench.add_argument("--sam2-config", default="configs/sam2.1/sam2.1_hiera_t.yaml")
+    bench.add_argument("--model-dir", help="a trained model (default: one trained here)")
+    bench.add_argument("--repeat", type=int, default=3)
+    bench.add_argument("--json", help="also write the figures to this JSON file")
+    bench.set_defaults(handler=run_bench)
+
     versions = commands.add_parser(
         "versions", help="a project's model versions: metrics, lineage, live accept rate"
     )
@@ -179,4 +191,16 @@ def run_rollback(args: argparse.Namespace) -> int:
     models = model_dir_for(args)
     models.set_current(args.version)
     print(f"{args.version} is current in {models.root}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from worker.bench import format_report, run_bench
+
+    report = run_bench(
+        args.device, args.images, args.size, args.sam2_config, args.model_dir, args.repeat
+    )
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

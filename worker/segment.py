@@ -18,12 +18,10 @@ from typing import Protocol
 import numpy as np
 
 from worker.cam import CamMap
+from worker.choices import MASK_CHOICES, SEGMENTERS
 from worker.errors import SegmenterError
 from worker.prompts import Prompts
 from worker.refine import RefineParams, refine_cam
-
-SEGMENTERS = ("sam2", "cam", "threshold")
-MASK_CHOICES = ("cam", "best-iou", "0", "1", "2")
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,8 @@ class Sam2Segmenter:
             results: list[list[MaskResult]] = [[] for _ in images]
             for i in wanted:
                 self._restore(embedded.get(keys[i]) or self.cache[keys[i]])
-                self.cache.move_to_end(keys[i])
+                if keys[i] in self.cache:
+                    self.cache.move_to_end(keys[i])
                 pairs = zip(cams[i], prompts[i], strict=True)
                 results[i] = [self._decode(c, p) for c, p in pairs]
             return results

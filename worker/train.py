@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from worker.checkpoint import ClassifierSpec
+from worker.checkpoint import AUGMENTATIONS, ClassifierSpec
 from worker.classify import (
     DEFAULT_ARCH,
     Classifier,
@@ -202,9 +202,6 @@ def balanced_sampler(targets: torch.Tensor, seed: int, minimum: int) -> Weighted
     generator = torch.Generator().manual_seed(seed)
     count = max(len(targets), minimum)
     return WeightedRandomSampler(weights.double(), count, replacement=True, generator=generator)
-
-
-AUGMENTATIONS = ("none", "flip", "flip+rot", "full")
 
 
 def augmentation(size: int, name: str):
