@@ -64,3 +64,17 @@ def test_seeded_cam_follows_the_person_not_only_the_classifier():
     assert boxed[:, :100].max() == 0 and boxed[70, 150] > 0
     negative = seed_cam(cam, Prompts(np.array([[40.0, 30.0]]), np.array([0])))
     assert negative[30, 40] < 0.01
+
+
+def test_prompts_of_a_large_cam_land_where_the_cam_is_high():
+    ys, xs = np.mgrid[0:1200, 0:900]
+    cam = np.exp(-((ys - 800) ** 2 + (xs - 300) ** 2) / (2 * 60.0**2)).astype(np.float32)
+    prompts = make_prompts(cam)
+    positives = prompts.points[prompts.labels == 1]
+    assert len(positives) >= 1
+    for x, y in positives:
+        assert cam[int(y), int(x)] > 0.5
+    x0, y0, x1, y1 = prompts.box
+    assert x0 < 300 < x1 and y0 < 800 < y1 and x1 <= 900 and y1 <= 1200
+    for x, y in prompts.points[prompts.labels == 0]:
+        assert cam[min(int(y), 1199), min(int(x), 899)] < 0.2

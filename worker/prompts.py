@@ -42,6 +42,9 @@ class Prompts:
         }
 
 
+PROMPT_SIDE = 256
+
+
 def make_prompts(
     cam: np.ndarray,
     strategy: str = "peaks+box",
@@ -57,6 +60,18 @@ def make_prompts(
     """
     if strategy not in STRATEGIES:
         raise CamsamError(f"unknown prompt strategy {strategy!r}: choose one of {STRATEGIES}")
+    scale = max(cam.shape) / PROMPT_SIDE
+    if scale > 1:
+        # A CAM is a few cells upsampled: finding prompts on a smaller copy loses nothing, and
+        # the peak search's wide dilation costs the square of the side.
+        height, width = (max(1, round(n / scale)) for n in cam.shape)
+        small = cv2.resize(cam, (width, height), interpolation=cv2.INTER_AREA)
+        found = make_prompts(
+            small, strategy, max_peaks, max_negatives, peak_threshold, box_threshold
+        )
+        factor = np.array([cam.shape[1] / width, cam.shape[0] / height], np.float32)
+        box = None if found.box is None else found.box * np.tile(factor, 2)
+        return Prompts(found.points * factor, found.labels, box)
     if strategy == "argmax":
         y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
         return Prompts(np.array([[x, y]], dtype=np.float32), np.array([1], dtype=np.int32))
