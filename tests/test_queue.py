@@ -215,3 +215,32 @@ def test_what_rq_logs_of_a_job_holds_no_secret():
     payload = {"project": "3", "tasks": [{}, {}], "settings": {"label_studio_api_key": "s3cret"}}
     text = describe("worker.jobs.predict", payload)
     assert text == "worker.jobs.predict(project 3, 2 tasks)" and "s3cret" not in text
+
+
+def test_a_worker_in_burst_mode_answers_what_is_queued_and_exits(
+    redis_url, trained_model_dir, synthetic_dir
+):
+    from redis import Redis
+    from rq import Queue
+
+    from ml_backend.protocol import predict_payload
+    from ml_backend.runner import PREDICT_QUEUE
+    from ml_backend.settings import Settings
+
+    spot = sorted((synthetic_dir / "Spot").glob("*.png"))[1]
+    body = predict_body([{"id": 5, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}}])
+    payload = predict_payload(body)
+    settings = Settings(model_dir=str(trained_model_dir), redis_url=redis_url)
+    payload["settings"] = {
+        **settings.for_worker(),
+        "local_files_document_root": str(synthetic_dir),
+    }
+    queue = Queue(PREDICT_QUEUE, connection=Redis.from_url(redis_url))
+    job = queue.enqueue("worker.jobs.predict", payload, description="burst test")
+    env = {**os.environ, "REDIS_URL": redis_url}
+    command = [sys.executable, "-m", "worker.cli", "worker", "--burst", "--name", "burst"]
+    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    answer = job.return_value(refresh=True)
+    assert answer["model_version"] == "v0001" and answer["failed"] == 0
+    assert any(r["type"] == "brushlabels" for r in answer["results"][0]["result"])
