@@ -239,11 +239,12 @@ def test_submitted_masks_score_the_prediction_they_started_from(label_studio, tm
                 {"id": 70, "result": [brush("Spot", close)], "parent_prediction": 1},
                 {"id": 71, "result": [brush("Spot", far)], "parent_prediction": None},
                 {"id": 72, "result": [], "was_cancelled": True},
+                {"id": 73, "result": [choice("Spot")], "parent_prediction": None},
             ],
         }
     ]
     settings = worker_settings(tmp_path, label_studio)
-    for annotation in (70, 71, 72):
+    for annotation in (70, 71, 72, 73):  # 73: image-level only, not scored
         score_annotation({"project": "14", "annotation": annotation, "settings": settings})
     stats = live_stats(models)
     assert stats == {

@@ -1,9 +1,10 @@
 """Corrections are the real measure: submitted masks compared with camsam's predicted ones.
 
-For an annotation on a task that had a camsam prediction (the one it was started from, else the
-task's newest camsam prediction), each predicted mask is compared with the submitted mask of its
-label: accepted when IoU >= 0.5. Kept per annotation (an update replaces its earlier score) in
-``<model dir>/live.json`` (see :mod:`worker.live`).
+For an annotation started from a camsam prediction (``parent_prediction``), or one with masks
+on a task camsam had pre-annotated before it was made, each predicted mask is compared with the
+submitted mask of its label: accepted when IoU >= 0.5. Image-level labels alone on a task are
+not a verdict on masks and are not scored. Kept per annotation (an update replaces its
+earlier score) in ``<model dir>/live.json`` (see :mod:`worker.live`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ def score_annotation(payload: dict) -> dict:
         p for p in task_predictions(client, annotation["task"]) if p.get("model_version") in ours
     ]
     parent = annotation.get("parent_prediction")
-    chosen = [p for p in predictions if p.get("id") == parent] or predictions[-1:]
+    if parent:
+        chosen = [p for p in predictions if p.get("id") == parent]
+    elif masks_by_label(annotation.get("result") or []):
+        # Not started from a prediction: the newest camsam one the annotator could have seen.
+        made = str(annotation.get("created_at") or "")
+        chosen = [p for p in predictions if str(p.get("created_at") or "") <= made][-1:]
+    else:
+        chosen = []  # image-level labels only, on a task camsam had not pre-annotated
     if not chosen:
         return {"scored": 0}
     prediction = chosen[0]
