@@ -166,11 +166,7 @@ class CamsamBackend:
             "camsam_live_accept_rate": [],
             "camsam_live_mean_iou": [],
         }
-        root = Path(self.settings.model_dir)
-        projects = (
-            sorted(p.name for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
-        )
-        for project in projects:
+        for project in self.projects():
             models = self.models(project)
             current = models.current_version()
             if current:

@@ -6,6 +6,7 @@ job's code, and with it torch, unless it runs jobs itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -49,6 +50,20 @@ def resolve(name: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+def run_in_thread(name: str, payload: dict, lock: threading.Lock | None = None) -> None:
+    """Run a named job in a daemon thread (holding ``lock`` if given); a failure is logged,
+    since a thread has nobody to raise to."""
+
+    def work() -> None:
+        with lock or contextlib.nullcontext():
+            try:
+                resolve(name)(payload)
+            except Exception:
+                log.exception("background job %s failed", name)
+
+    threading.Thread(target=work, name=f"camsam-{name}", daemon=True).start()
+
+
 class EmbeddedRunner:
     """Runs each job in the serving process, one at a time (the models are shared)."""
 
@@ -67,15 +82,7 @@ class EmbeddedRunner:
 
     def submit(self, name: str, payload: dict) -> None:
         """Run a long job in a thread, after whatever job runs now."""
-
-        def work() -> None:
-            with self.lock:
-                try:
-                    resolve(name)(payload)
-                except Exception:  # a thread has nobody to raise to: say it in the log
-                    log.exception("background job %s failed", name)
-
-        threading.Thread(target=work, name=f"camsam-{name}", daemon=True).start()
+        run_in_thread(name, payload, self.lock)
 
     def queue_depth(self) -> int:
         return 0

@@ -17,7 +17,6 @@ labels from Label Studio itself.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import threading
@@ -25,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from ml_backend.errors import BadRequest
-from ml_backend.runner import describe
+from ml_backend.runner import describe, run_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +128,7 @@ def submitter(redis_url: str) -> Submit:
 
         return enqueue
 
-    def start(name: str, payload: dict) -> None:
-        threading.Thread(target=_run, args=(name, payload), daemon=True).start()
-
-    return start
-
-
-def _run(name: str, payload: dict) -> None:
-    module, _, attribute = name.rpartition(".")
-    try:
-        getattr(importlib.import_module(module), attribute)(payload)
-    except Exception:  # a thread has nobody to raise to: say it in the log
-        log.exception("background job %s failed", name)
+    return run_in_thread
 
 
 def remember_project(store, payload: dict) -> None:

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO, free_port
+from tests.test_training import choice
 from worker.images import load_image
 from worker.ls_format import decode_mask
 
@@ -261,7 +262,7 @@ def test_label_studio_and_camsam_end_to_end(stack):
         if label in counts and counts[label] < 2:
             counts[label] += 1
             labelled.add(task["id"])
-            result = [choice(label)]
+            result = [choice(label, "class")]
             api(stack, "POST", f"/api/tasks/{task['id']}/annotations/", json={"result": result})
     setup = {"project": f"{pid}.1"}
     version = wait_for(lambda: _version(stack["backend"], setup), 300, "the first model version")
@@ -354,15 +355,6 @@ def test_label_studio_and_camsam_end_to_end(stack):
     shown = [p for p in current if p["task"] not in labelled and p["task"] != with_mask["task"]]
     shown = [p for p in shown if any(r["type"] == "brushlabels" for r in p["result"])]
     stack["shown"] = {"project": pid, "task": min(shown, key=_mask_share)["task"]}
-
-
-def choice(label: str) -> dict:
-    return {
-        "from_name": "class",
-        "to_name": "image",
-        "type": "choices",
-        "value": {"choices": [label]},
-    }
 
 
 def _version(backend: str, setup: dict) -> str | None:

@@ -29,13 +29,10 @@ from worker.training import _reason_to_keep, train_project
 CONFIG = (REPO / "tests" / "data" / "synthetic_config.xml").read_text()
 
 
-def choice(label: str) -> dict:
-    return {
-        "type": "choices",
-        "from_name": "defect",
-        "to_name": "image",
-        "value": {"choices": [label]},
-    }
+def choice(label: str, from_name: str = "defect") -> dict:
+    """A Choices region as Label Studio stores it (``defect``: the synthetic config's name)."""
+    value = {"choices": [label]}
+    return {"type": "choices", "from_name": from_name, "to_name": "image", "value": value}
 
 
 def brush(label: str, mask: np.ndarray) -> dict:

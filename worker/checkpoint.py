@@ -171,7 +171,7 @@ class ModelDir:
         save_checkpoint(self.path(version), spec, state_dict)
         info = json.dumps(_plain(asdict(spec)), indent=1).encode()
         atomic_write(self.info_path(version), lambda f: f.write(info))
-        self.set_current(version)
+        self._point(version)  # just written from these weights: no need to read them back
         return spec
 
     def info_path(self, version: str) -> Path:
@@ -194,6 +194,9 @@ class ModelDir:
         if not self.path(version).is_file():
             raise CheckpointError(f"version {version} does not exist in {self.versions_dir}")
         load_checkpoint(self.path(version))
+        self._point(version)
+
+    def _point(self, version: str) -> None:
         atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
         if self.redis is not None:
             self.redis.set(self.redis_key, version)

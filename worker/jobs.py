@@ -123,6 +123,7 @@ class _Project:
         self.config = parse_label_config(raw) if raw else None
         self.image_key = self.config.image_key if self.config else "image"
         self.batch_size = max(1, int(self.settings.get("predict_batch_size", 8)))
+        self._pipeline = None
         self.fetcher = ImageFetcher(
             self.settings["label_studio_url"],
             self.settings["label_studio_api_key"],
@@ -131,8 +132,13 @@ class _Project:
         )
 
     def pipeline(self):
-        """The warm pipeline of the current version; if its checkpoint is refused (corrupt,
-        unreadable), the newest older version that loads answers instead, and says so."""
+        """The warm pipeline of the current version, chosen once per job; if its checkpoint is
+        refused (corrupt, unreadable), the newest older version that loads answers instead."""
+        if self._pipeline is None:
+            self._pipeline = self._choose_pipeline()
+        return self._pipeline
+
+    def _choose_pipeline(self):
         try:
             return load_pipeline(self.model_dir, self.version, self.settings)
         except CheckpointError as error:
