@@ -15,6 +15,7 @@ from worker.segment import (
     ThresholdSegmenter,
     build_segmenter,
     choose_mask,
+    sam2_context,
 )
 
 
@@ -106,6 +107,73 @@ def test_sam2_prompt_strategies_all_decode(sam2):
     for strategy in ("argmax", "peaks", "box", "peaks+box"):
         (result,) = sam2.segment(image, [cam], [make_prompts(cam.cam, strategy)])
         assert result.mask.shape == (64, 64)
+
+
+@pytest.mark.slow
+def test_sam2_runs_in_eval_and_inference_mode(sam2, monkeypatch):
+    import torch
+
+    sam2.predictor.model.train()
+    segmenter = Sam2Segmenter(sam2.predictor, cache_size=0)
+    assert not segmenter.predictor.model.training
+    seen = []
+    embed = sam2.predictor.set_image
+
+    def recording(image):
+        seen.append((torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu")))
+        return embed(image)
+
+    monkeypatch.setattr(sam2.predictor, "set_image", recording)
+    image, cam = scene()
+    segmenter.segment(image, [cam], [make_prompts(cam.cam)])
+    assert seen == [(True, False)]  # no autocast on a CPU: float32 as the weights are
+    assert not torch.is_inference_mode_enabled()  # and nothing leaks out of the call
+
+
+def test_sam2_context_autocasts_to_bfloat16_only_on_a_gpu():
+    import torch
+
+    with sam2_context("cpu"):
+        assert torch.is_inference_mode_enabled() and not torch.is_autocast_enabled("cpu")
+    if not torch.cuda.is_available():
+        return
+    with sam2_context("cuda:0"):
+        assert torch.is_autocast_enabled("cuda")
+        assert torch.get_autocast_dtype("cuda") == torch.bfloat16
+    assert not torch.is_autocast_enabled("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_sam2_on_a_gpu_matches_its_contract_from_several_threads(sam2_checkpoint):
+    """bf16 autocast is per thread: request threads each get it, and each gets a whole mask."""
+    import threading
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    segmenter = build_segmenter(
+        "sam2", sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint, device="cuda"
+    )
+    assert segmenter.predictor.device.type == "cuda" and not segmenter.predictor.model.training
+    image, cam = scene()
+    prompts = make_prompts(cam.cam)
+    results = []
+
+    def click():
+        results.append(segmenter.segment(image, [cam], [prompts])[0])
+
+    threads = [threading.Thread(target=click) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4
+    for result in results:
+        assert result.mask.shape == (90, 130) and result.mask.dtype == bool
+        assert np.array_equal(result.mask, results[0].mask)
+    assert not torch.is_autocast_enabled("cuda")
 
 
 def test_sam2_without_weights_says_how_to_fix(tmp_path):

@@ -21,24 +21,29 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 SAM2_TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
+SAM2_BASE_PLUS = "configs/sam2.1/sam2.1_hiera_b+.yaml"
 
 
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
+def median_ms(
+    fn: Callable[[], object], repeat: int, sync: Callable[[], None] | None = None
+) -> float:
+    """Median wall time of ``fn`` after one warm-up call; ``sync`` waits for queued GPU work."""
+    sync = sync or (lambda: None)
     fn()  # warm-up: lazy init, allocator, caches
+    sync()
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
 
@@ -47,27 +52,42 @@ def run_bench(
     device: str = "cpu",
     images: int = 8,
     size: int = 512,
-    sam2_config: str = SAM2_TINY,
+    sam2_configs: Sequence[str] | None = None,
     model_dir: str | None = None,
     repeat: int = 3,
+    project: str | None = None,
 ) -> dict:
+    """Every figure in one run. ``sam2_configs``: the first gives the stage and ratio figures,
+    each adds its throughput (default: hiera-tiny, and on a GPU also base-plus). ``project``:
+    also time ``preannotate`` over that Label Studio project."""
     import torch
 
+    from worker.bench_service import preannotate_figures, service_figures
     from worker.classify import resolve_device
 
     device = resolve_device(device)
+    if not sam2_configs:
+        sam2_configs = [SAM2_TINY, SAM2_BASE_PLUS] if device.startswith("cuda") else [SAM2_TINY]
     work = Path(tempfile.mkdtemp(prefix="camsam-bench-"))
     try:
         models = Path(model_dir) if model_dir else _train_small_model(work, device)
         pictures = _images(images, size)
         report: dict = {"device": device, "images": images, "image_size": size}
         report["torch_threads"] = torch.get_num_threads()
-        report.update(_pipeline_figures(models, pictures, sam2_config, device, repeat))
+        report.update(_pipeline_figures(models, pictures, sam2_configs, device, repeat))
         report.update(_training_figures(work, device))
-        report.update(_service_figures(models, pictures[0], work))
+        report.update(service_figures(models, pictures[0], work))
+        if project is not None:
+            report["preannotate"] = preannotate_figures(project)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _sync(device: str) -> Callable[[], None] | None:
+    import torch
+
+    return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
 def _train_small_model(work: Path, device: str) -> Path:
@@ -91,7 +111,9 @@ def _images(count: int, size: int) -> list[np.ndarray]:
     return [make_image(rng, kinds[k % 2], (size, size))[0] for k in range(count)]
 
 
-def _pipeline_figures(models: Path, images, sam2_config: str, device: str, repeat: int) -> dict:
+def _pipeline_figures(
+    models: Path, images, sam2_configs: Sequence[str], device: str, repeat: int
+) -> dict:
     import cv2
     import torch
 
@@ -101,17 +123,11 @@ def _pipeline_figures(models: Path, images, sam2_config: str, device: str, repea
     from worker.ls_format import to_prediction
     from worker.pipeline import Pipeline
     from worker.prompts import make_prompts
-    from worker.segment import CamSegmenter, Sam2Segmenter
+    from worker.segment import Sam2Segmenter, sam2_context
 
-    path = ModelDir(models).current_path()
-    cam_pipeline = Pipeline.build(path, segmenter="cam", device=device)
+    sync = _sync(device)
+    cam_pipeline = Pipeline.build(ModelDir(models).current_path(), segmenter="cam", device=device)
     classifier = cam_pipeline.classifier
-    from sam2.build_sam import build_sam2
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    predictor = SAM2ImagePredictor(build_sam2(sam2_config, None, device=device))
-    sam2 = Sam2Segmenter(predictor, cache_size=0)
-    sam2_pipeline = Pipeline(classifier, sam2, cam_pipeline.options)
     image = images[0]
     label = classifier.spec.mask_classes[0]
     encoded = cv2.imencode(".png", image[:, :, ::-1])[1].tobytes()
@@ -125,26 +141,18 @@ def _pipeline_figures(models: Path, images, sam2_config: str, device: str, repea
             classifier.model(batch)[0, 0].backward()
         classifier.model.zero_grad(set_to_none=True)
 
-    def bare_decode():
-        with torch.inference_mode():
-            predictor.predict(prompts.points, prompts.labels, prompts.box, multimask_output=True)
-
-    with torch.inference_mode():
-        predictor.set_image(image)
     cheap = 5 * repeat  # stages of milliseconds need more samples for a steady median
     stages = {
         "decode": median_ms(lambda: load_image(encoded), cheap),
-        "classifier_forward": median_ms(lambda: classifier.probabilities([image]), cheap),
-        "gradcam": median_ms(lambda: compute_cams(classifier, image, [label]), cheap),
+        "classifier_forward": median_ms(lambda: classifier.probabilities([image]), cheap, sync),
+        "gradcam": median_ms(lambda: compute_cams(classifier, image, [label]), cheap, sync),
         "prompts": median_ms(lambda: make_prompts(cam.cam), cheap),
-        "sam2_decode_per_class": median_ms(bare_decode, cheap),
-        "refinement": median_ms(lambda: CamSegmenter().segment(image, [cam], [prompts]), cheap),
+        "refinement": median_ms(
+            lambda: cam_pipeline.segmenter.segment(image, [cam], [prompts]), cheap
+        ),
         "rle": median_ms(lambda: to_prediction(result, "v"), cheap),
+        "classifier_forward_backward": median_ms(forward_backward, cheap, sync),
     }
-    embed = median_ms(lambda: predictor.set_image(image), repeat)
-    stages["sam2_embedding"] = embed
-    classifier_fb = median_ms(forward_backward, cheap)
-    stages["classifier_forward_backward"] = classifier_fb
 
     def per_image(pipeline, batched: bool) -> float:
         """Every image pre-annotated with one masked class, the work a defect image costs."""
@@ -156,29 +164,59 @@ def _pipeline_figures(models: Path, images, sam2_config: str, device: str, repea
                 for picture in images:
                     pipeline.run(picture, labels=[label])
 
-        return median_ms(run, max(1, repeat // 2)) / len(images)
+        return median_ms(run, max(1, repeat // 2), sync) / len(images)
 
-    figures: dict = {"stages_ms": {k: round(v, 3) for k, v in stages.items()}}
-    for name, pipeline, bare in (
-        ("cam", cam_pipeline, stages["classifier_forward"] + stages["gradcam"]),
-        ("sam2", sam2_pipeline, embed + classifier_fb),
-    ):
+    def pipeline_row(pipeline, bare: float) -> dict:
         single, batched = per_image(pipeline, False), per_image(pipeline, True)
-        figures[name] = {
+        return {
             "end_to_end_ms_per_image": round(single, 2),
             "bare_models_ms_per_image": round(bare, 2),
             "overhead_ratio": round(single / bare, 3),
             "images_per_s": round(1000 / batched, 2),
             "batched_over_single": round(single / batched, 3),
         }
-    cached = Sam2Segmenter(predictor, cache_size=4)
-    cached.segment(image, [cam], [prompts])
-    click = median_ms(lambda: cached.segment(image, [cam], [prompts]), cheap)
-    figures["click"] = {
-        "cached_decode_ms": round(click, 3),
-        "bare_decode_ms": round(stages["sam2_decode_per_class"], 3),
-        "click_ratio": round(click / stages["sam2_decode_per_class"], 3),
+
+    figures: dict = {
+        "cam": pipeline_row(cam_pipeline, stages["classifier_forward"] + stages["gradcam"]),
+        "sam2_configs": {},
     }
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    for number, config in enumerate(sam2_configs):
+        predictor = SAM2ImagePredictor(build_sam2(config, None, device=device))
+
+        def bare_embed(predictor=predictor):
+            with sam2_context(device):
+                predictor.set_image(image)
+
+        def bare_decode(predictor=predictor):
+            with sam2_context(device):
+                predictor.predict(
+                    prompts.points, prompts.labels, prompts.box, multimask_output=True
+                )
+
+        embed = median_ms(bare_embed, repeat, sync)
+        decode = median_ms(bare_decode, cheap, sync)  # on the image bare_embed left set
+        sam2_pipeline = Pipeline(
+            classifier, Sam2Segmenter(predictor, cache_size=0), cam_pipeline.options
+        )
+        row = pipeline_row(sam2_pipeline, embed + stages["classifier_forward_backward"])
+        row["bare_sam2_images_per_s"] = round(1000 / embed, 2)
+        figures["sam2_configs"][config] = row
+        if number == 0:
+            stages["sam2_embedding"], stages["sam2_decode_per_class"] = embed, decode
+            figures["sam2"] = row
+            cached = Sam2Segmenter(predictor, cache_size=4)
+            cached.segment(image, [cam], [prompts])
+            click = median_ms(lambda c=cached: c.segment(image, [cam], [prompts]), cheap, sync)
+            figures["click"] = {
+                "cached_decode_ms": round(click, 3),
+                "bare_decode_ms": round(decode, 3),
+                "click_ratio": round(click / decode, 3),
+            }
+        del predictor, sam2_pipeline
+    figures["stages_ms"] = {k: round(v, 3) for k, v in stages.items()}
     figures["overhead_ratio"] = figures["sam2"]["overhead_ratio"]
     figures["click_ratio"] = figures["click"]["click_ratio"]
     figures["images_per_s"] = figures["sam2"]["images_per_s"]
@@ -228,123 +266,6 @@ def _training_figures(work: Path, device: str) -> dict:
     }
 
 
-def _service_figures(models: Path, image: np.ndarray, work: Path) -> dict:
-    """Queue round trip, HTTP pre-annotation latency and the web process's memory, against a
-    redis-server, a ``camsam worker`` and a ``camsam serve`` started here."""
-    import cv2
-    import requests
-
-    from ml_backend.runner import RqRunner
-
-    figures: dict = {"queue_roundtrip_ms_p50": None, "web_rss_mb": None}
-    if shutil.which("redis-server") is None:
-        figures["service_note"] = "redis-server not installed: queue and web figures skipped"
-        return figures
-    redis_port, web_port = _free_port(), _free_port()
-    url = f"redis://127.0.0.1:{redis_port}/0"
-    cv2.imwrite(str(work / "bench.png"), image[:, :, ::-1])
-    env = {**_env(), "REDIS_URL": url, "MODEL_DIR": str(models)}
-    env["LOCAL_FILES_DOCUMENT_ROOT"] = str(work)
-    cli = [sys.executable, "-m", "worker.cli"]
-    processes = [
-        subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-    ]
-    try:
-        time.sleep(0.5)
-        for command in (
-            [*cli, "worker", "--name", "bench"],
-            [*cli, "serve", "--host", "127.0.0.1", "--port", str(web_port), "--workers", "1"],
-        ):
-            processes.append(
-                subprocess.Popen(
-                    command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-        runner = RqRunner(url)
-        runner.run("worker.bench.noop", {}, 120)
-        trips = [_timed(lambda: runner.run("worker.bench.noop", {}, 60)) for _ in range(50)]
-        figures["queue_roundtrip_ms_p50"] = round(statistics.median(trips), 2)
-        web = f"http://127.0.0.1:{web_port}"
-        body = {
-            "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=bench.png"}}],
-            "project": "1.1",
-            "label_config": "",
-        }
-        _wait_http(web + "/health")
-        requests.post(web + "/predict", json=body, timeout=120)  # the worker loads its models
-        latencies = [
-            _timed(lambda: requests.post(web + "/predict", json=body, timeout=120))
-            for _ in range(10)
-        ]
-        figures["http_predict_ms_p50"] = round(statistics.median(latencies), 2)
-        serving = _children(processes[2].pid) or [processes[2].pid]
-        figures["web_rss_mb"] = round(max(_rss_mb(pid) for pid in serving), 1)
-        figures["web_loads_torch"] = any(_maps_torch(pid) for pid in serving)
-    finally:
-        for process in processes[::-1]:
-            process.terminate()
-            process.wait(timeout=20)
-    return figures
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return 1000 * (time.perf_counter() - started)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str) -> None:
-    import requests
-
-    for _ in range(300):
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.RequestException:
-            time.sleep(0.2)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        found += [int(x) for x in path.read_text().split()]
-    return found
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _maps_torch(pid: int) -> bool:
-    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
-
-
-def noop(payload: dict) -> dict:
-    """A job that does nothing: the queue's own round trip."""
-    return {}
-
-
-def _env() -> dict:
-    import os
-
-    root = str(Path(__file__).resolve().parent.parent)
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def format_report(report: dict) -> str:
     lines = [
         f"camsam bench on {report['device']} ({report['images']} images, "
@@ -353,8 +274,8 @@ def format_report(report: dict) -> str:
     lines.append(
         "stages (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in report["stages_ms"].items())
     )
-    for name in ("cam", "sam2"):
-        row = report[name]
+    rows = {"cam": report["cam"], **report["sam2_configs"]}
+    for name, row in rows.items():
         lines.append(
             f"{name}: {row['end_to_end_ms_per_image']:.1f} ms/image vs bare models "
             f"{row['bare_models_ms_per_image']:.1f} -> overhead_ratio {row['overhead_ratio']:.2f}; "
@@ -376,4 +297,11 @@ def format_report(report: dict) -> str:
         f"{report.get('http_predict_ms_p50')} ms; web RSS {report['web_rss_mb']} MB "
         f"(torch loaded: {report.get('web_loads_torch')})"
     )
+    if "preannotate" in report:
+        pre = report["preannotate"]
+        lines.append(
+            f"preannotate: {pre['tasks']} tasks in {pre['seconds']} s, {pre['images_per_s']} "
+            f"images/s ({pre['written']} written, {pre['failed']} failed); the pipeline alone "
+            f"{pre.get('pipeline_images_per_s')} images/s"
+        )
     return "\n".join(lines)

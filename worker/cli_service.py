@@ -51,10 +51,19 @@ def add_service_commands(commands) -> None:
     bench.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     bench.add_argument("--images", type=int, default=8)
     bench.add_argument("--size", type=int, default=512, help="image side in pixels")
-    bench.add_argument("--sam2-config", default="configs/sam2.1/sam2.1_hiera_t.yaml")
+    bench.add_argument(
+        "--sam2-config",
+        action="append",
+        help="repeat for several; default hiera-tiny, and on a GPU also base-plus",
+    )
     bench.add_argument("--model-dir", help="a trained model (default: one trained here)")
     bench.add_argument("--repeat", type=int, default=3)
     bench.add_argument("--json", help="also write the figures to this JSON file")
+    bench.add_argument(
+        "--project",
+        help="also time preannotate over this Label Studio project (LABEL_STUDIO_URL, "
+        "LABEL_STUDIO_API_KEY and MODEL_DIR as for preannotate)",
+    )
     bench.set_defaults(handler=run_bench)
 
     versions = commands.add_parser(
@@ -198,7 +207,13 @@ def run_bench(args: argparse.Namespace) -> int:
     from worker.bench import format_report, run_bench
 
     report = run_bench(
-        args.device, args.images, args.size, args.sam2_config, args.model_dir, args.repeat
+        args.device,
+        args.images,
+        args.size,
+        args.sam2_config,
+        args.model_dir,
+        args.repeat,
+        args.project,
     )
     print(format_report(report))
     if args.json:

@@ -88,7 +88,8 @@ def make_prompts(
 def find_peaks(cam: np.ndarray, count: int, threshold: float) -> np.ndarray:
     """Up to ``count`` local maxima at or above ``threshold``, strongest first, kept apart."""
     separation = max(3, int(0.08 * max(cam.shape)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * separation + 1,) * 2)
+    # A square window is separable (cheap at any size); the distance check below keeps peaks apart.
+    kernel = np.ones((2 * separation + 1,) * 2, np.uint8)
     is_peak = (cam >= cv2.dilate(cam, kernel)) & (cam >= threshold)
     ys, xs = np.nonzero(is_peak)
     order = np.argsort(-cam[ys, xs], kind="stable")

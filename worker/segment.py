@@ -7,6 +7,7 @@ is the bare CAM cut at half its peak, the floor the others must beat.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
@@ -121,6 +122,7 @@ class Sam2Segmenter:
             raise SegmenterError(
                 f"unknown mask choice {mask_choice!r}: choose one of {MASK_CHOICES}"
             )
+        predictor.model.eval()  # build_sam2 does this too; a predictor made elsewhere may not
         self.predictor = predictor
         self.mask_choice = mask_choice
         self.mask_threshold = mask_threshold
@@ -154,10 +156,8 @@ class Sam2Segmenter:
         """Image embeddings by image key, put in the cache; one batched pass for all images."""
         if not images:
             return {}
-        import torch
-
         predictor = self.predictor
-        with torch.inference_mode():
+        with sam2_context(predictor.device):
             if len(images) == 1:
                 predictor.set_image(images[0])
             else:
@@ -183,9 +183,7 @@ class Sam2Segmenter:
         predictor._is_image_set, predictor._is_batch = True, False
 
     def _decode(self, cam: CamMap, prompts: Prompts) -> MaskResult:
-        import torch
-
-        with torch.inference_mode():
+        with sam2_context(self.predictor.device):
             logits, predicted_iou, _ = self.predictor.predict(
                 point_coords=prompts.points if len(prompts.points) else None,
                 point_labels=prompts.labels if len(prompts.points) else None,
@@ -203,6 +201,21 @@ class Sam2Segmenter:
         }
         score = cam.probability * float(np.clip(predicted_iou[index], 0.0, 1.0))
         return MaskResult(cam.label, masks[index], score, self.name, prompts, details)
+
+
+def sam2_context(device) -> contextlib.ExitStack:
+    """What every SAM2 call runs in: ``inference_mode``, and on a GPU bf16 autocast.
+
+    Entered per call, because autocast is thread-local: a worker's request threads each get it,
+    and nothing leaks into the classifier's Grad-CAM, which needs float32 gradients.
+    """
+    import torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if torch.device(device).type == "cuda":
+        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+    return stack
 
 
 def _image_key(image: np.ndarray) -> str:
