@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -99,8 +100,8 @@ def redis_url(tmp_path_factory):
 
 class _LabelStudioHandler(SimpleHTTPRequestHandler):
     """A little Label Studio: /data/upload/<file>, the task presign endpoint and a few API
-    routes (projects, tasks, annotations, predictions), only with the right token;
-    ``POST /api/predictions/`` is kept in ``server.predictions``."""
+    routes (projects, tasks, annotations, predictions), only with the right token; what
+    ``POST /api/projects/<id>/import/predictions`` imports is kept in ``server.predictions``."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         if self.path.startswith("/signed/"):  # a storage's signed URL: no Label Studio token
@@ -156,13 +157,15 @@ class _LabelStudioHandler(SimpleHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self):  # noqa: N802
-        if self.headers.get("Authorization") != "Token secret" or self.path != "/api/predictions/":
-            self.send_error(401 if self.path == "/api/predictions/" else 404)
+        route = re.fullmatch(r"/api/projects/(\d+)/import/predictions", self.path)
+        if route is None or self.headers.get("Authorization") != "Token secret":
+            self.send_error(404 if route is None else 401)
             return
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        body["id"] = len(self.server.predictions) + 1
-        self.server.predictions.append(body)
-        self._json(201, body)
+        items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        for item in items:
+            item["id"] = len(self.server.predictions) + 1
+            self.server.predictions.append(item)
+        self._json(201, {"created": len(items)})
 
     def log_message(self, *args):
         pass

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ml_backend.label_config import parse_label_config
 from ml_backend.protocol import UNTRAINED
@@ -22,6 +23,8 @@ from worker.ls_format import brush_region, to_prediction
 log = logging.getLogger(__name__)
 _pipelines: dict[tuple, object] = {}
 _lock = threading.Lock()
+FETCH_THREADS = 4  # downloads in flight: Label Studio and storages answer a few at a time well
+WRITES_IN_FLIGHT = 2  # chunks of predictions waiting for Label Studio before the model pauses
 
 
 def predict(payload: dict) -> dict:
@@ -32,8 +35,8 @@ def predict(payload: dict) -> dict:
     started = time.perf_counter()
     project = _Project(payload)
     results, failed = [], 0
-    for chunk in _chunks(payload["tasks"], project.batch_size):
-        answers = project.predict(chunk)
+    for chunk, images in project.chunks(payload["tasks"]):
+        answers = project.predict(chunk, images)
         failed += sum(answer is None for answer in answers)
         results += [answer or empty(project.version) for answer in answers]
     return {
@@ -49,25 +52,31 @@ def preannotate(payload: dict, progress=None) -> dict:
     """Predict tasks and store each batch's predictions in Label Studio through its API.
 
     For batches too long to answer within Label Studio's request timeout, and for
-    ``camsam preannotate``. ``progress`` (a tqdm bar) is advanced per task.
+    ``camsam preannotate``. Three things overlap: the next chunk's images download while the
+    model works on this one, and each chunk's predictions go to Label Studio in one bulk import
+    on a writer thread. ``progress`` (a tqdm bar) is advanced per task.
     Returns ``{"model_version", "written", "failed"}``.
     """
-    from worker.labelstudio import connect, post_prediction
+    from worker.labelstudio import connect, import_predictions
 
     project = _Project(payload)
     if project.version is None:
         return {"model_version": None, "written": 0, "failed": 0}
     client = connect(project.settings["label_studio_url"], project.settings["label_studio_api_key"])
     written = failed = 0
-    for chunk in _chunks(payload["tasks"], project.batch_size):
-        for task, answer in zip(chunk, project.predict(chunk), strict=True):
-            if answer is None:
-                failed += 1
-            else:
-                post_prediction(client, task["id"], answer)
-                written += 1
-        if progress is not None:
-            progress.update(len(chunk))
+    writes: list[Future] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="camsam-write") as writer:
+        for chunk, images in project.chunks(payload["tasks"]):
+            answers = project.predict(chunk, images)
+            done = [(task["id"], a) for task, a in zip(chunk, answers, strict=True) if a]
+            failed += len(chunk) - len(done)
+            writes.append(writer.submit(import_predictions, client, payload["project"], done))
+            while len(writes) > WRITES_IN_FLIGHT:
+                written += writes.pop(0).result()
+            if progress is not None:
+                progress.update(len(chunk))
+        for write in writes:
+            written += write.result()
     log.info("project %s: %d predictions written, %d failed", payload["project"], written, failed)
     return {"model_version": project.version, "written": written, "failed": failed}
 
@@ -159,16 +168,36 @@ class _Project:
         data = self.fetcher.fetch(str(task["data"][self.image_key]), task.get("id"))
         return load_image(data, max_pixels=int(self.settings.get("max_image_pixels") or 0))
 
-    def predict(self, tasks: list[dict]) -> list[dict | None]:
-        """Predictions for ``tasks`` in one batched pipeline pass; None for a task that failed."""
-        if self.version is None:
-            return [empty(None) for _ in tasks]
-        images: dict[int, object] = {}
-        for k, task in enumerate(tasks):
+    def chunks(self, tasks: list[dict]) -> Iterator[tuple[list[dict], dict[int, object]]]:
+        """``tasks`` in chunks of the batch size, each with its images by position in the chunk
+        (a task whose image cannot be read is logged and left out). Images download a few at a
+        time, and the next chunk's while the caller works on this one."""
+        parts = list(_chunks(tasks, self.batch_size))
+        if self.version is None:  # nothing to predict with: no downloads either
+            yield from ((chunk, {}) for chunk in parts)
+            return
+        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="camsam-fetch") as pool:
+            upcoming = [pool.submit(self.image, task) for task in parts[0]] if parts else []
+            for number, chunk in enumerate(parts):
+                current = upcoming
+                if number + 1 < len(parts):
+                    upcoming = [pool.submit(self.image, task) for task in parts[number + 1]]
+                yield chunk, self._collect(chunk, current)
+
+    def _collect(self, tasks: list[dict], futures: list[Future]) -> dict[int, object]:
+        images = {}
+        for k, (task, future) in enumerate(zip(tasks, futures, strict=True)):
             try:
-                images[k] = self.image(task)
+                images[k] = future.result()
             except (CamsamError, KeyError) as error:
                 log.warning("task %s: no prediction: %s", task.get("id"), error)
+        return images
+
+    def predict(self, tasks: list[dict], images: dict[int, object]) -> list[dict | None]:
+        """Predictions for ``tasks`` in one batched pipeline pass; None for a task that failed
+        (its image is missing from ``images``, or the pipeline refused it)."""
+        if self.version is None:
+            return [empty(None) for _ in tasks]
         pipeline = self.pipeline()
         try:
             results = dict(zip(images, pipeline.run_batch(list(images.values())), strict=True))
