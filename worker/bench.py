@@ -154,7 +154,7 @@ def _pipeline_figures(
         "classifier_forward_backward": median_ms(forward_backward, cheap, sync),
     }
 
-    def per_image(pipeline, batched: bool) -> float:
+    def per_image(pipeline, batched: bool, samples: int) -> float:
         """Every image pre-annotated with one masked class, the work a defect image costs."""
 
         def run():
@@ -164,10 +164,11 @@ def _pipeline_figures(
                 for picture in images:
                     pipeline.run(picture, labels=[label])
 
-        return median_ms(run, max(1, repeat // 2), sync) / len(images)
+        return median_ms(run, samples, sync) / len(images)
 
-    def pipeline_row(pipeline, bare: float) -> dict:
-        single, batched = per_image(pipeline, False), per_image(pipeline, True)
+    def pipeline_row(pipeline, bare: float, samples: int) -> dict:
+        single = per_image(pipeline, False, samples)
+        batched = per_image(pipeline, True, samples)
         return {
             "end_to_end_ms_per_image": round(single, 2),
             "bare_models_ms_per_image": round(bare, 2),
@@ -177,7 +178,7 @@ def _pipeline_figures(
         }
 
     figures: dict = {
-        "cam": pipeline_row(cam_pipeline, stages["classifier_forward"] + stages["gradcam"]),
+        "cam": pipeline_row(cam_pipeline, stages["classifier_forward"] + stages["gradcam"], cheap),
         "sam2_configs": {},
     }
     from sam2.build_sam import build_sam2
@@ -201,7 +202,8 @@ def _pipeline_figures(
         sam2_pipeline = Pipeline(
             classifier, Sam2Segmenter(predictor, cache_size=0), cam_pipeline.options
         )
-        row = pipeline_row(sam2_pipeline, embed + stages["classifier_forward_backward"])
+        bare = embed + stages["classifier_forward_backward"]
+        row = pipeline_row(sam2_pipeline, bare, max(1, repeat // 2))
         row["bare_sam2_images_per_s"] = round(1000 / embed, 2)
         figures["sam2_configs"][config] = row
         if number == 0:
