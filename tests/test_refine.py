@@ -6,14 +6,17 @@ import pytest
 from worker.errors import SegmenterError
 from worker.refine import (
     RefineParams,
+    background,
     contrast_map,
     fill_holes,
     guided_filter,
     refine_cam,
     remove_specks,
+    ridge_map,
     texture_residual,
 )
 from worker.segment import iou
+from worker.tune import GRID, from_plain
 
 
 def square_scene():
@@ -95,3 +98,74 @@ def test_fill_holes_closes_rings_only():
     filled = fill_holes(ring | open_cup)
     assert filled[12, 12] and filled[5:20, 5:20].all()
     assert not filled[24, 5]
+
+
+def spots_scene():
+    """A dark spot and a bright spot of the same size on a grainy surface, the CAM over both."""
+    rng = np.random.default_rng(2)
+    gray = np.clip(rng.normal(120, 5, (120, 200)), 0, 255).astype(np.uint8)
+    gray[55:63, 46:54] = 50  # dark: the defect
+    gray[55:63, 146:154] = 190  # bright: a reflection
+    dark = np.zeros((120, 200), bool)
+    dark[55:63, 46:54] = True
+    ys, xs = np.mgrid[0:120, 0:200]
+    cam = np.exp(-((ys - 59) ** 2) / (2 * 30.0**2) - ((xs - 100) ** 2) / (2 * 80.0**2))
+    return np.repeat(gray[:, :, None], 3, axis=2), cam.astype(np.float32), dark
+
+
+def test_polarity_keeps_the_dark_spot_and_leaves_the_bright_one():
+    image, cam, dark = spots_scene()
+    both = refine_cam(image, cam, RefineParams("contrast", 0.2, 4.0))
+    only_dark = refine_cam(image, cam, RefineParams("contrast", 0.2, 4.0, polarity="dark"))
+    assert both[59, 150] and only_dark[59, 50] and not only_dark[59, 150]
+    assert iou(only_dark, dark) > 0.5 > iou(both, dark)
+
+
+def test_a_relative_cut_and_the_largest_part():
+    image, cam, dark = spots_scene()
+    image[20:23, 100:103] = 70  # a second, smaller dark speck
+    params = RefineParams("contrast", 0.05, polarity="dark", relative=0.5, largest=True)
+    mask = refine_cam(image, cam, params)
+    assert iou(mask, dark) > 0.5 and not mask[21, 101]
+
+
+def test_ridge_map_finds_a_thin_dark_line_not_a_bright_one():
+    rng = np.random.default_rng(3)
+    gray = np.clip(rng.normal(120, 4, (100, 160)), 0, 255).astype(np.uint8)
+    gray[30, 10:150] = 60  # a crack, one pixel wide
+    gray[70, 10:150] = 180  # a bright scratch
+    image = np.repeat(gray[:, :, None], 3, axis=2)
+    dark = ridge_map(image, "dark")
+    assert dark[30, 80] > 5 * dark[70, 80] and dark[30, 80] > 10
+    assert ridge_map(image, "bright")[70, 80] > 10
+
+
+def test_the_wide_background_blur_on_a_shrunk_copy_matches_the_full_one():
+    rng = np.random.default_rng(4)
+    gray = cv2_blur(rng.normal(100, 20, (300, 420)).astype(np.float32), 20) + 50
+    full = cv2_blur(gray, 26)
+    fast = background(gray, 26)
+    inner = (slice(60, -60), slice(60, -60))  # borders are handled a little differently
+    assert np.abs(fast - full)[inner].max() < 0.5
+
+
+def cv2_blur(x, sigma):
+    import cv2
+
+    return cv2.GaussianBlur(x, (0, 0), sigma)
+
+
+def test_tuning_tries_every_refiner_and_polarity():
+    assert {p.method for p in GRID} == {"none", "guided", "contrast", "ridge"}
+    assert {p.polarity for p in GRID if p.method == "contrast"} == {"both", "dark", "bright"}
+    assert any(p.relative for p in GRID) and any(p.largest for p in GRID)
+
+
+def test_settings_of_older_versions_still_load_and_mean_what_they_meant():
+    old = from_plain(
+        {"Spot": {"method": "contrast", "cam_threshold": 0.3, "contrast_threshold": 4}}
+    )
+    assert old["Spot"] == RefineParams("contrast", 0.3, 4.0, polarity="both", scale=1 / 16)
+    assert RefineParams("contrast", 0.3, 4.0) in GRID or len(GRID) > 100
+    with pytest.raises(SegmenterError, match="polarity"):
+        RefineParams("contrast", polarity="darker")

@@ -5,8 +5,10 @@ A CAM from a 7x7 feature map knows roughly where an object is but not where it s
 - ``guided``: the guided filter (He et al.) re-draws the CAM along the image's own edges in
   linear time, then cuts it at a share of its peak.
 - ``contrast``: inside the CAM's region, the pixels that differ from their local background
-  (``texture_residual``) by more than a number of robust standard deviations: a blowhole or a
-  crack is what the surface around it is not.
+  (``texture_residual``) by more than a number of robust standard deviations, or by more than a
+  share of the strongest difference there: a blowhole or a crack is what the surface around it
+  is not. Darker only, brighter only, or both; against a narrower or wider background.
+- ``ridge``: the same with a Hessian line filter, for thin dark (or bright) lines: cracks.
 - ``grabcut``: GrabCut seeded by a CAM trimap, the heavier alternative.
 
 Thresholds can be chosen per class on training images with masks (``worker/tune.py``).
@@ -21,20 +23,39 @@ import numpy as np
 
 from worker.errors import SegmenterError
 
-REFINERS = ("guided", "contrast", "grabcut", "none")
+REFINERS = ("guided", "contrast", "ridge", "grabcut", "none")
+POLARITIES = ("both", "dark", "bright")
+SIGNAL_REFINERS = ("contrast", "ridge")  # those that cut a per-pixel signal inside the CAM
 
 
 @dataclass(frozen=True)
 class RefineParams:
-    """How to turn one class's CAM into a mask; thresholds are shares of the CAM's peak."""
+    """How to turn one class's CAM into a mask.
+
+    ``cam_threshold`` is a share of the CAM's peak. The signal refiners then keep the pixels
+    whose signal reaches ``contrast_threshold`` robust standard deviations or, when ``relative``
+    is set, that share of the strongest signal inside the CAM's region. ``scale`` is the
+    background's width as a share of the image's longer side; ``largest`` keeps one part.
+    """
 
     method: str = "guided"
     cam_threshold: float = 0.5
     contrast_threshold: float = 3.0
+    polarity: str = "both"
+    scale: float = 1 / 16
+    relative: float = 0.0
+    largest: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in REFINERS:
             raise SegmenterError(f"unknown refiner {self.method!r}: choose one of {REFINERS}")
+        if self.polarity not in POLARITIES:
+            raise SegmenterError(f"unknown polarity {self.polarity!r}: choose one of {POLARITIES}")
+
+    @property
+    def signal_key(self) -> tuple:
+        """What the per-pixel signal depends on: images refined many ways share it."""
+        return (self.method, self.polarity, self.scale)
 
 
 def texture_residual(gray: np.ndarray, sigma: float) -> np.ndarray:
@@ -60,11 +81,36 @@ def background(gray: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(blurred, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def contrast_map(image: np.ndarray) -> np.ndarray:
-    """How unusual each pixel is against the texture around it (>= 0, lightly smoothed)."""
+def contrast_map(image: np.ndarray, polarity: str = "both", scale: float = 1 / 16) -> np.ndarray:
+    """How unusual each pixel is against the texture around it (>= 0, lightly smoothed):
+    darker, brighter or either, against a background ``scale`` of the longer side wide."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    z = np.abs(texture_residual(gray, max(image.shape[:2]) / 16))
+    z = texture_residual(gray, max(image.shape[:2]) * scale)
+    z = np.abs(z) if polarity == "both" else np.maximum(-z if polarity == "dark" else z, 0)
     return cv2.GaussianBlur(z, (0, 0), 1.5)
+
+
+def ridge_map(image: np.ndarray, polarity: str = "dark") -> np.ndarray:
+    """Line strength (>= 0, in robust standard deviations) from the Hessian's eigenvalues at a
+    scale of a few pixels: a dark line curves the brightness up across it, a bright one down."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    sigma = max(1.5, max(image.shape[:2]) / 128)
+    smooth = cv2.GaussianBlur(gray, (0, 0), sigma)
+    dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0)
+    dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2)
+    dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1)
+    root = np.sqrt((dxx - dyy) ** 2 + 4 * dxy**2)
+    dark, bright = np.maximum((dxx + dyy + root) / 2, 0), np.maximum(-(dxx + dyy - root) / 2, 0)
+    line = {"dark": dark, "bright": bright}.get(polarity, np.maximum(dark, bright))
+    spread = 1.4826 * float(np.median(line[::2, ::2])) + 1e-3
+    return line / spread
+
+
+def signal_map(image: np.ndarray, params: RefineParams) -> np.ndarray:
+    """The per-pixel signal a signal refiner cuts (see ``RefineParams.signal_key``)."""
+    if params.method == "ridge":
+        return ridge_map(image, params.polarity)
+    return contrast_map(image, params.polarity, params.scale)
 
 
 def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -86,25 +132,30 @@ def refine_cam(
     image: np.ndarray,
     cam: np.ndarray,
     params: RefineParams | None = None,
-    contrast: np.ndarray | None = None,
+    signal: np.ndarray | None = None,
     min_area: float = 0.0005,
 ) -> np.ndarray:
     """Binary mask (H, W) for one class from its CAM and the RGB image.
 
-    ``contrast`` may be passed in when one image is refined many times (tuning).
+    ``signal`` (``signal_map``) may be passed in when one image is refined many times (tuning).
     """
     params = params or RefineParams()
     cam = cam.astype(np.float32) / max(float(cam.max()), 1e-6)
     threshold = params.cam_threshold
     if params.method == "none":
         return cam >= threshold
-    if params.method == "contrast":
-        contrast = contrast_map(image) if contrast is None else contrast
-        mask = (cam >= threshold) & (contrast >= params.contrast_threshold)
+    if params.method in SIGNAL_REFINERS:
+        signal = signal_map(image, params) if signal is None else signal
+        region = cam >= threshold
+        cut = params.contrast_threshold
+        if params.relative:
+            cut = max(params.relative * float(signal[region].max(initial=0.0)), 1e-6)
+        mask = region & (signal >= cut)
         if not mask.any():
             return cam >= max(threshold, 0.5)
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-        return remove_specks(fill_holes(mask.astype(bool)), min_area)
+        mask = fill_holes(mask.astype(bool))
+        return largest_part(mask) if params.largest else remove_specks(mask, min_area)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     radius = max(2, int(round(0.02 * max(cam.shape))))
     smoothed = guided_filter(gray, cam, radius, eps=1e-3)
@@ -137,6 +188,14 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     cv2.floodFill(outside, flood, (0, 0), 1)
     holes = outside[1:-1, 1:-1] == 0
     return mask | holes
+
+
+def largest_part(mask: np.ndarray) -> np.ndarray:
+    """Only the largest connected part: one blowhole, one crack."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    if count <= 2:
+        return mask.astype(bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def remove_specks(mask: np.ndarray, min_area: float) -> np.ndarray:

@@ -22,7 +22,7 @@ from worker.cam import CamMap
 from worker.choices import MASK_CHOICES, SEGMENTERS
 from worker.errors import SegmenterError
 from worker.prompts import Prompts
-from worker.refine import RefineParams, refine_cam
+from worker.refine import SIGNAL_REFINERS, RefineParams, refine_cam
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,9 @@ class CamSegmenter(_OneByOne):
             params = self.per_class.get(cam.label, self.default)
             mask = refine_cam(image, cam.cam, params)
             details = {"refiner": params.method, "cam_threshold": params.cam_threshold}
-            if params.method == "contrast":
+            if params.method in SIGNAL_REFINERS:
                 details["contrast_threshold"] = params.contrast_threshold
+                details.update(polarity=params.polarity, relative=params.relative)
             results.append(MaskResult(cam.label, mask, cam.probability, self.name, prompt, details))
         return results
 

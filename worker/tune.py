@@ -17,13 +17,29 @@ from worker.cam import compute_cams
 from worker.classify import Classifier
 from worker.dataset import Sample
 from worker.images import load_image
-from worker.refine import RefineParams, contrast_map, refine_cam
+from worker.refine import SIGNAL_REFINERS, RefineParams, refine_cam, signal_map
 from worker.segment import iou
 
-GRID = tuple(
-    [RefineParams("guided", t) for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
-    + [RefineParams("contrast", c, k) for c in (0.2, 0.35, 0.5) for k in (1.5, 2.0, 3.0, 4.0, 6.0)]
-)
+
+def _grid() -> tuple[RefineParams, ...]:
+    """What tuning tries: the CAM region itself, the guided CAM, and the signal refiners with
+    each polarity, background width and cut (absolute, or a share of the region's peak)."""
+    cuts = [dict(contrast_threshold=k) for k in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)]
+    cuts += [dict(relative=r) for r in (0.3, 0.5)]
+    signals = [("contrast", p, s) for p in ("both", "dark", "bright") for s in (1 / 32, 1 / 16)]
+    signals += [("ridge", p, 1 / 16) for p in ("dark", "bright")]
+    grid = [RefineParams(m, t) for m in ("none", "guided") for t in (0.2, 0.35, 0.5, 0.65)]
+    grid += [
+        RefineParams(method, t, polarity=polarity, scale=scale, largest=largest, **cut)
+        for method, polarity, scale in signals
+        for t in (0.2, 0.4)
+        for cut in cuts
+        for largest in (False, True)
+    ]
+    return tuple(grid)
+
+
+GRID = _grid()
 
 
 def tune_refiners(
@@ -49,8 +65,16 @@ def tune_refiners(
         image = load_image(sample.image)
         (cam,) = compute_cams(classifier, image, [label])
         truth = sample.mask(label, image.shape[:2])
-        contrast = contrast_map(image)
-        row = [iou(refine_cam(image, cam.cam, params, contrast), truth) for params in GRID]
+        signals: dict[tuple, object] = {}
+        row = []
+        for params in GRID:
+            signal = None
+            if params.method in SIGNAL_REFINERS:
+                key = params.signal_key
+                if key not in signals:
+                    signals[key] = signal_map(image, params)
+                signal = signals[key]
+            row.append(iou(refine_cam(image, cam.cam, params, signal), truth))
         scores.setdefault(label, []).append(row)
     best, quality = {}, {}
     for label, rows in scores.items():
