@@ -33,6 +33,7 @@ class Settings:
     train_epochs: int = 30
     train_image_size: int = 224
     train_input: str = "rgb"
+    train_output_stride: int = 32
     train_pretrained: str = ""
     image_hosts: str = ""
     fetch_timeout: float = 30.0

@@ -114,3 +114,26 @@ def test_flat_input_and_max_pooling_survive_a_checkpoint(tmp_path):
     loaded = Classifier.load(tmp_path / "c.pt")
     assert loaded.spec.input == "flat" and loaded.spec.pool == "avgmax"
     assert loaded.probabilities([image]).shape == (1, 2)
+
+
+def test_a_finer_output_stride_survives_a_checkpoint_and_gives_a_finer_cam(tmp_path):
+    from dataclasses import replace
+
+    from worker.cam import target_layers
+
+    spec = replace(SPEC, output_stride=16)
+    save_checkpoint(
+        tmp_path / "c.pt", spec, create_model("resnet10t", 3, output_stride=16).state_dict()
+    )
+    loaded = Classifier.load(tmp_path / "c.pt")
+    coarse = create_model("resnet10t", 3)
+    grids = []
+    for model in (coarse, loaded.model):
+        (layer,) = target_layers(model)[0]
+        seen = []
+        hook = layer.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out.shape))
+        model.eval()(torch.zeros(1, 3, 64, 64))
+        hook.remove()
+        grids.append(seen[0][-2:])
+    assert loaded.spec.output_stride == 16
+    assert tuple(grids[0]) == (2, 2) and tuple(grids[1]) == (4, 4)

@@ -43,6 +43,7 @@ class ClassifierSpec:
     thresholds: tuple[float, ...] = ()
     input: str = "rgb"
     pool: str = "avg"
+    output_stride: int = 32
     exclusive: bool = False
     refine: dict = field(default_factory=dict)
     version: str = ""

@@ -44,6 +44,7 @@ def create_model(
     pretrained: str | None = None,
     device: str = "cpu",
     pool: str = "avg",
+    output_stride: int = 32,
 ) -> torch.nn.Module:
     """Build a timm model; ``pretrained`` is a local weights file, or ``"hub"`` to download.
 
@@ -60,6 +61,9 @@ def create_model(
     if pool != "avg":
         # "avgmax" lets one small, strong response (a blowhole) decide, not the image's average.
         options["global_pool"] = pool
+    if output_stride != 32:
+        # Dilated last stages: the same receptive field on a finer grid, so a finer CAM.
+        options["output_stride"] = output_stride
     model = timm.create_model(arch, pretrained=pretrained == "hub", **options)
     if pretrained not in (None, "hub"):
         load_backbone(model, Path(pretrained))
@@ -117,7 +121,13 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
         spec, state = load_checkpoint(path)
-        model = create_model(spec.arch, len(spec.classes), device=device, pool=spec.pool)
+        model = create_model(
+            spec.arch,
+            len(spec.classes),
+            device=device,
+            pool=spec.pool,
+            output_stride=spec.output_stride,
+        )
         load_state_strict(model, state, str(path))
         return cls(spec, model)
 

@@ -42,6 +42,7 @@ class TrainConfig:
     image_size: int = 224
     input: str = "rgb"
     pool: str = "avg"
+    output_stride: int = 32
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
@@ -83,12 +84,20 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         image_size=config.image_size,
         input=config.input,
         pool=config.pool,
+        output_stride=config.output_stride,
         exclusive=all(len(s.classes) == 1 for s in dataset.samples),
         recipe={k: v for k, v in asdict(config).items() if k not in ("device", "progress")},
     )
     train_x, train_y = _tensors(train_samples, spec, config.progress)
     val_x, val_y = _tensors(val_samples, spec, config.progress)
-    model = create_model(config.arch, len(classes), config.pretrained, config.device, config.pool)
+    model = create_model(
+        config.arch,
+        len(classes),
+        config.pretrained,
+        config.device,
+        config.pool,
+        config.output_stride,
+    )
     loader = DataLoader(
         TensorDataset(train_x, train_y),
         batch_size=config.batch_size,

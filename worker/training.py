@@ -91,6 +91,7 @@ def _train(project: str, settings: dict, models: ModelDir) -> dict:
         arch=settings["train_arch"] or TrainConfig.arch,
         image_size=int(settings["train_image_size"]),
         input=settings["train_input"],
+        output_stride=int(settings.get("train_output_stride") or 32),
         epochs=int(settings["train_epochs"]),
         seed=seed,
         pretrained=_start_from(models, current, info, dataset, settings),
