@@ -275,6 +275,13 @@ def test_bench_runs_and_writes_the_figures_a_script_reads(tmp_path, capsys):
     report = json.loads(out.read_text())
     for key in ("overhead_ratio", "click_ratio", "images_per_s"):
         assert report[key] > 0
-    assert set(report["stages_ms"]) >= {"decode", "gradcam", "sam2_embedding", "rle"}
+    assert set(report["stages_ms"]) >= {
+        "decode",
+        "gradcam",
+        "gradcam_pytorch_grad_cam",
+        "sam2_embedding",
+        "rle",
+    }
+    assert report["cam"]["over_one_pass_cam"] > 0
     if report["web_rss_mb"] is not None:  # with a redis-server: the real web process
         assert report["queue_roundtrip_ms_p50"] > 0 and report["web_loads_torch"] is False

@@ -1,8 +1,11 @@
 """Class activation maps: where the classifier looked when it said a class is present.
 
-pytorch-grad-cam does the machinery; this module picks the target layer (the last stage of a CNN,
-the last block of a ViT with its tokens reshaped to a grid), runs one CAM per requested class in a
-single batched backward pass, and returns maps at the original image's size.
+This module picks the target layer (the last stage of a CNN, the last block of a ViT with its
+tokens reshaped to a grid) and returns maps at the original image's size. Grad-CAM, the default,
+is computed here: one forward pass gives the classifier's prediction and the activations, and the
+gradients are taken with respect to those activations only, so the backward pass runs through the
+head alone instead of the whole network (the maps equal pytorch-grad-cam's ``GradCAM``). The other
+methods go through pytorch-grad-cam, one CAM per requested class in a single batched pass.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from worker.choices import CAM_METHODS
-from worker.classify import Classifier, to_probabilities
+from worker.classify import Classifier, Prediction, to_probabilities
 from worker.errors import CamsamError
 
 METHODS = dict(
@@ -74,16 +77,13 @@ def compute_cams_batch(
     Raises:
         CamsamError: an unknown method or a label the classifier does not know.
     """
-    if method not in METHODS:
-        raise CamsamError(f"unknown CAM method {method!r}: choose one of {sorted(METHODS)}")
-    unknown = sorted({x for wanted in labels for x in wanted} - set(classifier.spec.classes))
-    if unknown:
-        raise CamsamError(
-            f"the classifier has no class {unknown}: it knows {classifier.spec.classes}"
-        )
+    _check_method(method)
+    _check_labels(classifier, labels)
     pairs = [(i, label) for i, wanted in enumerate(labels) for label in wanted]
     if not pairs:
         return [[] for _ in images]
+    if method == "gradcam":
+        return classify_with_cams(classifier, images, lambda _: labels, stages)[1]
     model = classifier.model
     layers, reshape = target_layers(model, stages)
     indices = [classifier.spec.classes.index(label) for _, label in pairs]
@@ -100,6 +100,93 @@ def compute_cams_batch(
         resized = _resize(maps[k], width, height)
         result[i].append(CamMap(label, resized, float(probabilities[k, indices[k]])))
     return result
+
+
+def classify_with_cams(
+    classifier: Classifier,
+    images: Sequence[np.ndarray],
+    choose: Callable[[list[Prediction]], Sequence[Sequence[str]]],
+    stages: int = 1,
+) -> tuple[list[Prediction], list[list[CamMap]]]:
+    """Classify ``images`` and take the Grad-CAM of the classes ``choose`` picks for each (from
+    the predictions, or regardless of them), all from one forward pass.
+
+    The gradient of each chosen logit is taken with respect to the target layers' activations,
+    never the weights: for the last stage that is a pass through the pooling and the head.
+
+    Raises:
+        CamsamError: ``choose`` names a class the classifier does not know.
+    """
+    model = classifier.model
+    layers, reshape = target_layers(model, stages)
+    captured: list[torch.Tensor] = []
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out: captured.append(out)) for layer in layers
+    ]
+    try:
+        # The input requires grad so the activations join the graph even when the weights do not.
+        tensors = classifier.to_tensor(images).requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(tensors)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    probabilities = to_probabilities(logits, classifier.spec)
+    predictions = [classifier.decide(p) for p in probabilities]
+    labels = [list(row) for row in choose(predictions)]
+    _check_labels(classifier, labels)
+    classes = classifier.spec.classes
+    result: list[list[CamMap]] = [[] for _ in images]
+    rounds = max((len(row) for row in labels), default=0)
+    for rank in range(rounds):
+        # One round takes each image's rank-th label: a sum of logits of different images has,
+        # per image, the gradient of that image's own logit (no batch statistics in eval mode).
+        rows = [i for i, row in enumerate(labels) if len(row) > rank]
+        indices = [classes.index(labels[i][rank]) for i in rows]
+        chosen = logits[rows, indices].sum()
+        grads = torch.autograd.grad(chosen, captured, retain_graph=rank + 1 < rounds)
+        per_layer = []
+        for activation, grad in zip(captured, grads, strict=True):
+            if reshape is not None:
+                activation, grad = reshape(activation), reshape(grad)
+            weights = grad[rows].mean(dim=(2, 3), keepdim=True)
+            cam = torch.relu((weights * activation[rows].detach()).sum(dim=1))
+            per_layer.append(
+                _scale(cam.float().cpu().numpy(), tensors.shape[-1], tensors.shape[-2])
+            )
+        maps = _scale(np.mean(per_layer, axis=0))  # as pytorch-grad-cam: again after fusing
+        for k, i in enumerate(rows):
+            height, width = images[i].shape[:2]
+            label = labels[i][rank]
+            probability = float(probabilities[i, indices[k]])
+            result[i].append(CamMap(label, _resize(maps[k], width, height), probability))
+    return predictions, result
+
+
+def _scale(maps: np.ndarray, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """Each map to [0, 1] by its own minimum and maximum, then to ``width`` x ``height``: the
+    normalisation pytorch-grad-cam applies per layer and again after fusing layers."""
+    out = []
+    for cam in maps:
+        cam = cam - cam.min()
+        cam = cam / (1e-7 + cam.max())
+        if width is not None:
+            cam = cv2.resize(np.float32(cam), (width, height))
+        out.append(cam)
+    return np.float32(out)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise CamsamError(f"unknown CAM method {method!r}: choose one of {sorted(METHODS)}")
+
+
+def _check_labels(classifier: Classifier, labels: Sequence[Sequence[str]]) -> None:
+    unknown = sorted({x for wanted in labels for x in wanted} - set(classifier.spec.classes))
+    if unknown:
+        raise CamsamError(
+            f"the classifier has no class {unknown}: it knows {classifier.spec.classes}"
+        )
 
 
 def target_layers(

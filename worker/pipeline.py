@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worker.cam import CamMap, compute_cams, compute_cams_batch
+from worker.cam import CamMap, classify_with_cams, compute_cams, compute_cams_batch
 from worker.classify import Classifier, Prediction
 from worker.prompts import Prompts, make_prompts, seed_cam
 from worker.segment import MaskResult, Segmenter
@@ -116,15 +116,23 @@ class Pipeline:
         one batched image embedding: what a GPU needs to be busy."""
         if not images:
             return []
-        predictions = self.classifier.predict(images)
-        if labels is None:
-            labels = [p.classes for p in predictions]
         mask_classes = self.classifier.spec.mask_classes
-        wanted = [[c for c in image_labels if c in mask_classes] for image_labels in labels]
         options = self.options
-        cams = compute_cams_batch(
-            self.classifier, images, wanted, options.cam_method, options.cam_stages
-        )
+
+        def wanted(predictions: Sequence[Prediction]) -> list[list[str]]:
+            chosen = labels if labels is not None else [p.classes for p in predictions]
+            return [[c for c in image_labels if c in mask_classes] for image_labels in chosen]
+
+        if options.cam_method == "gradcam":
+            # One forward pass both classifies and gives the activations the CAMs weigh.
+            predictions, cams = classify_with_cams(
+                self.classifier, images, wanted, options.cam_stages
+            )
+        else:
+            predictions = self.classifier.predict(images)
+            cams = compute_cams_batch(
+                self.classifier, images, wanted(predictions), options.cam_method, options.cam_stages
+            )
         prompts = [[make_prompts(c.cam, options.prompt_strategy) for c in row] for row in cams]
         masks = self.segmenter.segment_batch(images, cams, prompts)
         results = []
@@ -150,7 +158,9 @@ class Pipeline:
         """
         height, width = image.shape[:2]
         if label in self.classifier.spec.classes:
-            (cam,) = compute_cams(self.classifier, image, [label], self.options.cam_method)
+            (cam,) = compute_cams(
+                self.classifier, image, [label], self.options.cam_method, self.options.cam_stages
+            )
         else:
             cam = CamMap(label, np.ones((height, width), np.float32), 1.0)
         seeded = replace(cam, cam=seed_cam(cam.cam, prompts))
