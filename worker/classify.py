@@ -26,6 +26,7 @@ import torch
 
 from worker.checkpoint import ClassifierSpec, load_checkpoint, load_state_strict
 from worker.errors import CheckpointError
+from worker.learned_refine import split_state
 from worker.refine import texture_residual
 
 DEFAULT_ARCH = "resnet10t"
@@ -114,9 +115,12 @@ class Prediction:
 class Classifier:
     """A loaded classifier: spec, model in eval mode, and its device."""
 
-    def __init__(self, spec: ClassifierSpec, model: torch.nn.Module) -> None:
+    def __init__(
+        self, spec: ClassifierSpec, model: torch.nn.Module, extras: dict | None = None
+    ) -> None:
         self.spec = spec
         self.model = model.eval()
+        self.extras = dict(extras or {})  # tensors saved beside the weights (learned refiner)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
@@ -128,8 +132,9 @@ class Classifier:
             pool=spec.pool,
             output_stride=spec.output_stride,
         )
-        load_state_strict(model, state, str(path))
-        return cls(spec, model)
+        weights, extras = split_state(state)
+        load_state_strict(model, weights, str(path))
+        return cls(spec, model, extras)
 
     @property
     def device(self) -> torch.device:

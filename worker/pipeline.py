@@ -15,7 +15,7 @@ import numpy as np
 from worker.cam import CamMap, classify_with_cams, compute_cams, compute_cams_batch
 from worker.classify import Classifier, Prediction
 from worker.prompts import Prompts, make_prompts, seed_cam
-from worker.segment import MaskResult, Segmenter
+from worker.segment import CamSegmenter, MaskResult, Segmenter
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Pipeline:
         ``segmenter`` defaults to ``sam2`` when SAM2 weights are named, else ``cam``; the ``cam``
         segmenter uses the refinement training chose per class unless ``refiner`` overrides it.
         """
+        from worker.learned_refine import LearnedRefiner
         from worker.segment import build_segmenter
         from worker.tune import from_plain
 
@@ -97,6 +98,7 @@ class Pipeline:
             mask_choice=mask_choice,
             refiner=refiner or "guided",
             tuned=None if refiner else from_plain(classifier.spec.refine),
+            learned=LearnedRefiner.from_state(classifier.extras, str(path)),
             device=device,
         )
         return cls(classifier, built, options)
@@ -164,7 +166,10 @@ class Pipeline:
         else:
             cam = CamMap(label, np.ones((height, width), np.float32), 1.0)
         seeded = replace(cam, cam=seed_cam(cam.cam, prompts))
-        (mask,) = self.segmenter.segment(image, [seeded], [prompts])
+        segmenter = self.segmenter
+        if isinstance(segmenter, CamSegmenter):
+            segmenter = segmenter.for_prompts()
+        (mask,) = segmenter.segment(image, [seeded], [prompts])
         details = {**mask.details, "interactive": True}
         if not mask.mask.any():
             # A person asked for a mask here: the focused CAM itself beats answering nothing.

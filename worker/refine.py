@@ -10,6 +10,8 @@ A CAM from a 7x7 feature map knows roughly where an object is but not where it s
   is not. Darker only, brighter only, or both; against a narrower or wider background.
 - ``ridge``: the same with a Hessian line filter, for thin dark (or bright) lines: cracks.
 - ``grabcut``: GrabCut seeded by a CAM trimap, the heavier alternative.
+- ``learned``: per-pixel trees trained on the project's masks (``worker/learned_refine.py``);
+  it needs its trained model, so the cam segmenter runs it, not ``refine_cam``.
 
 Thresholds can be chosen per class on training images with masks (``worker/tune.py``).
 """
@@ -23,7 +25,7 @@ import numpy as np
 
 from worker.errors import SegmenterError
 
-REFINERS = ("guided", "contrast", "ridge", "grabcut", "none")
+REFINERS = ("guided", "contrast", "ridge", "grabcut", "none", "learned")
 POLARITIES = ("both", "dark", "bright")
 SIGNAL_REFINERS = ("contrast", "ridge")  # those that cut a per-pixel signal inside the CAM
 
@@ -140,6 +142,11 @@ def refine_cam(
     ``signal`` (``signal_map``) may be passed in when one image is refined many times (tuning).
     """
     params = params or RefineParams()
+    if params.method == "learned":
+        raise SegmenterError(
+            "the learned refiner needs the trees trained with the model: use the cam segmenter "
+            "of a checkpoint that has them"
+        )
     cam = cam.astype(np.float32) / max(float(cam.max()), 1e-6)
     threshold = params.cam_threshold
     if params.method == "none":

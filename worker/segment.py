@@ -21,6 +21,7 @@ import numpy as np
 from worker.cam import CamMap
 from worker.choices import MASK_CHOICES, SEGMENTERS
 from worker.errors import SegmenterError
+from worker.learned_refine import LearnedRefiner
 from worker.prompts import Prompts
 from worker.refine import SIGNAL_REFINERS, RefineParams, refine_cam
 
@@ -76,7 +77,8 @@ class CamSegmenter(_OneByOne):
     """The CAM refined with the image itself: useful masks with no SAM2 checkpoint at all.
 
     ``per_class`` holds refinement settings tuned on training images (kept in the checkpoint);
-    classes without them use ``default``.
+    classes without them use ``default``. ``learned`` holds the per-class trees of the learned
+    refiner; a class set to ``learned`` that has none falls back to the guided CAM.
     """
 
     name = "cam"
@@ -85,14 +87,30 @@ class CamSegmenter(_OneByOne):
         self,
         default: RefineParams | None = None,
         per_class: Mapping[str, RefineParams] | None = None,
+        learned: LearnedRefiner | None = None,
     ) -> None:
         self.default = default or RefineParams()
         self.per_class = dict(per_class or {})
+        self.learned = learned or LearnedRefiner({})
+
+    def for_prompts(self) -> CamSegmenter:
+        """This segmenter for a CAM a person's click or box has focused: the learned trees saw
+        only the classifier's own CAMs, so their classes take the guided CAM here."""
+        return CamSegmenter(self.default, self.per_class)
 
     def segment(self, image, cams, prompts):
         results = []
         for cam, prompt in zip(cams, prompts, strict=True):
             params = self.per_class.get(cam.label, self.default)
+            if params.method == "learned":
+                if cam.label in self.learned:
+                    mask = self.learned.mask(image, cam.cam, cam.label)
+                    details = {"refiner": "learned", "cut": self.learned.threshold(cam.label)}
+                    results.append(
+                        MaskResult(cam.label, mask, cam.probability, self.name, prompt, details)
+                    )
+                    continue
+                params = RefineParams()
             mask = refine_cam(image, cam.cam, params)
             details = {"refiner": params.method, "cam_threshold": params.cam_threshold}
             if params.method in SIGNAL_REFINERS:
@@ -283,6 +301,7 @@ def build_segmenter(
     mask_choice: str = "cam",
     refiner: str = "guided",
     tuned: Mapping[str, RefineParams] | None = None,
+    learned: LearnedRefiner | None = None,
     device: str = "cpu",
 ) -> Segmenter:
     """Raises: SegmenterError for an unknown name or a sam2 segmenter without weights."""
@@ -290,7 +309,7 @@ def build_segmenter(
         predictor = build_sam2_predictor(sam2_config, sam2_checkpoint, device, sam2_hub_id)
         return Sam2Segmenter(predictor, mask_choice)
     if name == "cam":
-        return CamSegmenter(RefineParams(refiner), tuned)
+        return CamSegmenter(RefineParams(refiner), tuned, learned)
     if name == "threshold":
         return ThresholdSegmenter()
     raise SegmenterError(f"unknown segmenter {name!r}: choose one of {SEGMENTERS}")

@@ -31,6 +31,8 @@ from worker.classify import (
 from worker.dataset import Dataset, Sample, stratified_split
 from worker.errors import DatasetError
 from worker.images import load_image
+from worker.learned_refine import LearnedRefiner, fit_learned_refiner
+from worker.refine import RefineParams
 from worker.tune import to_plain, tune_refiners
 
 MIN_STEPS_PER_EPOCH = 8
@@ -147,11 +149,24 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
     refine = {}
     if config.tune_masks:
         model.load_state_dict(best_state)
-        tuned, quality = tune_refiners(
-            Classifier(spec, model), dataset.samples, progress=config.progress
+        trained = Classifier(spec, model)
+        tuned, quality = tune_refiners(trained, dataset.samples, progress=config.progress)
+        learned, learned_quality = fit_learned_refiner(
+            trained, dataset.samples, progress=config.progress, seed=config.seed
         )
+        # Per class, the learned refiner where its out-of-fold IoU beats the best tuned one's.
+        for label, score in learned_quality.items():
+            if score > quality.get(label, 0.0):
+                tuned[label], quality[label] = RefineParams("learned"), score
+        kept = {
+            k: v
+            for k, v in learned.classes.items()
+            if tuned.get(k, None) == RefineParams("learned")
+        }
+        state.update(LearnedRefiner(kept).to_state())
         refine = to_plain(tuned)
         summary["refine_train_iou"] = quality
+        summary["learned_refiner_iou"] = learned_quality
     spec = ClassifierSpec(**{**asdict(spec), "metrics": summary, "refine": refine})
     return TrainResult(spec, state, history)
 

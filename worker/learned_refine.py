@@ -1,0 +1,252 @@
+"""The learned refiner: which pixels of a class's CAM region are the defect, learned per class.
+
+The hand-made refiners (``worker/refine.py``) each cut one signal; a class's defects often need
+several at once (a blowhole is dark *and* round *and* where the CAM is; a break sits at the
+tile's edge). Here gradient-boosted trees (scikit-learn's histogram boosting) read, per pixel, the
+CAM, the dark, bright and two-sided contrast against three background widths, the line filters,
+the gray level, the local spread and the distance to the border, and say whether the pixel
+belongs to the class's mask. One model per class, trained on the training images that carry
+masks (and some defect-free ones, where every pixel is no), at a working size of ``SIDE`` px.
+
+The cut on the trees' probability is chosen per class out of fold: two halves of the training
+images each predict the other, so the figure training reports for the refiner (and compares with
+the tuned hand-made refiners to pick one per class) was measured on images the trees did not see.
+
+The trees travel in the checkpoint as plain tensors (each node's feature, threshold, children
+and value), so checkpoints still load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worker.errors import CheckpointError
+
+SIDE = 192
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+PREFIX = "refiner."  # state-dict keys of the learned refiner, beside the classifier's own
+FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf")
+MIN_IMAGES = 6  # masked training images a class needs (three for each out-of-fold half)
+PIXELS_PER_IMAGE = (800, 1200)  # at most this many mask pixels, and others, from each image
+NO_CATEGORIES = np.zeros((0, 8), np.uint32)  # every feature is numeric
+NO_FEATURE_MAP = np.zeros(0, np.uint32)
+
+
+def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """Per-pixel features (h, w, 19) of an RGB image and one class's CAM at the working size."""
+    from worker.refine import contrast_map, ridge_map
+
+    height, width = image.shape[:2]
+    scale = SIDE / max(height, width)
+    size = (max(8, round(width * scale)), max(8, round(height * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    region = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    maps = [region, cv2.GaussianBlur(region, (0, 0), 4)]
+    maps += [
+        contrast_map(small, polarity, share)
+        for polarity in ("dark", "bright", "both")
+        for share in (1 / 32, 1 / 16, 1 / 8)
+    ]
+    for polarity in ("dark", "bright"):
+        line = ridge_map(small, polarity)
+        maps += [line, cv2.dilate(line, np.ones((5, 5), np.uint8))]
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gray = (gray - gray.mean()) / (gray.std() + 1e-6)
+    mean = cv2.GaussianBlur(gray, (0, 0), 3)
+    spread = np.sqrt(np.maximum(cv2.GaussianBlur(gray * gray, (0, 0), 3) - mean * mean, 0))
+    rows, cols = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
+    edge = np.minimum.reduce([rows, cols, size[1] - 1 - rows, size[0] - 1 - cols]) / max(size)
+    maps += [gray, mean, spread, edge]
+    return np.stack(maps, axis=-1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ClassTrees:
+    """One class's boosted trees: node arrays of every tree, where each starts, and the cut."""
+
+    nodes: Mapping[str, np.ndarray]
+    starts: np.ndarray  # the first node of each tree, and the total at the end
+    baseline: float
+    threshold: float
+
+    @cached_property
+    def _predictors(self) -> list:
+        """scikit-learn's own compiled predictor for each tree, built once."""
+        from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+        from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+        predictors = []
+        for begin, end in zip(self.starts[:-1], self.starts[1:], strict=True):
+            nodes = np.zeros(end - begin, PREDICTOR_RECORD_DTYPE)
+            for field in FIELDS:
+                nodes[field] = self.nodes[field][begin:end]
+            predictors.append(TreePredictor(nodes, NO_CATEGORIES, NO_CATEGORIES))
+        return predictors
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """The probability (n,) that each row of ``features`` (n, k) is inside the mask."""
+        rows = np.ascontiguousarray(features, dtype=np.float64)
+        raw = np.full(len(rows), self.baseline)
+        threads = max(1, torch.get_num_threads())
+        for tree in self._predictors:
+            raw += tree.predict(rows, NO_CATEGORIES, NO_FEATURE_MAP, threads)
+        return 1.0 / (1.0 + np.exp(-raw))
+
+
+class LearnedRefiner:
+    """The per-class trees of one checkpoint."""
+
+    def __init__(self, classes: Mapping[str, ClassTrees]) -> None:
+        self.classes = dict(classes)
+
+    def __contains__(self, label: str) -> bool:
+        return label in self.classes
+
+    def mask(self, image: np.ndarray, cam: np.ndarray, label: str) -> np.ndarray:
+        """The class's mask (H, W) on ``image`` from its CAM."""
+        trees = self.classes[label]
+        features = pixel_features(image, cam)
+        probability = trees.probability(features.reshape(-1, features.shape[-1]))
+        small = probability.reshape(features.shape[:2]).astype(np.float32)
+        height, width = image.shape[:2]
+        return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR) > trees.threshold
+
+    def threshold(self, label: str) -> float:
+        return self.classes[label].threshold
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        """Plain tensors under ``PREFIX``, to save beside the classifier's weights."""
+        state = {}
+        for label, trees in self.classes.items():
+            key = f"{PREFIX}{label}."
+            for field in FIELDS:
+                values = np.asarray(trees.nodes[field])
+                if values.dtype == np.uint32:  # children indices: a dtype every torch stores
+                    values = values.astype(np.int64)
+                state[key + field] = torch.from_numpy(values.copy())
+            state[key + "starts"] = torch.from_numpy(trees.starts.astype(np.int64))
+            state[key + "baseline"] = torch.tensor(trees.baseline, dtype=torch.float64)
+            state[key + "threshold"] = torch.tensor(trees.threshold, dtype=torch.float64)
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor], source: str = "") -> LearnedRefiner:
+        """The refiner saved by ``to_state`` (no keys: one with no classes).
+
+        Raises:
+            CheckpointError: a class's trees are incomplete.
+        """
+        grouped: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            if key.startswith(PREFIX):
+                label, _, field = key[len(PREFIX) :].rpartition(".")
+                grouped.setdefault(label, {})[field] = value
+        classes = {}
+        for label, parts in grouped.items():
+            missing = [f for f in (*FIELDS, "starts", "baseline", "threshold") if f not in parts]
+            if missing:
+                raise CheckpointError(
+                    f"checkpoint {source} has an incomplete learned refiner for {label!r} "
+                    f"(no {missing}): retrain the model"
+                )
+            nodes = {f: parts[f].numpy() for f in FIELDS}
+            classes[label] = ClassTrees(
+                nodes, parts["starts"].numpy(), float(parts["baseline"]), float(parts["threshold"])
+            )
+        return cls(classes)
+
+
+def split_state(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(the classifier's own weights, the learned refiner's tensors) of a checkpoint's state."""
+    own = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
+    refiner = {k: v for k, v in state.items() if k.startswith(PREFIX)}
+    return own, refiner
+
+
+def fit_learned_refiner(
+    classifier,
+    samples: Sequence,
+    per_class: int = 80,
+    progress: bool = False,
+    seed: int = 0,
+) -> tuple[LearnedRefiner, dict[str, float]]:
+    """Trees for every mask class with at least ``MIN_IMAGES`` masked training images, and each
+    class's out-of-fold mean IoU at the working size with the cut chosen."""
+    from worker.cam import compute_cams
+    from worker.images import load_image
+
+    rng = np.random.default_rng(seed)
+    mask_classes = classifier.spec.mask_classes
+    clear = [s for s in samples if not set(s.classes) & set(mask_classes)]
+    chosen = {
+        label: [s for s in samples if label in s.classes and s.has_mask(label)][:per_class]
+        for label in mask_classes
+    }
+    refiners, quality = {}, {}
+    work = [label for label, group in chosen.items() if len(group) >= MIN_IMAGES]
+    for label in tqdm(work, desc="learned refiner", disable=not progress, leave=False):
+        group = chosen[label]
+        count = min(len(clear), max(3, len(group) // 2))
+        negatives = [clear[i] for i in rng.choice(len(clear), count, replace=False)]
+        examples = []
+        for sample in group + negatives:
+            image = load_image(sample.image)
+            (cam,) = compute_cams(classifier, image, [label])
+            features = pixel_features(image, cam.cam)
+            truth = sample.mask(label, image.shape[:2]).astype(np.float32)
+            size = features.shape[1::-1]
+            small = cv2.resize(truth, size, interpolation=cv2.INTER_AREA) > 0.3
+            examples.append((features, small))
+        order = rng.permutation(len(examples))
+        halves = [order[0::2], order[1::2]]
+        scores = {t: [] for t in THRESHOLDS}
+        for held, used in ((halves[0], halves[1]), (halves[1], halves[0])):
+            trees = _fit([examples[i] for i in used], rng)
+            for i in held:
+                if i >= len(group):
+                    continue  # defect-free images say nothing about the cut's IoU
+                features, truth = examples[i]
+                probability = trees.probability(features.reshape(-1, features.shape[-1]))
+                probability = probability.reshape(truth.shape)
+                for t in THRESHOLDS:
+                    scores[t].append(_iou(probability > t, truth))
+        means = {t: float(np.mean(v)) for t, v in scores.items()}
+        best = max(THRESHOLDS, key=lambda t: means[t])
+        refiners[label] = _fit(examples, rng, best)
+        quality[label] = means[best]
+    return LearnedRefiner(refiners), quality
+
+
+def _fit(examples, rng: np.random.Generator, threshold: float = 0.5) -> ClassTrees:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rows, labels = [], []
+    inside_cap, outside_cap = PIXELS_PER_IMAGE
+    for features, truth in examples:
+        flat, inside = features.reshape(-1, features.shape[-1]), truth.reshape(-1)
+        positive, negative = np.flatnonzero(inside), np.flatnonzero(~inside)
+        positive = rng.choice(positive, min(len(positive), inside_cap), replace=False)
+        negative = rng.choice(negative, min(len(negative), outside_cap), replace=False)
+        rows.append(flat[np.concatenate([positive, negative])])
+        labels.append(np.concatenate([np.ones(len(positive)), np.zeros(len(negative))]))
+    model = HistGradientBoostingClassifier(
+        max_iter=150, max_leaf_nodes=31, class_weight="balanced", random_state=0
+    )
+    model.fit(np.concatenate(rows), np.concatenate(labels))
+    trees = [iteration[0].nodes for iteration in model._predictors]
+    starts = np.cumsum([0] + [len(t) for t in trees])
+    nodes = {f: np.concatenate([t[f] for t in trees]) for f in FIELDS}
+    baseline = float(np.ravel(model._baseline_prediction)[0])
+    return ClassTrees(nodes, starts, baseline, threshold)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
