@@ -5,6 +5,8 @@
 #   scripts/crossval.sh DATA_DIR OUT_DIR [K] -- [camsam train options...]
 #   scripts/crossval.sh ../shared/data/magnetic-tile runs/cv 5 -- --background-class Free \
 #       --input flat --image-size 128 --epochs 30
+#
+# SPLIT="python scripts/tile_split.py" makes the folds by tile instead (magnetic-tile only).
 set -euo pipefail
 data=$1 out=$2 folds=${3:-5}
 shift 3 || shift $#
@@ -18,7 +20,11 @@ done
 mkdir -p "$out"
 for ((fold = 0; fold < folds; fold++)); do
   dir=$out/fold$fold
-  "$camsam" split "$data" --out "$dir.split.json" --folds "$folds" --fold "$fold"
+  if [ -n "${SPLIT:-}" ]; then
+    $SPLIT "$data" "$dir.split.json" --folds "$folds" --fold "$fold"
+  else
+    "$camsam" split "$data" --out "$dir.split.json" --folds "$folds" --fold "$fold"
+  fi
   "$camsam" train "$data" --split "$dir.split.json" --model-dir "$dir" "$@" 2>"$dir.train.log"
   "$camsam" eval "$data" --split "$dir.split.json" --model-dir "$dir" "${background[@]}" \
     --out "$dir.eval.json" 2>/dev/null | tail -n 3

@@ -9,6 +9,7 @@ from worker.checkpoint import ModelDir, load_checkpoint
 from worker.classify import Classifier
 from worker.errors import CheckpointError, SegmenterError
 from worker.learned_refine import (
+    FEATURES,
     PREFIX,
     LearnedRefiner,
     fit_learned_refiner,
@@ -40,7 +41,7 @@ def held_out(classifier, kind: str, seed: int):
 def test_features_are_per_pixel_at_the_working_size():
     image = np.full((100, 300, 3), 90, np.uint8)
     features = pixel_features(image, np.zeros((100, 300), np.float32))
-    assert features.shape == (64, 192, 19) and features.dtype == np.float32
+    assert features.shape == (64, 192, FEATURES) and features.dtype == np.float32
     assert np.isfinite(features).all()
 
 

@@ -3,8 +3,9 @@
 The hand-made refiners (``worker/refine.py``) each cut one signal; a class's defects often need
 several at once (a blowhole is dark *and* round *and* where the CAM is; a break sits at the
 tile's edge). Here gradient-boosted trees (scikit-learn's histogram boosting) read, per pixel, the
-CAM, the dark, bright and two-sided contrast against three background widths, the line filters,
-the gray level, the local spread and the distance to the border, and say whether the pixel
+CAM, the dark, bright and two-sided contrast against three background widths (and the darkest
+difference nearby), the line filters, the gray level, a band-pass, the local spread, the distance
+to the border and the place in the frame, and say whether the pixel
 belongs to the class's mask. One model per class, trained on the training images that carry
 masks (and some defect-free ones, where every pixel is no), at a working size of ``SIDE`` px.
 
@@ -33,6 +34,7 @@ SIDE = 192
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 PREFIX = "refiner."  # state-dict keys of the learned refiner, beside the classifier's own
 FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf")
+FEATURES = 25
 MIN_IMAGES = 6  # masked training images a class needs (three for each out-of-fold half)
 PIXELS_PER_IMAGE = (800, 1200)  # at most this many mask pixels, and others, from each image
 NO_CATEGORIES = np.zeros((0, 8), np.uint32)  # every feature is numeric
@@ -40,7 +42,7 @@ NO_FEATURE_MAP = np.zeros(0, np.uint32)
 
 
 def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """Per-pixel features (h, w, 19) of an RGB image and one class's CAM at the working size."""
+    """Per-pixel features (h, w, FEATURES) of an RGB image and a class's CAM, at working size."""
     from worker.refine import contrast_map, ridge_map
 
     height, width = image.shape[:2]
@@ -54,6 +56,8 @@ def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
         for polarity in ("dark", "bright", "both")
         for share in (1 / 32, 1 / 16, 1 / 8)
     ]
+    near = np.ones((7, 7), np.uint8)
+    maps += [cv2.dilate(dark, near) for dark in maps[2:5]]  # a dark difference close by
     for polarity in ("dark", "bright"):
         line = ridge_map(small, polarity)
         maps += [line, cv2.dilate(line, np.ones((5, 5), np.uint8))]
@@ -61,9 +65,11 @@ def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     gray = (gray - gray.mean()) / (gray.std() + 1e-6)
     mean = cv2.GaussianBlur(gray, (0, 0), 3)
     spread = np.sqrt(np.maximum(cv2.GaussianBlur(gray * gray, (0, 0), 3) - mean * mean, 0))
+    band = cv2.GaussianBlur(gray, (0, 0), 1) - cv2.GaussianBlur(gray, (0, 0), 8)
     rows, cols = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
     edge = np.minimum.reduce([rows, cols, size[1] - 1 - rows, size[0] - 1 - cols]) / max(size)
-    maps += [gray, mean, spread, edge]
+    # Where in the frame: a fixed camera puts a class's defects in some places more than others.
+    maps += [gray, mean, spread, band, edge, rows / size[1], cols / size[0]]
     return np.stack(maps, axis=-1).astype(np.float32)
 
 
