@@ -19,6 +19,14 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
     assert main(["split", str(synthetic_dir), "--out", str(split), "--test-fraction", "0.25"]) == 0
     parts = json.loads(split.read_text())
     assert not set(parts["train"]) & set(parts["test"])
+    grouped = tmp_path / "grouped.json"
+    assert main(["split", str(synthetic_dir), "--out", str(grouped), "--group", r"_(\d+)\."]) == 0
+    together = json.loads(grouped.read_text())  # crack_007, clean_007, ... stay together
+
+    def numbers(keys):
+        return {key.rsplit("_", 1)[1].split(".")[0] for key in keys}
+
+    assert together["test"] and not numbers(together["train"]) & numbers(together["test"])
 
     common = ["--model-dir", str(models)]
     train = [

@@ -11,7 +11,15 @@ import pytest
 from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
-from worker.dataset import Dataset, Sample, load_dataset, load_label_studio_export, stratified_split
+from worker.dataset import (
+    Dataset,
+    Sample,
+    group_by_pattern,
+    load_dataset,
+    load_label_studio_export,
+    stratified_folds,
+    stratified_split,
+)
 from worker.errors import DatasetError
 
 HEIGHT, WIDTH = 12, 20
@@ -152,6 +160,60 @@ def test_stratified_split_is_deterministic_and_ignores_input_order():
 def test_stratified_split_with_zero_fraction_holds_nothing_out():
     rest, held = stratified_split(_samples(), fraction=0.0)
     assert held == [] and len(rest) == len(_samples())
+
+
+def _parts(count: int = 12, shots: int = 3) -> list[Sample]:
+    """``count`` parts, each photographed ``shots`` times; every third part has a scratch."""
+    samples = []
+    for part in range(count):
+        for shot in range(shots):
+            classes = ("Scratch",) if part % 3 == 0 else ("Clean",)
+            key = f"{classes[0]}/part{part:02d}_shot{shot}.png"
+            samples.append(Sample(Path(key), classes, key=key))
+    # One more picture of part 0, where the scratch does not show, and one that names no part.
+    samples.append(Sample(Path("Clean/part00_shot9.png"), ("Clean",), key="Clean/part00_shot9.png"))
+    samples.append(Sample(Path("Clean/loose.png"), ("Clean",), key="Clean/loose.png"))
+    return samples
+
+
+def _sides(parts: list[list[Sample]], pattern: str = r"part(\d+)_") -> list[set[str]]:
+    group = group_by_pattern(pattern)
+    return [{group(s) for s in part} for part in parts]
+
+
+def test_grouped_split_keeps_each_part_on_one_side_and_the_class_shares():
+    samples = _parts()
+    group = group_by_pattern(r"part(\d+)_")
+
+    rest, held = stratified_split(samples, fraction=0.25, seed=0, group=group)
+    ungrouped = stratified_split(samples, fraction=0.25, seed=0)
+
+    assert sorted(s.key for s in rest + held) == sorted(s.key for s in samples)
+    in_rest, in_held = _sides([rest, held])
+    assert not in_rest & in_held  # part 00's clean picture follows its scratched ones
+    assert {s.classes for s in held} == {("Scratch",), ("Clean",)}
+    assert 0.15 <= len(held) / len(samples) <= 0.35
+    assert _sides(list(ungrouped))[0] & _sides(list(ungrouped))[1]  # without it, parts leak
+    assert group(Sample(Path("Clean/loose.png"), ("Clean",), key="Clean/loose.png")) != group(
+        Sample(Path("Clean/other.png"), ("Clean",), key="Clean/other.png")
+    )
+
+
+def test_grouped_folds_are_disjoint_complete_and_even():
+    samples = _parts(count=20)
+
+    parts = stratified_folds(samples, folds=4, seed=1, group=group_by_pattern(r"part(\d+)_"))
+
+    assert sorted(s.key for p in parts for s in p) == sorted(s.key for s in samples)
+    sides = _sides(parts)
+    assert all(not a & b for i, a in enumerate(sides) for b in sides[i + 1 :])
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 4  # a part is 3-4 images
+    assert all(any(s.classes == ("Scratch",) for s in p) for p in parts)
+
+
+def test_group_pattern_must_be_a_regular_expression():
+    with pytest.raises(DatasetError, match="not a regular expression"):
+        group_by_pattern("part(")
 
 
 def test_subset_picks_keys_and_rejects_unknown_ones():

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--folds", type=int, help="cross-validation: the number of folds")
     split.add_argument("--fold", type=int, default=0, help="which fold is the test part (0-based)")
+    split.add_argument(
+        "--group",
+        metavar="REGEX",
+        help="keep images whose file names share this pattern's match (its first group if it "
+        "has one) on the same side: a part, a batch, a tile photographed several times",
+    )
     split.set_defaults(handler=run_split)
 
     add_service_commands(commands)
@@ -381,17 +387,18 @@ def format_report(report: dict) -> str:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from worker.dataset import load_dataset, stratified_folds, stratified_split
+    from worker.dataset import group_by_pattern, load_dataset, stratified_folds, stratified_split
 
     dataset = load_dataset(args.data)
+    group = group_by_pattern(args.group) if args.group else None
     if args.folds:
         if not 0 <= args.fold < args.folds:
             raise CamsamError(f"--fold must be between 0 and {args.folds - 1}")
-        parts = stratified_folds(dataset.samples, args.folds, args.seed)
+        parts = stratified_folds(dataset.samples, args.folds, args.seed, group)
         held = parts[args.fold]
         rest = [s for i, part in enumerate(parts) if i != args.fold for s in part]
     else:
-        rest, held = stratified_split(dataset.samples, args.test_fraction, args.seed)
+        rest, held = stratified_split(dataset.samples, args.test_fraction, args.seed, group)
     payload = {"train": sorted(s.key for s in rest), "test": sorted(s.key for s in held)}
     Path(args.out).write_text(json.dumps(payload, indent=1))
     print(f"{len(rest)} train / {len(held)} test images written to {args.out}")

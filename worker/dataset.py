@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -45,6 +46,9 @@ class Sample:
         if name in self.mask_paths:
             return load_mask(self.mask_paths[name], shape)
         return np.zeros(shape, dtype=bool)
+
+
+Grouping = Callable[[Sample], str]  # the group a sample belongs to (``stratified_split``)
 
 
 @dataclass(frozen=True)
@@ -200,39 +204,85 @@ def resolve_image_path(ref: str, roots: Sequence[Path]) -> Path:
 
 
 def stratified_split(
-    samples: Sequence[Sample], fraction: float, seed: int = 0
+    samples: Sequence[Sample], fraction: float, seed: int = 0, group: Grouping | None = None
 ) -> tuple[list[Sample], list[Sample]]:
-    """Split into (rest, held_out) so every class set keeps its share; rare sets keep >= 1 each."""
-    groups: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
-    for sample in samples:
-        groups[tuple(sorted(sample.classes))].append(sample)
+    """Split into (rest, held_out) so every class set keeps its share; rare sets keep >= 1 each.
+
+    With ``group``, samples of one group (a part, a batch, a tile) land on the same side.
+    """
     rng = random.Random(seed)
     rest, held = [], []
-    for key in sorted(groups):
-        group = sorted(groups[key], key=lambda s: s.key)
-        rng.shuffle(group)
-        count = round(len(group) * fraction)
-        if fraction > 0 and len(group) >= 2:
-            count = min(max(count, 1), len(group) - 1)
-        held.extend(group[:count])
-        rest.extend(group[count:])
+    for units in _strata(samples, group):
+        rng.shuffle(units)
+        target = round(sum(len(u) for u in units) * fraction)
+        taken = held_images = 0
+        for unit in units:
+            if fraction > 0 and len(units) >= 2:
+                wanted = held_images < target or taken == 0
+                wanted = wanted and taken < len(units) - 1
+            else:
+                wanted = held_images < target
+            (held if wanted else rest).extend(unit)
+            taken += wanted
+            held_images += len(unit) if wanted else 0
     return rest, held
 
 
-def stratified_folds(samples: Sequence[Sample], folds: int, seed: int = 0) -> list[list[Sample]]:
-    """``folds`` disjoint parts covering ``samples``, each with about the same class-set shares."""
+def stratified_folds(
+    samples: Sequence[Sample], folds: int, seed: int = 0, group: Grouping | None = None
+) -> list[list[Sample]]:
+    """``folds`` disjoint parts covering ``samples``, each with about the same class-set shares
+    (with ``group``: whole groups, the largest first, each to the part with the fewest images)."""
     if folds < 2:
         raise DatasetError(f"cross-validation needs at least 2 folds, not {folds}")
-    groups: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
-    for sample in samples:
-        groups[tuple(sorted(sample.classes))].append(sample)
     rng = random.Random(seed)
     parts: list[list[Sample]] = [[] for _ in range(folds)]
     offset = 0
-    for key in sorted(groups):
-        group = sorted(groups[key], key=lambda s: s.key)
-        rng.shuffle(group)
-        for index, sample in enumerate(group):
-            parts[(index + offset) % folds].append(sample)
-        offset += len(group)  # the next group starts where this one stopped: sizes stay even
+    for units in _strata(samples, group):
+        rng.shuffle(units)
+        units.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
+        for unit in units:
+            # The smallest part; among equals, the next in turn (one image each: round-robin).
+            chosen = min(range(folds), key=lambda i: (len(parts[i]), (i - offset) % folds))
+            parts[chosen].extend(unit)
+            offset = chosen + 1
     return parts
+
+
+def group_by_pattern(pattern: str) -> Grouping:
+    """Group samples by ``pattern``'s match in the image's file name (its first group if it has
+    one); an image it does not match is a group of its own.
+
+    Raises:
+        DatasetError: ``pattern`` is not a regular expression.
+    """
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise DatasetError(f"--group {pattern!r} is not a regular expression: {error}") from error
+
+    def key(sample: Sample) -> str:
+        found = compiled.search(sample.image.name)
+        if found is None:
+            return f"\0{sample.key}"  # no match: on its own
+        return found.group(1) if compiled.groups else found.group(0)
+
+    return key
+
+
+def _strata(samples: Sequence[Sample], group: Grouping | None) -> list[list[list[Sample]]]:
+    """The units that stay together (a group's samples, or each sample alone), by class set.
+
+    A group whose samples differ in class set counts under its rarest set, so rare classes spread
+    over both sides.
+    """
+    units: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        units[group(sample) if group else sample.key].append(sample)
+    sizes = Counter(tuple(sorted(s.classes)) for s in samples)
+    strata: dict[tuple[str, ...], list[list[Sample]]] = defaultdict(list)
+    for unit in units.values():
+        unit.sort(key=lambda s: s.key)
+        sets = {tuple(sorted(s.classes)) for s in unit}
+        strata[min(sets, key=lambda k: (sizes[k], k))].append(unit)
+    return [sorted(strata[k], key=lambda u: u[0].key) for k in sorted(strata)]
