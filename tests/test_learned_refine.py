@@ -107,3 +107,21 @@ def test_the_cam_segmenter_runs_the_trees_and_falls_back_without_them(classifier
     assert focused.details["refiner"] == "guided"  # the trees never saw a click-focused CAM
     with pytest.raises(SegmenterError, match="learned refiner needs the trees"):
         refine_cam(image, cam.cam, learned)
+
+
+def test_the_backend_can_trade_the_trees_for_a_hand_made_refiner(trained_model_dir):
+    from ml_backend.settings import Settings
+    from worker.jobs import load_pipeline
+
+    model_dir = ModelDir(trained_model_dir)
+    version = model_dir.current_version()
+    env = {"MODEL_DIR": str(trained_model_dir), "DEVICE": "cpu"}
+    default = load_pipeline(model_dir, version, Settings.from_env(env).for_worker())
+    fast = load_pipeline(
+        model_dir, version, Settings.from_env({**env, "CAM_REFINER": "contrast"}).for_worker()
+    )
+    assert default.segmenter.learned.classes and not fast.segmenter.per_class
+    assert fast.segmenter.default == RefineParams("contrast")
+    image, _, cam = held_out(default.classifier, "Spot", 3)
+    (result,) = fast.segmenter.segment(image, [cam], [None])
+    assert result.details["refiner"] == "contrast"
