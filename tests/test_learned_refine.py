@@ -11,7 +11,9 @@ from worker.errors import CheckpointError, SegmenterError
 from worker.learned_refine import (
     FEATURES,
     PREFIX,
+    ClassTrees,
     LearnedRefiner,
+    feature_maps,
     fit_learned_refiner,
     pixel_features,
     split_state,
@@ -51,6 +53,7 @@ def test_trees_learn_each_class_and_report_out_of_fold_iou(classifier, fitted):
     assert all(0.4 < q <= 1.0 for q in quality.values()), quality
     for label in ("Scratch", "Spot"):
         assert refiner.threshold(label) in (0.5, 0.6, 0.7, 0.8, 0.9)
+        assert refiner.classes[label].parts in (0.0, 0.3, 1.0)
         scores = []
         for seed in range(100, 105):
             image, truth, cam = held_out(classifier, label, seed)
@@ -58,6 +61,31 @@ def test_trees_learn_each_class_and_report_out_of_fold_iou(classifier, fitted):
             assert mask.shape == truth.shape and mask.dtype == bool
             scores.append(iou(mask, truth))
         assert np.mean(scores) > 0.4, (label, scores)
+
+
+def test_trees_read_coarse_to_fine_what_reading_every_pixel_gives(classifier, fitted, monkeypatch):
+    refiner, _ = fitted
+    rows: list[int] = []
+    log_odds = ClassTrees.log_odds
+    monkeypatch.setattr(
+        ClassTrees, "log_odds", lambda self, x: rows.append(len(x)) or log_odds(self, x)
+    )
+    read = []
+    for label in ("Scratch", "Spot"):
+        trees = refiner.classes[label]
+        cut = np.log(trees.threshold / (1 - trees.threshold))
+        for seed in range(200, 204):
+            image, _, cam = held_out(classifier, label, seed)
+            maps = feature_maps(image, cam.cam)
+            features = pixel_features(image, cam.cam)
+            exact = log_odds(trees, features.reshape(-1, FEATURES)).reshape(features.shape[:2])
+            np.testing.assert_allclose(trees.log_odds_map(maps, np.inf), exact)
+            rows.clear()
+            coarse = trees.log_odds_map(maps)
+            read.append(sum(rows) / exact.size)
+            np.testing.assert_allclose(coarse[::2, ::2], exact[::2, ::2])
+            assert iou(coarse > cut, exact > cut) > 0.97
+    assert max(read) < 0.5 and min(read) >= 0.25, read
 
 
 def test_trees_survive_plain_tensors_and_weights_only_loading(classifier, fitted, tmp_path):
@@ -71,6 +99,10 @@ def test_trees_survive_plain_tensors_and_weights_only_loading(classifier, fitted
     np.testing.assert_array_equal(
         loaded.mask(image, cam.cam, "Spot"), refiner.mask(image, cam.cam, "Spot")
     )
+    kept = {label: trees.parts for label, trees in refiner.classes.items()}
+    assert {label: trees.parts for label, trees in loaded.classes.items()} == kept
+    del state[f"{PREFIX}Spot.parts"]  # saved before the choice existed: every part is kept
+    assert LearnedRefiner.from_state(state).classes["Spot"].parts == 0.0
     del state[f"{PREFIX}Spot.left"]
     with pytest.raises(CheckpointError, match="incomplete learned refiner for 'Spot'"):
         LearnedRefiner.from_state(state, "x.pt")

@@ -10,6 +10,7 @@ from worker.refine import (
     contrast_map,
     fill_holes,
     guided_filter,
+    major_parts,
     refine_cam,
     remove_specks,
     ridge_map,
@@ -45,6 +46,17 @@ def test_guided_filter_keeps_constant_and_edges():
     assert np.allclose(flat, 0.3, atol=1e-4)
     step = guided_filter(guide, guide.copy(), 4, 1e-3)
     assert step[:, :18].max() < 0.1 and step[:, 22:].min() > 0.9
+
+
+def test_major_parts_keep_the_parts_near_the_largest_in_size():
+    mask = np.zeros((100, 100), bool)
+    mask[0:20, 0:20] = True  # 400 px
+    mask[50:60, 50:65] = True  # 150 px
+    mask[90:95, 90:95] = True  # 25 px
+    assert major_parts(mask, 0.0).sum() == 575
+    assert major_parts(mask, 0.3).sum() == 550
+    assert major_parts(mask, 1.0).sum() == 400
+    assert not major_parts(np.zeros((9, 9), bool), 1.0).any()
 
 
 def test_remove_specks_keeps_the_largest_part():

@@ -9,7 +9,8 @@ to the border and the place in the frame, and say whether the pixel
 belongs to the class's mask. One model per class, trained on the training images that carry
 masks (and some defect-free ones, where every pixel is no), at a working size of ``SIDE`` px.
 
-The cut on the trees' probability is chosen per class out of fold: two halves of the training
+The cut on the trees' probability, and which parts of the cut mask to keep (every part, the
+major ones, or only the largest), are chosen per class out of fold: two halves of the training
 images each predict the other, so the figure training reports for the refiner (and compares with
 the tuned hand-made refiners to pick one per class) was measured on images the trees did not see.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import cv2
 import numpy as np
@@ -32,18 +33,25 @@ from worker.errors import CheckpointError
 
 SIDE = 192
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+PARTS = (0.0, 0.3, 1.0)  # every part of the cut mask, the major ones, only the largest
 PREFIX = "refiner."  # state-dict keys of the learned refiner, beside the classifier's own
 FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf")
 FEATURES = 25
 MIN_IMAGES = 6  # masked training images a class needs (three for each out-of-fold half)
 PIXELS_PER_IMAGE = (800, 1200)  # at most this many mask pixels, and others, from each image
+SETTLED = 4.0  # log-odds from the cut (odds 55 to 1) at which a pixel between samples is settled
 NO_CATEGORIES = np.zeros((0, 8), np.uint32)  # every feature is numeric
 NO_FEATURE_MAP = np.zeros(0, np.uint32)
 
 
 def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """Per-pixel features (h, w, FEATURES) of an RGB image and a class's CAM, at working size."""
-    from worker.refine import contrast_map, ridge_map
+    return np.stack(feature_maps(image, cam), axis=-1)
+
+
+def feature_maps(image: np.ndarray, cam: np.ndarray) -> list[np.ndarray]:
+    """The FEATURES maps (h, w) of ``pixel_features``, float32, one per feature."""
+    from worker.refine import contrast_maps, ridge_maps
 
     height, width = image.shape[:2]
     scale = SIDE / max(height, width)
@@ -51,26 +59,33 @@ def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     region = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     maps = [region, cv2.GaussianBlur(region, (0, 0), 4)]
-    maps += [
-        contrast_map(small, polarity, share)
-        for polarity in ("dark", "bright", "both")
-        for share in (1 / 32, 1 / 16, 1 / 8)
-    ]
+    polarities = ("dark", "bright", "both")
+    shares = [contrast_maps(small, share, polarities) for share in (1 / 32, 1 / 16, 1 / 8)]
+    maps += [by_polarity[polarity] for polarity in polarities for by_polarity in shares]
     near = np.ones((7, 7), np.uint8)
     maps += [cv2.dilate(dark, near) for dark in maps[2:5]]  # a dark difference close by
-    for polarity in ("dark", "bright"):
-        line = ridge_map(small, polarity)
+    for line in ridge_maps(small, ("dark", "bright")).values():
         maps += [line, cv2.dilate(line, np.ones((5, 5), np.uint8))]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
     gray = (gray - gray.mean()) / (gray.std() + 1e-6)
     mean = cv2.GaussianBlur(gray, (0, 0), 3)
     spread = np.sqrt(np.maximum(cv2.GaussianBlur(gray * gray, (0, 0), 3) - mean * mean, 0))
     band = cv2.GaussianBlur(gray, (0, 0), 1) - cv2.GaussianBlur(gray, (0, 0), 8)
+    maps += [gray, mean, spread, band, *_frame_maps(size)]
+    return [m.astype(np.float32, copy=False) for m in maps]
+
+
+@lru_cache(maxsize=8)
+def _frame_maps(size: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Where in the frame (read only): the distance to the border, the row and the column.
+
+    A fixed camera puts a class's defects in some places more than others."""
     rows, cols = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
     edge = np.minimum.reduce([rows, cols, size[1] - 1 - rows, size[0] - 1 - cols]) / max(size)
-    # Where in the frame: a fixed camera puts a class's defects in some places more than others.
-    maps += [gray, mean, spread, band, edge, rows / size[1], cols / size[0]]
-    return np.stack(maps, axis=-1).astype(np.float32)
+    maps = (edge, rows / size[1], cols / size[0])
+    for frame in maps:
+        frame.flags.writeable = False
+    return maps
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class ClassTrees:
     starts: np.ndarray  # the first node of each tree, and the total at the end
     baseline: float
     threshold: float
+    parts: float = 0.0  # keep the parts at least this share of the largest (0: every part)
 
     @cached_property
     def _predictors(self) -> list:
@@ -96,14 +112,48 @@ class ClassTrees:
             predictors.append(TreePredictor(nodes, NO_CATEGORIES, NO_CATEGORIES))
         return predictors
 
-    def probability(self, features: np.ndarray) -> np.ndarray:
-        """The probability (n,) that each row of ``features`` (n, k) is inside the mask."""
+    def log_odds(self, features: np.ndarray) -> np.ndarray:
+        """The trees' summed log-odds (n,) for each row of ``features`` (n, k)."""
         rows = np.ascontiguousarray(features, dtype=np.float64)
         raw = np.full(len(rows), self.baseline)
         threads = max(1, torch.get_num_threads())
         for tree in self._predictors:
             raw += tree.predict(rows, NO_CATEGORIES, NO_FEATURE_MAP, threads)
-        return 1.0 / (1.0 + np.exp(-raw))
+        return raw
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """The probability (n,) that each row of ``features`` (n, k) is inside the mask."""
+        return _sigmoid(self.log_odds(features))
+
+    def log_odds_map(self, maps: Sequence[np.ndarray], settled: float = SETTLED) -> np.ndarray:
+        """The log-odds map (h, w) of the feature maps (``feature_maps``), read coarse to fine.
+
+        The trees read every other pixel of every other row first. A pixel between those
+        samples whose (up to four) nearest samples all lie ``settled`` log-odds or more on
+        one side of the cut takes their bilinear interpolation, which lies on that side too;
+        the trees read the others. Defects are small, so most of an image is settled far
+        from the cut and the trees read about a quarter of its pixels.
+        """
+        height, width = maps[0].shape
+        samples = self.log_odds(np.stack([m[::2, ::2].ravel() for m in maps], axis=-1))
+        samples = samples.reshape((height + 1) // 2, (width + 1) // 2)
+        rows, cols = np.arange(height), np.arange(width)
+        below = [rows // 2, np.minimum((rows + 1) // 2, samples.shape[0] - 1)]
+        beside = [cols // 2, np.minimum((cols + 1) // 2, samples.shape[1] - 1)]
+        corners = [samples[np.ix_(r, c)] for r in below for c in beside]
+        raw = sum(corners) / 4
+        cut = float(np.log(self.threshold / (1 - self.threshold)))
+        unsure = (np.maximum.reduce(corners) > cut - settled) & (
+            np.minimum.reduce(corners) < cut + settled
+        )
+        unsure[::2, ::2] = False  # the samples themselves were read
+        if unsure.any():
+            raw[unsure] = self.log_odds(np.stack([m[unsure] for m in maps], axis=-1))
+        return raw
+
+
+def _sigmoid(raw: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-raw))
 
 
 class LearnedRefiner:
@@ -118,11 +168,12 @@ class LearnedRefiner:
     def mask(self, image: np.ndarray, cam: np.ndarray, label: str) -> np.ndarray:
         """The class's mask (H, W) on ``image`` from its CAM."""
         trees = self.classes[label]
-        features = pixel_features(image, cam)
-        probability = trees.probability(features.reshape(-1, features.shape[-1]))
-        small = probability.reshape(features.shape[:2]).astype(np.float32)
+        from worker.refine import major_parts
+
+        small = _sigmoid(trees.log_odds_map(feature_maps(image, cam))).astype(np.float32)
         height, width = image.shape[:2]
-        return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR) > trees.threshold
+        full = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+        return major_parts(full > trees.threshold, trees.parts)
 
     def threshold(self, label: str) -> float:
         return self.classes[label].threshold
@@ -140,6 +191,7 @@ class LearnedRefiner:
             state[key + "starts"] = torch.from_numpy(trees.starts.astype(np.int64))
             state[key + "baseline"] = torch.tensor(trees.baseline, dtype=torch.float64)
             state[key + "threshold"] = torch.tensor(trees.threshold, dtype=torch.float64)
+            state[key + "parts"] = torch.tensor(trees.parts, dtype=torch.float64)
         return state
 
     @classmethod
@@ -164,7 +216,11 @@ class LearnedRefiner:
                 )
             nodes = {f: parts[f].numpy() for f in FIELDS}
             classes[label] = ClassTrees(
-                nodes, parts["starts"].numpy(), float(parts["baseline"]), float(parts["threshold"])
+                nodes,
+                parts["starts"].numpy(),
+                float(parts["baseline"]),
+                float(parts["threshold"]),
+                float(parts.get("parts", 0.0)),  # checkpoints before the choice kept every part
             )
         return cls(classes)
 
@@ -187,6 +243,7 @@ def fit_learned_refiner(
     class's out-of-fold mean IoU at the working size with the cut chosen."""
     from worker.cam import compute_cams
     from worker.images import load_image
+    from worker.refine import major_parts
 
     rng = np.random.default_rng(seed)
     mask_classes = classifier.spec.mask_classes
@@ -212,7 +269,8 @@ def fit_learned_refiner(
             examples.append((features, small))
         order = rng.permutation(len(examples))
         halves = [order[0::2], order[1::2]]
-        scores = {t: [] for t in THRESHOLDS}
+        choices = [(t, share) for t in THRESHOLDS for share in PARTS]
+        scores = {choice: [] for choice in choices}
         for held, used in ((halves[0], halves[1]), (halves[1], halves[0])):
             trees = _fit([examples[i] for i in used], rng)
             for i in held:
@@ -221,16 +279,19 @@ def fit_learned_refiner(
                 features, truth = examples[i]
                 probability = trees.probability(features.reshape(-1, features.shape[-1]))
                 probability = probability.reshape(truth.shape)
-                for t in THRESHOLDS:
-                    scores[t].append(_iou(probability > t, truth))
-        means = {t: float(np.mean(v)) for t, v in scores.items()}
-        best = max(THRESHOLDS, key=lambda t: means[t])
-        refiners[label] = _fit(examples, rng, best)
+                for t, share in choices:
+                    mask = major_parts(probability > t, share)
+                    scores[t, share].append(_iou(mask, truth))
+        means = {choice: float(np.mean(v)) for choice, v in scores.items()}
+        best = max(choices, key=lambda choice: means[choice])
+        refiners[label] = _fit(examples, rng, *best)
         quality[label] = means[best]
     return LearnedRefiner(refiners), quality
 
 
-def _fit(examples, rng: np.random.Generator, threshold: float = 0.5) -> ClassTrees:
+def _fit(
+    examples, rng: np.random.Generator, threshold: float = 0.5, parts: float = 0.0
+) -> ClassTrees:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     rows, labels = [], []
@@ -253,7 +314,7 @@ def _fit(examples, rng: np.random.Generator, threshold: float = 0.5) -> ClassTre
     starts = np.cumsum([0] + [len(t) for t in trees])
     nodes = {f: np.concatenate([t[f] for t in trees]) for f in FIELDS}
     baseline = float(np.ravel(model._baseline_prediction)[0])
-    return ClassTrees(nodes, starts, baseline, threshold)
+    return ClassTrees(nodes, starts, baseline, threshold, parts)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,6 +18,7 @@ Thresholds can be chosen per class on training images with masks (``worker/tune.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -86,15 +87,31 @@ def background(gray: np.ndarray, sigma: float) -> np.ndarray:
 def contrast_map(image: np.ndarray, polarity: str = "both", scale: float = 1 / 16) -> np.ndarray:
     """How unusual each pixel is against the texture around it (>= 0, lightly smoothed):
     darker, brighter or either, against a background ``scale`` of the longer side wide."""
+    return contrast_maps(image, scale, (polarity,))[polarity]
+
+
+def contrast_maps(
+    image: np.ndarray, scale: float, polarities: Sequence[str] = POLARITIES
+) -> dict[str, np.ndarray]:
+    """``contrast_map`` for several polarities at one scale, sharing the one residual."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     z = texture_residual(gray, max(image.shape[:2]) * scale)
-    z = np.abs(z) if polarity == "both" else np.maximum(-z if polarity == "dark" else z, 0)
-    return cv2.GaussianBlur(z, (0, 0), 1.5)
+    signed = {
+        "both": np.abs,
+        "dark": lambda r: np.maximum(-r, 0),
+        "bright": lambda r: np.maximum(r, 0),
+    }
+    return {p: cv2.GaussianBlur(signed[p](z), (0, 0), 1.5) for p in polarities}
 
 
 def ridge_map(image: np.ndarray, polarity: str = "dark") -> np.ndarray:
     """Line strength (>= 0, in robust standard deviations) from the Hessian's eigenvalues at a
     scale of a few pixels: a dark line curves the brightness up across it, a bright one down."""
+    return ridge_maps(image, (polarity,))[polarity]
+
+
+def ridge_maps(image: np.ndarray, polarities: Sequence[str] = POLARITIES) -> dict[str, np.ndarray]:
+    """``ridge_map`` for several polarities, sharing the one Hessian."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
     sigma = max(1.5, max(image.shape[:2]) / 128)
     smooth = cv2.GaussianBlur(gray, (0, 0), sigma)
@@ -103,9 +120,11 @@ def ridge_map(image: np.ndarray, polarity: str = "dark") -> np.ndarray:
     dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1)
     root = np.sqrt((dxx - dyy) ** 2 + 4 * dxy**2)
     dark, bright = np.maximum((dxx + dyy + root) / 2, 0), np.maximum(-(dxx + dyy - root) / 2, 0)
-    line = {"dark": dark, "bright": bright}.get(polarity, np.maximum(dark, bright))
-    spread = 1.4826 * float(np.median(line[::2, ::2])) + 1e-3
-    return line / spread
+    maps = {}
+    for polarity in polarities:
+        line = {"dark": dark, "bright": bright}.get(polarity, np.maximum(dark, bright))
+        maps[polarity] = line / (1.4826 * float(np.median(line[::2, ::2])) + 1e-3)
+    return maps
 
 
 def signal_map(image: np.ndarray, params: RefineParams) -> np.ndarray:
@@ -203,6 +222,17 @@ def largest_part(mask: np.ndarray) -> np.ndarray:
     if count <= 2:
         return mask.astype(bool)
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def major_parts(mask: np.ndarray, share: float) -> np.ndarray:
+    """The connected parts at least ``share`` of the largest one's area (0: every part)."""
+    if share <= 0:
+        return mask.astype(bool)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    if count <= 2:
+        return mask.astype(bool)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return np.isin(labels, np.flatnonzero(areas >= share * areas.max()) + 1)
 
 
 def remove_specks(mask: np.ndarray, min_area: float) -> np.ndarray:
