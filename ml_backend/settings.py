@@ -21,6 +21,7 @@ class Settings:
     sam2_checkpoint: str = ""
     sam2_hub_id: str = ""
     cam_refiner: str = ""  # the cam segmenter's refiner for every class ("": as training chose)
+    classifier_mirror: int = 1  # 1: classify on the image and its mirror image; 0: the image alone
     predict_timeout: float = 90.0
     predict_batch_size: int = 8
     predict_inline_max_tasks: int = 0

@@ -74,6 +74,43 @@ def test_classifier_loads_from_checkpoint_and_predicts(tmp_path):
     assert len(classifier.predict(images)) == 2
 
 
+def test_the_mirror_averages_the_image_and_its_mirror_image_everywhere_it_decides(tmp_path):
+    from ml_backend.settings import Settings
+    from worker.cam import classify_with_cams, compute_cams
+    from worker.checkpoint import ModelDir
+    from worker.jobs import load_pipeline
+    from worker.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "c.pt", SPEC, create_model("resnet10t", 3).state_dict())
+    plain = Classifier.load(tmp_path / "c.pt")
+    mirror = Classifier.load(tmp_path / "c.pt", mirror=True)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (60, 80, 3), np.uint8) for _ in range(2)]
+    flipped = [image[:, ::-1].copy() for image in images]
+    expected = (plain.probabilities(images) + plain.probabilities(flipped)) / 2
+    assert not np.allclose(plain.probabilities(images), expected, atol=1e-4)  # the test can fail
+    np.testing.assert_allclose(mirror.probabilities(images), expected, atol=1e-5)
+    predictions, cams = classify_with_cams(mirror, images, lambda p: [["Crack"]] * len(p))
+    assert [p.classes for p in predictions] == [p.classes for p in mirror.predict(images)]
+    for prediction, row in zip(predictions, expected, strict=True):
+        assert list(prediction.probabilities.values()) == pytest.approx(list(row), abs=1e-5)
+    # The CAM is the image's own, mirrored or not: the classes were given.
+    (given,) = compute_cams(mirror, images[0], ["Crack"])
+    np.testing.assert_allclose(given.cam, cams[0][0].cam, atol=1e-3)
+    np.testing.assert_allclose(given.cam, compute_cams(plain, images[0], ["Crack"])[0].cam)
+
+    assert Pipeline.build(tmp_path / "c.pt").classifier.mirror  # on by default
+    models = ModelDir(tmp_path / "models")
+    torch.manual_seed(0)
+    version = models.publish(SPEC, create_model("resnet10t", 3).state_dict()).version
+    env = {"MODEL_DIR": str(models.root), "DEVICE": "cpu"}
+    backend = load_pipeline(models, version, Settings.from_env(env).for_worker())
+    off = {**env, "CLASSIFIER_MIRROR": "0"}
+    assert backend.classifier.mirror
+    assert not load_pipeline(models, version, Settings.from_env(off).for_worker()).classifier.mirror
+
+
 def test_checkpoint_of_another_arch_is_refused(tmp_path):
     other = create_model("resnet18", 3)
     save_checkpoint(tmp_path / "c.pt", SPEC, other.state_dict())

@@ -116,14 +116,19 @@ class Classifier:
     """A loaded classifier: spec, model in eval mode, and its device."""
 
     def __init__(
-        self, spec: ClassifierSpec, model: torch.nn.Module, extras: dict | None = None
+        self,
+        spec: ClassifierSpec,
+        model: torch.nn.Module,
+        extras: dict | None = None,
+        mirror: bool = False,
     ) -> None:
         self.spec = spec
         self.model = model.eval()
         self.extras = dict(extras or {})  # tensors saved beside the weights (learned refiner)
+        self.mirror = mirror  # decide on the mean of the image's and its mirror image's scores
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
+    def load(cls, path: str | Path, device: str = "cpu", mirror: bool = False) -> Classifier:
         spec, state = load_checkpoint(path)
         model = create_model(
             spec.arch,
@@ -134,7 +139,7 @@ class Classifier:
         )
         weights, extras = split_state(state)
         load_state_strict(model, weights, str(path))
-        return cls(spec, model, extras)
+        return cls(spec, model, extras, mirror)
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +151,23 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return to_probabilities(self.model(self.to_tensor(images)), self.spec)
+        tensors = self.to_tensor(images)
+        probabilities = to_probabilities(self.model(self.with_mirror(tensors)), self.spec)
+        return self.fold_mirror(probabilities, len(tensors))
+
+    def with_mirror(self, tensors: torch.Tensor) -> torch.Tensor:
+        """The batch to run: ``tensors``, followed by their left-right mirror images when
+        ``mirror`` is on (steadier calls from a classifier trained on flipped images, for one
+        batch twice the size; see README, Quality)."""
+        return torch.cat([tensors, tensors.flip(-1)]) if self.mirror else tensors
+
+    @staticmethod
+    def fold_mirror(probabilities: np.ndarray, count: int) -> np.ndarray:
+        """Per image, the mean of its own probabilities and its mirror image's (rows ``count``
+        on, when ``with_mirror`` added them)."""
+        if len(probabilities) == count:
+            return probabilities
+        return (probabilities[:count] + probabilities[count:]) / 2
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         return [self.decide(p) for p in self.probabilities(images)]

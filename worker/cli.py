@@ -187,6 +187,11 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
         help="cam segmenter: default is what training chose per class, else guided",
     )
     parser.add_argument("--instances", action="store_true", help="one region per connected part")
+    parser.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="classify on the image alone, not on it and its mirror image (one pass fewer)",
+    )
     parser.add_argument("--version", help="model version to use (default: the current one)")
     parser.add_argument("--device", default="auto")
 
@@ -280,6 +285,7 @@ def build_pipeline(args: argparse.Namespace):
         refiner=args.refiner,
         options=options,
         device=resolve_device(args.device),
+        mirror=not args.no_mirror,
     )
 
 

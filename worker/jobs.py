@@ -236,7 +236,7 @@ def load_pipeline(model_dir, version: str, settings: dict):
     from worker.classify import resolve_device
     from worker.pipeline import Pipeline
 
-    names = ("sam2_config", "sam2_checkpoint", "sam2_hub_id", "cam_refiner")
+    names = ("sam2_config", "sam2_checkpoint", "sam2_hub_id", "cam_refiner", "classifier_mirror")
     segmenter = tuple(settings.get(k, "") for k in names)
     key = (str(model_dir.root), version, segmenter, settings["device"])
     with _lock:
@@ -247,6 +247,7 @@ def load_pipeline(model_dir, version: str, settings: dict):
                 sam2_checkpoint=settings["sam2_checkpoint"] or None,
                 sam2_hub_id=settings["sam2_hub_id"] or None,
                 refiner=settings.get("cam_refiner") or None,
+                mirror=bool(settings.get("classifier_mirror", 1)),
                 device=resolve_device(settings["device"]),
             )
             for old in [k for k in _pipelines if k[0] == key[0] and k[1] != version]:

@@ -78,17 +78,19 @@ class Pipeline:
         refiner: str | None = None,
         options: PipelineOptions | None = None,
         device: str = "cpu",
+        mirror: bool = True,
     ) -> Pipeline:
         """The one place a pipeline is assembled from a checkpoint and segmenter settings.
 
         ``segmenter`` defaults to ``sam2`` when SAM2 weights are named, else ``cam``; the ``cam``
         segmenter uses the refinement training chose per class unless ``refiner`` overrides it.
+        ``mirror`` classifies on each image and its mirror image (``Classifier.with_mirror``).
         """
         from worker.learned_refine import LearnedRefiner
         from worker.segment import build_segmenter
         from worker.tune import from_plain
 
-        classifier = Classifier.load(path, device)
+        classifier = Classifier.load(path, device, mirror)
         name = segmenter or ("sam2" if sam2_checkpoint or sam2_hub_id else "cam")
         built = build_segmenter(
             name,
