@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from worker.errors import CheckpointError
+from worker.refine import contrast_maps, major_parts, ridge_maps
 
 SIDE = 192
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -51,8 +52,6 @@ def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 def feature_maps(image: np.ndarray, cam: np.ndarray) -> list[np.ndarray]:
     """The FEATURES maps (h, w) of ``pixel_features``, float32, one per feature."""
-    from worker.refine import contrast_maps, ridge_maps
-
     height, width = image.shape[:2]
     scale = SIDE / max(height, width)
     size = (max(8, round(width * scale)), max(8, round(height * scale)))
@@ -168,8 +167,6 @@ class LearnedRefiner:
     def mask(self, image: np.ndarray, cam: np.ndarray, label: str) -> np.ndarray:
         """The class's mask (H, W) on ``image`` from its CAM."""
         trees = self.classes[label]
-        from worker.refine import major_parts
-
         small = _sigmoid(trees.log_odds_map(feature_maps(image, cam))).astype(np.float32)
         height, width = image.shape[:2]
         full = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -243,7 +240,6 @@ def fit_learned_refiner(
     class's out-of-fold mean IoU at the working size with the cut chosen."""
     from worker.cam import compute_cams
     from worker.images import load_image
-    from worker.refine import major_parts
 
     rng = np.random.default_rng(seed)
     mask_classes = classifier.spec.mask_classes
