@@ -32,7 +32,7 @@ class Settings:
     reconcile_seconds: float = 300.0
     train_lease: int = 300
     train_arch: str = ""
-    train_epochs: int = 30
+    train_epochs: int = 60
     train_image_size: int = 224
     train_input: str = "rgb"
     train_output_stride: int = 32

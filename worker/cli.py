@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model-dir", required=True)
     _dataset_options(train)
     train.add_argument("--arch", default=None, help="any timm architecture (default resnet10t)")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--image-size", type=int, default=224)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument(

@@ -45,7 +45,7 @@ class TrainConfig:
     input: str = "rgb"
     pool: str = "avg"
     output_stride: int = 32
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
