@@ -83,7 +83,7 @@ def compute_cams_batch(
     if not pairs:
         return [[] for _ in images]
     if method == "gradcam":
-        return classify_with_cams(classifier, images, lambda _: labels, stages, decide=False)[1]
+        return classify_with_cams(classifier, images, lambda _: labels, stages, mirror=False)[1]
     model = classifier.model
     layers, reshape = target_layers(model, stages)
     indices = [classifier.spec.classes.index(label) for _, label in pairs]
@@ -107,15 +107,15 @@ def classify_with_cams(
     images: Sequence[np.ndarray],
     choose: Callable[[list[Prediction]], Sequence[Sequence[str]]],
     stages: int = 1,
-    decide: bool = True,
+    mirror: bool = True,
 ) -> tuple[list[Prediction], list[list[CamMap]]]:
     """Classify ``images`` and take the Grad-CAM of the classes ``choose`` picks for each (from
     the predictions, or regardless of them), all from one forward pass.
 
     The gradient of each chosen logit is taken with respect to the target layers' activations,
     never the weights: for the last stage that is a pass through the pooling and the head.
-    ``decide`` False skips what only the predictions need (the mirror images of a classifier
-    with ``mirror`` on): for a ``choose`` that names the classes itself.
+    ``mirror`` False leaves out the mirror images of a classifier with ``mirror`` on, which only
+    steady the predictions: for a ``choose`` that names the classes itself.
 
     Raises:
         CamsamError: ``choose`` names a class the classifier does not know.
@@ -129,7 +129,7 @@ def classify_with_cams(
     try:
         # The input requires grad so the activations join the graph even when the weights do not.
         tensors = classifier.to_tensor(images)
-        tensors = (classifier.with_mirror(tensors) if decide else tensors).requires_grad_(True)
+        tensors = (classifier.with_mirror(tensors) if mirror else tensors).requires_grad_(True)
         with torch.enable_grad():
             logits = model(tensors)
     finally:
