@@ -237,8 +237,8 @@ def load_pipeline(model_dir, version: str, settings: dict):
     from worker.pipeline import Pipeline
 
     names = ("sam2_config", "sam2_checkpoint", "sam2_hub_id", "cam_refiner", "classifier_mirror")
-    segmenter = tuple(settings.get(k, "") for k in names)
-    key = (str(model_dir.root), version, segmenter, settings["device"])
+    options = tuple(settings.get(k, "") for k in names)  # what builds differently
+    key = (str(model_dir.root), version, options, settings["device"])
     with _lock:
         if key not in _pipelines:
             pipeline = Pipeline.build(
