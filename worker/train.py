@@ -106,6 +106,36 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         sampler=balanced_sampler(train_y, config.seed, config.batch_size * MIN_STEPS_PER_EPOCH),
         drop_last=len(train_x) > config.batch_size,
     )
+    history, best, best_state = _fit(model, loader, spec, config, (val_x, val_y))
+    summary = {
+        "val_accuracy": best["accuracy"],
+        "val_loss": best["val_loss"],
+        "best_epoch": best["epoch"],
+        "per_class_f1": best["per_class_f1"],
+        "train_images": len(train_samples),
+        "val_images": len(val_samples),
+        "class_counts": dataset.counts(),
+    }
+    state = {k: v.cpu() for k, v in best_state.items()}
+    refine = {}
+    if config.tune_masks:
+        model.load_state_dict(best_state)
+        refine, extras, quality = _fit_masks(Classifier(spec, model), dataset.samples, config)
+        state.update(extras)
+        summary.update(quality)
+    spec = ClassifierSpec(**{**asdict(spec), "metrics": summary, "refine": refine})
+    return TrainResult(spec, state, history)
+
+
+def _fit(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    spec: ClassifierSpec,
+    config: TrainConfig,
+    validation: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[list[dict], dict, dict]:
+    """The epochs: AdamW under a one-cycle schedule; returns the history, the best epoch's
+    metrics (validation accuracy, then loss) and its weights."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -129,46 +159,34 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
             optimizer.step()
             scheduler.step()
             total += loss.item() * len(images)
-        metrics = evaluate_classifier(model, spec, val_x, val_y, config.device)
+        metrics = evaluate_classifier(model, spec, *validation, config.device)
         metrics.update(epoch=epoch + 1, train_loss=total / max(len(loader.sampler), 1))
         history.append(metrics)
         bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}")
         key = (metrics["accuracy"], -metrics["val_loss"])
         if best is None or key > (best["accuracy"], -best["val_loss"]):
             best, best_state = metrics, copy.deepcopy(model.state_dict())
-    summary = {
-        "val_accuracy": best["accuracy"],
-        "val_loss": best["val_loss"],
-        "best_epoch": best["epoch"],
-        "per_class_f1": best["per_class_f1"],
-        "train_images": len(train_samples),
-        "val_images": len(val_samples),
-        "class_counts": dataset.counts(),
+    return history, best, best_state
+
+
+def _fit_masks(
+    trained: Classifier, samples: Sequence[Sample], config: TrainConfig
+) -> tuple[dict, dict, dict]:
+    """Per class, the refiner whose out-of-fold IoU on the images with masks is best: the tuned
+    hand-made ones, or the learned one where it beats them. Returns the refine settings, the
+    learned refiner's tensors for the checkpoint, and the IoU figures for its metrics."""
+    tuned, quality = tune_refiners(trained, samples, progress=config.progress)
+    learned, learned_quality = fit_learned_refiner(
+        trained, samples, progress=config.progress, seed=config.seed
+    )
+    for label, score in learned_quality.items():
+        if score > quality.get(label, 0.0):
+            tuned[label], quality[label] = RefineParams("learned"), score
+    kept = {
+        k: v for k, v in learned.classes.items() if tuned.get(k, None) == RefineParams("learned")
     }
-    state = {k: v.cpu() for k, v in best_state.items()}
-    refine = {}
-    if config.tune_masks:
-        model.load_state_dict(best_state)
-        trained = Classifier(spec, model)
-        tuned, quality = tune_refiners(trained, dataset.samples, progress=config.progress)
-        learned, learned_quality = fit_learned_refiner(
-            trained, dataset.samples, progress=config.progress, seed=config.seed
-        )
-        # Per class, the learned refiner where its out-of-fold IoU beats the best tuned one's.
-        for label, score in learned_quality.items():
-            if score > quality.get(label, 0.0):
-                tuned[label], quality[label] = RefineParams("learned"), score
-        kept = {
-            k: v
-            for k, v in learned.classes.items()
-            if tuned.get(k, None) == RefineParams("learned")
-        }
-        state.update(LearnedRefiner(kept).to_state())
-        refine = to_plain(tuned)
-        summary["refine_train_iou"] = quality
-        summary["learned_refiner_iou"] = learned_quality
-    spec = ClassifierSpec(**{**asdict(spec), "metrics": summary, "refine": refine})
-    return TrainResult(spec, state, history)
+    figures = {"refine_train_iou": quality, "learned_refiner_iou": learned_quality}
+    return to_plain(tuned), LearnedRefiner(kept).to_state(), figures
 
 
 @torch.inference_mode()
