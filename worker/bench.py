@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,38 +123,99 @@ def _images(count: int, size: int) -> list[np.ndarray]:
     return [make_image(rng, kinds[k % 2], (size, size))[0] for k in range(count)]
 
 
+@dataclass
+class _Scene:
+    """What the pipeline timings share: the images, the class masked in each, the GPU sync, and
+    how many samples a median takes."""
+
+    images: list[np.ndarray]
+    label: str
+    sync: Callable[[], None] | None
+    repeat: int
+
+    @property
+    def cheap(self) -> int:
+        return 5 * self.repeat  # stages of milliseconds need more samples for a steady median
+
+    def per_image(self, pipeline, batched: bool, samples: int) -> float:
+        """Every image pre-annotated with one masked class, the work a defect image costs."""
+
+        def run():
+            if batched:
+                pipeline.run_batch(self.images, labels=[[self.label]] * len(self.images))
+            else:
+                for picture in self.images:
+                    pipeline.run(picture, labels=[self.label])
+
+        return median_ms(run, samples, self.sync) / len(self.images)
+
+    def pipeline_row(self, pipeline, bare: float, samples: int) -> dict:
+        single = self.per_image(pipeline, False, samples)
+        batched = self.per_image(pipeline, True, samples)
+        return {
+            "end_to_end_ms_per_image": round(single, 2),
+            "bare_models_ms_per_image": round(bare, 2),
+            "overhead_ratio": round(single / bare, 3),
+            "images_per_s": round(1000 / batched, 2),
+            "batched_over_single": round(single / batched, 3),
+        }
+
+
 def _pipeline_figures(
     models: Path, images, sam2_configs: Sequence[str], device: str, repeat: int
 ) -> dict:
+    from worker.cam import compute_cams
+    from worker.checkpoint import ModelDir
+    from worker.pipeline import Pipeline
+    from worker.prompts import make_prompts
+
+    cam_pipeline = Pipeline.build(ModelDir(models).current_path(), segmenter="cam", device=device)
+    # ``cam`` refines as the checkpoint says (the learned refiner where training had masks);
+    # ``cam_contrast`` with the hand-made contrast refiner, the fast choice (``--refiner``).
+    contrast = Pipeline.build(
+        ModelDir(models).current_path(), segmenter="cam", refiner="contrast", device=device
+    )
+    classifier = cam_pipeline.classifier
+    scene = _Scene(images, classifier.spec.mask_classes[0], _sync(device), repeat)
+    (cam,) = compute_cams(classifier, images[0], [scene.label])
+    prompts = make_prompts(cam.cam)
+    stages = _stage_figures(scene, cam_pipeline, contrast, cam, prompts)
+    bare_cam = stages["classifier_forward"] + stages["gradcam_pytorch_grad_cam"]
+    figures: dict = {
+        "cam": scene.pipeline_row(cam_pipeline, bare_cam, scene.cheap),
+        "cam_contrast": scene.pipeline_row(contrast, bare_cam, scene.cheap),
+    }
+    # Against camsam's own one-pass classifier + Grad-CAM: what prompts, refinement and the
+    # result cost on top of the models.
+    own = stages["gradcam"]
+    for name in ("cam", "cam_contrast"):
+        row = figures[name]
+        row["one_pass_cam_ms_per_image"] = round(own, 2)
+        row["over_one_pass_cam"] = round(row["end_to_end_ms_per_image"] / own, 3)
+    figures.update(_sam2_figures(scene, cam_pipeline, cam, prompts, sam2_configs, stages, device))
+    figures["stages_ms"] = {k: round(v, 3) for k, v in stages.items()}
+    figures["overhead_ratio"] = figures["sam2"]["overhead_ratio"]
+    figures["click_ratio"] = figures["click"]["click_ratio"]
+    figures["images_per_s"] = figures["sam2"]["images_per_s"]
+    return figures
+
+
+def _stage_figures(scene: _Scene, cam_pipeline, contrast, cam, prompts) -> dict[str, float]:
+    """Each stage alone on the first image, and the bare classifier and library Grad-CAM."""
     import cv2
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from worker.cam import compute_cams, target_layers
-    from worker.checkpoint import ModelDir
     from worker.images import load_image
     from worker.ls_format import to_prediction
-    from worker.pipeline import Pipeline
     from worker.prompts import make_prompts
-    from worker.segment import Sam2Segmenter, sam2_context
 
-    sync = _sync(device)
-    cam_pipeline = Pipeline.build(ModelDir(models).current_path(), segmenter="cam", device=device)
-    classifier = cam_pipeline.classifier
-    image = images[0]
-    label = classifier.spec.mask_classes[0]
+    classifier, image, label = cam_pipeline.classifier, scene.images[0], scene.label
     encoded = cv2.imencode(".png", image[:, :, ::-1])[1].tobytes()
-    (cam,) = compute_cams(classifier, image, [label])
-    prompts = make_prompts(cam.cam)
-    # ``cam`` refines as the checkpoint says (the learned refiner where training had masks);
-    # ``cam_contrast`` with the hand-made contrast refiner, the fast choice (``--refiner``).
-    contrast = Pipeline.build(
-        ModelDir(models).current_path(), segmenter="cam", refiner="contrast", device=device
-    )
     # RLE costs what the mask holds: time it on one the contrast refiner always draws.
     result = contrast.run(image, labels=[label])
-
     layers, reshape = target_layers(classifier.model)
     library_cam = GradCAM(classifier.model, layers, reshape_transform=reshape)
     target = [ClassifierOutputTarget(classifier.spec.classes.index(label))]
@@ -169,7 +231,7 @@ def _pipeline_figures(
             classifier.model(batch)[0, 0].backward()
         classifier.model.zero_grad(set_to_none=True)
 
-    cheap = 5 * repeat  # stages of milliseconds need more samples for a steady median
+    cheap, sync = scene.cheap, scene.sync
     stages = {
         "decode": median_ms(lambda: load_image(encoded), cheap),
         "classifier_forward": median_ms(lambda: bare_forward(classifier, image), cheap, sync),
@@ -183,47 +245,23 @@ def _pipeline_figures(
         "classifier_forward_backward": median_ms(forward_backward, cheap, sync),
     }
     library_cam.activations_and_grads.release()
+    return stages
 
-    def per_image(pipeline, batched: bool, samples: int) -> float:
-        """Every image pre-annotated with one masked class, the work a defect image costs."""
 
-        def run():
-            if batched:
-                pipeline.run_batch(images, labels=[[label]] * len(images))
-            else:
-                for picture in images:
-                    pipeline.run(picture, labels=[label])
-
-        return median_ms(run, samples, sync) / len(images)
-
-    def pipeline_row(pipeline, bare: float, samples: int) -> dict:
-        single = per_image(pipeline, False, samples)
-        batched = per_image(pipeline, True, samples)
-        return {
-            "end_to_end_ms_per_image": round(single, 2),
-            "bare_models_ms_per_image": round(bare, 2),
-            "overhead_ratio": round(single / bare, 3),
-            "images_per_s": round(1000 / batched, 2),
-            "batched_over_single": round(single / batched, 3),
-        }
-
-    bare_cam = stages["classifier_forward"] + stages["gradcam_pytorch_grad_cam"]
-    figures: dict = {
-        "cam": pipeline_row(cam_pipeline, bare_cam, cheap),
-        "cam_contrast": pipeline_row(contrast, bare_cam, cheap),
-        "sam2_configs": {},
-    }
-    # Against camsam's own one-pass classifier + Grad-CAM: what prompts, refinement and the
-    # result cost on top of the models.
-    own = stages["gradcam"]
-    for name in ("cam", "cam_contrast"):
-        row = figures[name]
-        row["one_pass_cam_ms_per_image"] = round(own, 2)
-        row["over_one_pass_cam"] = round(row["end_to_end_ms_per_image"] / own, 3)
+def _sam2_figures(
+    scene: _Scene, cam_pipeline, cam, prompts, configs: Sequence[str], stages: dict, device: str
+) -> dict:
+    """Per SAM2 config, the pipeline against bare ``set_image`` + classifier forward and
+    backward; for the first, also its stages (added to ``stages``) and the cached click."""
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    for number, config in enumerate(sam2_configs):
+    from worker.pipeline import Pipeline
+    from worker.segment import Sam2Segmenter, sam2_context
+
+    image, cheap, sync = scene.images[0], scene.cheap, scene.sync
+    figures: dict = {"sam2_configs": {}}
+    for number, config in enumerate(configs):
         predictor = SAM2ImagePredictor(build_sam2(config, None, device=device))
 
         def bare_embed(predictor=predictor):
@@ -236,13 +274,13 @@ def _pipeline_figures(
                     prompts.points, prompts.labels, prompts.box, multimask_output=True
                 )
 
-        embed = median_ms(bare_embed, repeat, sync)
+        embed = median_ms(bare_embed, scene.repeat, sync)
         decode = median_ms(bare_decode, cheap, sync)  # on the image bare_embed left set
         sam2_pipeline = Pipeline(
-            classifier, Sam2Segmenter(predictor, cache_size=0), cam_pipeline.options
+            cam_pipeline.classifier, Sam2Segmenter(predictor, cache_size=0), cam_pipeline.options
         )
         bare = embed + stages["classifier_forward_backward"]
-        row = pipeline_row(sam2_pipeline, bare, max(1, repeat // 2))
+        row = scene.pipeline_row(sam2_pipeline, bare, max(1, scene.repeat // 2))
         row["bare_sam2_images_per_s"] = round(1000 / embed, 2)
         figures["sam2_configs"][config] = row
         if number == 0:
@@ -257,10 +295,6 @@ def _pipeline_figures(
                 "click_ratio": round(click / decode, 3),
             }
         del predictor, sam2_pipeline
-    figures["stages_ms"] = {k: round(v, 3) for k, v in stages.items()}
-    figures["overhead_ratio"] = figures["sam2"]["overhead_ratio"]
-    figures["click_ratio"] = figures["click"]["click_ratio"]
-    figures["images_per_s"] = figures["sam2"]["images_per_s"]
     return figures
 
 
