@@ -169,12 +169,11 @@ def _pipeline_figures(
     from worker.pipeline import Pipeline
     from worker.prompts import make_prompts
 
-    cam_pipeline = Pipeline.build(ModelDir(models).current_path(), segmenter="cam", device=device)
+    checkpoint = ModelDir(models).current_path()
+    cam_pipeline = Pipeline.build(checkpoint, segmenter="cam", device=device)
     # ``cam`` refines as the checkpoint says (the learned refiner where training had masks);
     # ``cam_contrast`` with the hand-made contrast refiner, the fast choice (``--refiner``).
-    contrast = Pipeline.build(
-        ModelDir(models).current_path(), segmenter="cam", refiner="contrast", device=device
-    )
+    contrast = Pipeline.build(checkpoint, segmenter="cam", refiner="contrast", device=device)
     classifier = cam_pipeline.classifier
     scene = _Scene(images, classifier.spec.mask_classes[0], _sync(device), repeat)
     (cam,) = compute_cams(classifier, images[0], [scene.label])
