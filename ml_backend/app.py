@@ -16,23 +16,17 @@ from flask import Flask, Response, g, jsonify, request
 
 from ml_backend.errors import BackendError, BadRequest, InputError, TooManyRequests
 from ml_backend.guard import OPEN_ENDPOINTS, RateLimiter, authorised, needs_credentials
-from ml_backend.label_config import LabelConfig, LabelConfigError, parse_label_config
 from ml_backend.metrics import Metrics
-from ml_backend.protocol import UNTRAINED, label_changes, predict_payload, project_id
+from ml_backend.protocol import label_changes, predict_payload, project_id
 from ml_backend.runner import EmbeddedRunner, RqRunner
-from ml_backend.settings import Settings
-from ml_backend.training import (
-    FEEDBACK_JOB,
-    TRAINING_EVENTS,
-    imported_annotations,
-    remember_project,
-    request_training,
-    store_for,
-    submitter,
-    webhook_project,
-)
-from worker.checkpoint import ModelDir, project_model_dir
-from worker.live import live_stats
+from ml_backend.webhooks import TRAINING_EVENTS, imported_annotations, webhook_project
+from worker.contract.errors import LabelConfigError
+from worker.contract.label_config import LabelConfig, parse_label_config
+from worker.contract.leases import remember_project, request_training, store_for, submitter
+from worker.contract.live import live_stats
+from worker.contract.queues import FEEDBACK_JOB, INTERACTIVE_JOB, PREANNOTATE_JOB, PREDICT_JOB
+from worker.contract.settings import Settings
+from worker.contract.store import UNTRAINED, ModelDir, project_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +94,7 @@ class CamsamBackend:
         payload["settings"] = self.settings.for_worker()
         if payload["prompt"] is None and self.too_long(len(payload["tasks"])):
             return self.defer(payload)
-        job = "worker.jobs.interactive" if payload["prompt"] else "worker.jobs.predict"
+        job = INTERACTIVE_JOB if payload["prompt"] else PREDICT_JOB
         answer = self.runner.run(job, payload, self.settings.predict_timeout)
         if "error" in answer:
             raise InputError(answer["error"])
@@ -126,7 +120,7 @@ class CamsamBackend:
     def defer(self, payload: dict) -> dict:
         """Answer at once with no results (Label Studio then stores none for this call) and let
         a job write each prediction to Label Studio through its API as it is ready."""
-        self.runner.submit("worker.jobs.preannotate", payload)
+        self.runner.submit(PREANNOTATE_JOB, payload)
         count = len(payload["tasks"])
         self.metrics.count_tasks("deferred", count)
         log.info("project %s: %d tasks queued for write-back", payload["project"], count)

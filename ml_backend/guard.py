@@ -7,7 +7,7 @@ import hmac
 import threading
 import time
 
-from ml_backend.settings import Settings
+from worker.contract.settings import Settings
 
 # Label Studio calls /health without credentials, and sends its webhooks without any: a webhook
 # is only a trigger (training re-reads Label Studio), so it stays open but rate-limited.

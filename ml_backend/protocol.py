@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from ml_backend.errors import BadRequest
-from ml_backend.label_config import LabelConfig
-
-# The model_version of a project that has no model yet (always a string: Label Studio needs one).
-UNTRAINED = "untrained"
+from worker.contract.label_config import LabelConfig
 
 
 def project_id(project: object) -> str:

@@ -1,67 +1,30 @@
 """Running jobs: in-process (embedded default, no Redis) or on a Redis queue (``REDIS_URL``).
 
-Jobs are named by dotted path (``"worker.jobs.predict"``) so the web process never imports the
-job's code, and with it torch, unless it runs jobs itself.
+Jobs are named by dotted path (:mod:`worker.contract.queues`) so the web process never imports
+the job's code, and with it torch, unless it runs jobs itself.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib
-import json
 import logging
 import threading
 import time
 
 from ml_backend.errors import Unavailable
+from worker.contract.connections import redis_connection
+from worker.contract.queues import (
+    AFTER_JOB,
+    CACHE_STATS_KEY,
+    INTERACTIVE_QUEUE,
+    PREDICT_QUEUE,
+    ROUTE_PREFIX,
+    describe,
+    route_key,
+    run_in_thread,
+)
+from worker.contract.registry import resolve
 
 log = logging.getLogger(__name__)
-INTERACTIVE_QUEUE = "camsam-interactive"
-PREDICT_QUEUE = "camsam-predict"
-# Where a worker says which image embeddings it holds, and how its embedding cache does.
-ROUTE_PREFIX = "camsam:route:"
-CACHE_STATS_KEY = "camsam:embedding-cache"
-AFTER_JOB = "worker.queue_worker.after_job"
-
-
-def own_queue(worker_name: str) -> str:
-    """The interactive queue only one worker serves: clicks on images it has embedded."""
-    return f"{INTERACTIVE_QUEUE}@{worker_name}"
-
-
-def describe(name: str, payload: dict) -> str:
-    """What rq logs for a job: its name, project and size, never the payload (it holds the
-    Label Studio key)."""
-    tasks = payload.get("tasks")
-    size = f", {len(tasks)} tasks" if isinstance(tasks, list) else ""
-    return f"{name}(project {payload.get('project')}{size})"
-
-
-def route_key(payload: dict) -> str:
-    """An interactive request's image, by project and task data (the same task, the same key)."""
-    task = payload["tasks"][0]
-    text = json.dumps([payload["project"], task.get("data")], sort_keys=True)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def resolve(name: str):
-    module, _, attribute = name.rpartition(".")
-    return getattr(importlib.import_module(module), attribute)
-
-
-def run_in_thread(name: str, payload: dict, lock: threading.Lock | None = None) -> None:
-    """Run a named job in a daemon thread (holding ``lock`` if given); a failure is logged,
-    since a thread has nobody to raise to."""
-
-    def work() -> None:
-        with lock or contextlib.nullcontext():
-            try:
-                resolve(name)(payload)
-            except Exception:
-                log.exception("background job %s failed", name)
-
-    threading.Thread(target=work, name=f"camsam-{name}", daemon=True).start()
 
 
 class EmbeddedRunner:
@@ -106,10 +69,9 @@ class RqRunner:
     mode = "redis"
 
     def __init__(self, redis_url: str) -> None:
-        from redis import Redis
         from rq import Queue
 
-        self.connection = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10)
+        self.connection = redis_connection(redis_url)
         self.queues = {
             name: Queue(name, connection=self.connection)
             for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE)

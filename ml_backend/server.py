@@ -7,7 +7,7 @@ import sys
 from gunicorn.app.base import BaseApplication
 
 from ml_backend.app import create_app
-from ml_backend.training import reconcile_every
+from worker.contract.leases import reconcile_every
 
 
 def serve(host: str, port: int, workers: int, threads: int) -> None:

@@ -18,10 +18,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import torch
 
-from worker.checkpoint import ModelDir
-from worker.dataset import load_dataset
-from worker.synthetic import write_dataset
-from worker.train import TrainConfig, train
+from worker.contract.store import ModelDir
+from worker.data.dataset import load_dataset
+from worker.data.synthetic import write_dataset
+from worker.pipeline.checkpoint import publish
+from worker.training.classifier import TrainConfig, train
 
 SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ def trained_model_dir(synthetic_dataset, tmp_path_factory) -> Path:
     config = TrainConfig(image_size=96, epochs=8, batch_size=16, progress=False)
     result = train(synthetic_dataset, config)
     root = tmp_path_factory.mktemp("models")
-    ModelDir(root).publish(result.spec, result.state_dict)
+    publish(ModelDir(root), result.spec, result.state_dict)
     return root
 
 

@@ -1,0 +1,135 @@
+"""summarise: the report's numbers from hand-made per-image scores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worker.evaluation.evaluate import ImageScore, summarise
+
+MASK_CLASSES = ("Crack", "Uneven", "Fray")  # "Free" is the background class; no Fray image
+
+
+def _score(key, true, predicted, iou=None, iou_given=None, false_mask=False, seconds=1.0):
+    iou = iou or {}
+    return ImageScore(
+        key=key,
+        true_classes=true,
+        predicted_classes=predicted,
+        iou=iou,
+        iou_given=iou_given if iou_given is not None else dict(iou),
+        dice={label: min(1.0, 2 * value / (1 + value)) for label, value in iou.items()},
+        false_mask=false_mask,
+        seconds=seconds,
+    )
+
+
+@pytest.fixture
+def scores() -> list[ImageScore]:
+    return [
+        _score("a", ("Crack",), ("Crack",), {"Crack": 0.8}, seconds=1.0),
+        # Missed Uneven: IoU 0 with predicted classes, but 0.7 once the class is given.
+        _score(
+            "b",
+            ("Crack", "Uneven"),
+            ("Crack",),
+            {"Crack": 0.6, "Uneven": 0.0},
+            {"Crack": 0.6, "Uneven": 0.7},
+            seconds=2.0,
+        ),
+        _score("c", ("Uneven",), ("Uneven",), {"Uneven": 0.4}, seconds=3.0),
+        _score("d", ("Free",), ("Free",), seconds=4.0),
+        _score("e", ("Free",), ("Crack",), false_mask=True, seconds=5.0),
+        # Same set in another order is correct; IoU exactly 0.5 is accepted.
+        _score(
+            "f",
+            ("Crack", "Uneven"),
+            ("Uneven", "Crack"),
+            {"Crack": 0.9, "Uneven": 0.5},
+            seconds=6.0,
+        ),
+        _score("g", ("Crack",), ("Crack",), {"Crack": 1.0}, seconds=7.0),
+        # An object image without ground truth: neither an object image nor a background one.
+        _score("h", ("Crack",), (), seconds=8.0),
+    ]
+
+
+def test_accuracy_is_exact_set_match(scores):
+    report = summarise(scores, MASK_CLASSES, 1.0, 0.2)
+
+    # Correct: a, c, d, f, g; wrong: b (missed Uneven), e (Crack on Free), h (nothing).
+    assert report["images"] == 8
+    assert report["accuracy"] == pytest.approx(5 / 8)
+
+
+def test_miou_is_the_mean_over_classes_of_per_class_means(scores):
+    report = summarise(scores, MASK_CLASSES, 1.0, 0.2)
+
+    crack = (0.8 + 0.6 + 0.9 + 1.0) / 4
+    uneven = (0.0 + 0.4 + 0.5) / 3
+    assert report["per_class"]["Crack"]["images"] == 4
+    assert report["per_class"]["Uneven"]["images"] == 3
+    assert report["per_class"]["Crack"]["iou"] == pytest.approx(crack)
+    assert report["per_class"]["Uneven"]["iou"] == pytest.approx(uneven)
+    assert "Fray" not in report["per_class"]  # no image: it must not count as IoU 0
+    assert "Free" not in report["per_class"]
+    assert report["miou"] == pytest.approx((crack + uneven) / 2)
+    assert report["miou"] != pytest.approx((0.8 + 0.6 + 0.9 + 1.0 + 0.0 + 0.4 + 0.5) / 7)
+    uneven_given = (0.7 + 0.4 + 0.5) / 3
+    assert report["per_class"]["Uneven"]["iou_given_class"] == pytest.approx(uneven_given)
+    assert report["miou_given_class"] == pytest.approx((crack + uneven_given) / 2)
+    crack_dice = sum(2 * v / (1 + v) for v in (0.8, 0.6, 0.9, 1.0)) / 4
+    assert report["per_class"]["Crack"]["dice"] == pytest.approx(crack_dice)
+
+
+def test_accept_rates_need_every_true_class_at_half_iou(scores):
+    report = summarise(scores, MASK_CLASSES, 1.0, 0.2)
+
+    # Object images a, b, c, f, g. Accepted: a, f, g; given the classes also b.
+    assert report["object_images"] == 5
+    assert report["accept_rate"] == pytest.approx(3 / 5)
+    assert report["accept_rate_given_class"] == pytest.approx(4 / 5)
+
+
+def test_false_mask_rate_is_over_background_images_only(scores):
+    report = summarise(scores, MASK_CLASSES, 1.0, 0.2)
+
+    assert report["background_images"] == 2  # d and e; h is an object image without a mask
+    assert report["false_mask_rate"] == pytest.approx(1 / 2)
+
+
+def test_labelling_minutes(scores):
+    report = summarise(scores, MASK_CLASSES, minutes_manual=2.0, minutes_review=0.5)
+
+    minutes = report["labelling_minutes"]
+    # 5 object images by hand; with camsam review all 5, redo the 2 rejected, review 1 false mask.
+    assert minutes["by_hand"] == pytest.approx(5 * 2.0)
+    assert minutes["with_camsam"] == pytest.approx(5 * 0.5 + 2 * 2.0 + 1 * 0.5)
+    assert minutes["saved_share"] == pytest.approx(1 - 7.0 / 10.0)
+    assert minutes["minutes_per_mask_by_hand"] == 2.0
+    assert minutes["minutes_per_review"] == 0.5
+
+
+def test_median_seconds_and_details(scores):
+    report = summarise(scores, MASK_CLASSES, 1.0, 0.2)
+
+    assert report["seconds_per_image_median"] == pytest.approx(4.5)
+    assert [row["key"] for row in report["images_detail"]] == list("abcdefgh")
+    json.dumps(report)
+
+
+def test_only_background_images():
+    scores = [
+        _score("x", ("Free",), ("Free",)),
+        _score("y", ("Free",), ("Crack",), false_mask=True),
+    ]
+
+    report = summarise(scores, MASK_CLASSES, 1.0, 0.2)
+
+    assert report["object_images"] == 0
+    assert report["miou"] == 0.0
+    assert report["accept_rate"] == 0.0
+    assert report["false_mask_rate"] == pytest.approx(0.5)
+    assert report["labelling_minutes"]["by_hand"] == 0.0
+    assert report["labelling_minutes"]["saved_share"] == 0.0

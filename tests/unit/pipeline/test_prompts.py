@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.contract.errors import CamsamError
+from worker.pipeline.prompts import Prompts, find_peaks, main_region_box, make_prompts, seed_cam
+
+
+def blob_cam(shape=(120, 200), centres=((60, 50),), sigma=10.0) -> np.ndarray:
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    cam = np.zeros(shape, np.float32)
+    for cy, cx in centres:
+        cam = np.maximum(cam, np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2)))
+    return cam / cam.max()
+
+
+def test_argmax_is_the_single_brightest_point_in_x_y_order():
+    cam = blob_cam(centres=((30, 150),))
+    prompts = make_prompts(cam, "argmax")
+    assert prompts.points.tolist() == [[150.0, 30.0]]
+    assert prompts.labels.tolist() == [1]
+    assert prompts.box is None
+
+
+def test_peaks_find_each_blob_and_negatives_lie_outside():
+    cam = blob_cam(centres=((30, 40), (90, 160)))
+    prompts = make_prompts(cam, "peaks+box")
+    positives = {tuple(p) for p in prompts.positives.astype(int).tolist()}
+    assert {(40, 30), (160, 90)} <= positives
+    assert len(prompts.negatives) >= 1
+    for x, y in prompts.negatives.astype(int):
+        assert cam[y, x] < 0.15
+    x0, y0, x1, y1 = prompts.box
+    assert x0 <= 40 <= x1 and y0 <= 30 <= y1
+
+
+def test_box_covers_the_peak_region_only():
+    cam = blob_cam(centres=((60, 50),), sigma=8)
+    x0, y0, x1, y1 = main_region_box(cam, 0.35)
+    assert 30 < x0 < 50 < x1 < 70 and 40 < y0 < 60 < y1 < 80
+
+
+def test_peaks_fall_back_to_argmax_on_a_flat_weak_cam():
+    cam = np.full((40, 40), 0.1, np.float32)
+    cam[5, 7] = 0.3
+    assert find_peaks(cam, 3, 0.5).tolist() == [[7.0, 5.0]]
+
+
+def test_box_strategy_has_no_points_and_unknown_strategy_is_refused():
+    prompts = make_prompts(blob_cam(), "box")
+    assert len(prompts.points) == 0 and prompts.box is not None
+    with pytest.raises(CamsamError, match="choose one of"):
+        make_prompts(blob_cam(), "clicks")
+
+
+def test_seeded_cam_follows_the_person_not_only_the_classifier():
+    cam = blob_cam(centres=((30, 40),))
+    clicked = seed_cam(cam, Prompts(np.array([[160.0, 90.0]]), np.array([1])))
+    assert np.unravel_index(np.argmax(clicked), clicked.shape) == (90, 160)  # CAM silent there
+    boxed = seed_cam(
+        cam, Prompts(np.zeros((0, 2)), np.zeros(0, int), np.array([100, 60, 190, 110]))
+    )
+    assert boxed[:, :100].max() == 0 and boxed[70, 150] > 0
+    negative = seed_cam(cam, Prompts(np.array([[40.0, 30.0]]), np.array([0])))
+    assert negative[30, 40] < 0.01
+
+
+def test_prompts_of_a_large_cam_land_where_the_cam_is_high():
+    ys, xs = np.mgrid[0:1200, 0:900]
+    cam = np.exp(-((ys - 800) ** 2 + (xs - 300) ** 2) / (2 * 60.0**2)).astype(np.float32)
+    prompts = make_prompts(cam)
+    positives = prompts.points[prompts.labels == 1]
+    assert len(positives) >= 1
+    for x, y in positives:
+        assert cam[int(y), int(x)] > 0.5
+    x0, y0, x1, y1 = prompts.box
+    assert x0 < 300 < x1 and y0 < 800 < y1 and x1 <= 900 and y1 <= 1200
+    for x, y in prompts.points[prompts.labels == 0]:
+        assert cam[min(int(y), 1199), min(int(x), 899)] < 0.2

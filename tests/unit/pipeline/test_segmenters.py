@@ -1,0 +1,222 @@
+"""Segmenters; SAM2 runs for real (hiera-tiny config, random weights saved by the test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAM2_TINY_CONFIG
+from worker.contract.errors import SegmenterError
+from worker.pipeline.cam.base import CamMap
+from worker.pipeline.prompts import make_prompts
+from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
+from worker.pipeline.segmenters.cam import CamSegmenter
+from worker.pipeline.segmenters.sam2 import Sam2Segmenter, choose_mask, sam2_context
+from worker.pipeline.segmenters.threshold import ThresholdSegmenter
+
+
+def scene(height=90, width=130):
+    image = np.full((height, width, 3), 150, np.uint8)
+    image[20:50, 60:100] = 40
+    ys, xs = np.mgrid[0:height, 0:width]
+    cam = np.exp(-((ys - 35) ** 2 + (xs - 80) ** 2) / (2 * 15.0**2)).astype(np.float32)
+    return image, CamMap("Spot", cam, 0.9)
+
+
+@pytest.fixture(scope="module")
+def sam2(sam2_checkpoint) -> Sam2Segmenter:
+    return build_segmenter(
+        "sam2",
+        SegmenterOptions(
+            sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint, device="cpu"
+        ),
+        None,
+    )
+
+
+@pytest.mark.slow
+def test_sam2_contract_shapes_and_details(sam2):
+    image, cam = scene()
+    other = CamMap("Crack", np.roll(cam.cam, 40, axis=1), 0.6)
+    prompts = [make_prompts(c.cam) for c in (cam, other)]
+    results = sam2.segment(image, [cam, other], prompts)
+    assert [r.label for r in results] == ["Spot", "Crack"]
+    for result in results:
+        assert result.segmenter == "sam2"
+        assert result.mask.shape == (90, 130) and result.mask.dtype == bool
+        assert result.details["mask_index"] in (0, 1, 2)
+        assert 0.0 <= result.details["cam_agreement"] <= 1.0
+        assert 0.0 <= result.score <= 1.0
+
+
+@pytest.mark.slow
+def test_sam2_embeds_each_image_once_and_caches_the_embedding(sam2, monkeypatch):
+    image, cam = scene()
+    sam2.cache.clear()  # earlier tests embedded this scene already
+    calls = []
+    original = sam2.predictor.set_image
+    monkeypatch.setattr(sam2.predictor, "set_image", lambda im: calls.append(1) or original(im))
+    cams = [cam, CamMap("Crack", cam.cam[::-1].copy(), 0.5), CamMap("Other", cam.cam, 0.5)]
+    first = sam2.segment(image, cams, [make_prompts(c.cam) for c in cams])
+    assert len(calls) == 1
+    hits = sam2.cache_stats()["hits"]
+    other = image.copy()
+    other[0, 0] = 0
+    sam2.segment(other, [cam], [make_prompts(cam.cam)])  # another image: embedded
+    again = sam2.segment(image, cams, [make_prompts(c.cam) for c in cams])  # a second click
+    assert len(calls) == 2 and sam2.cache_stats()["hits"] == hits + 1
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.mask, b.mask)  # the cached embedding decodes the same masks
+    assert sam2.segment(image, [], []) == []
+
+
+@pytest.mark.slow
+def test_sam2_batch_embeds_new_images_in_one_pass_and_matches_one_by_one(sam2, monkeypatch):
+    image, cam = scene()
+    shifted = np.roll(image, 30, axis=1)
+    sam2.cache.clear()
+    prompts = [make_prompts(cam.cam)]
+    one_by_one = [sam2.segment(im, [cam], prompts)[0] for im in (image, shifted)]
+    sam2.cache.clear()
+    calls = []
+    original = sam2.predictor.set_image_batch
+    monkeypatch.setattr(
+        sam2.predictor, "set_image_batch", lambda ims: calls.append(len(ims)) or original(ims)
+    )
+    batch = sam2.segment_batch([image, shifted, image], [[cam], [cam], []], [prompts, prompts, []])
+    assert calls == [2]  # the repeated image and the image without CAMs are not embedded
+    assert [len(row) for row in batch] == [1, 1, 0]
+    for single, batched in zip(one_by_one, batch[:2], strict=True):
+        agree = (single.mask == batched[0].mask).mean()
+        assert agree > 0.99  # batched and single convolutions may differ in the last bit
+
+
+@pytest.mark.slow
+def test_sam2_without_a_cache_embeds_every_time(sam2):
+    image, cam = scene(64, 64)
+    uncached = Sam2Segmenter(sam2.predictor, cache_size=0)
+    for _ in range(2):
+        (result,) = uncached.segment(image, [cam], [make_prompts(cam.cam)])
+        assert result.mask.shape == (64, 64)
+    assert uncached.cache_stats() == {"hits": 0, "misses": 2} and not uncached.cache
+
+
+@pytest.mark.slow
+def test_sam2_prompt_strategies_all_decode(sam2):
+    image, cam = scene(64, 64)
+    for strategy in ("argmax", "peaks", "box", "peaks+box"):
+        (result,) = sam2.segment(image, [cam], [make_prompts(cam.cam, strategy)])
+        assert result.mask.shape == (64, 64)
+
+
+@pytest.mark.slow
+def test_sam2_runs_in_eval_and_inference_mode(sam2, monkeypatch):
+    import torch
+
+    sam2.predictor.model.train()
+    segmenter = Sam2Segmenter(sam2.predictor, cache_size=0)
+    assert not segmenter.predictor.model.training
+    seen = []
+    embed = sam2.predictor.set_image
+
+    def recording(image):
+        seen.append((torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu")))
+        return embed(image)
+
+    monkeypatch.setattr(sam2.predictor, "set_image", recording)
+    image, cam = scene()
+    segmenter.segment(image, [cam], [make_prompts(cam.cam)])
+    assert seen == [(True, False)]  # no autocast on a CPU: float32 as the weights are
+    assert not torch.is_inference_mode_enabled()  # and nothing leaks out of the call
+
+
+def test_sam2_context_autocasts_to_bfloat16_only_on_a_gpu():
+    import torch
+
+    with sam2_context("cpu"):
+        assert torch.is_inference_mode_enabled() and not torch.is_autocast_enabled("cpu")
+    if not torch.cuda.is_available():
+        return
+    with sam2_context("cuda:0"):
+        assert torch.is_autocast_enabled("cuda")
+        assert torch.get_autocast_dtype("cuda") == torch.bfloat16
+    assert not torch.is_autocast_enabled("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_sam2_on_a_gpu_matches_its_contract_from_several_threads(sam2_checkpoint):
+    """bf16 autocast is per thread: request threads each get it, and each gets a whole mask."""
+    import threading
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    segmenter = build_segmenter(
+        "sam2",
+        SegmenterOptions(
+            sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint, device="cuda"
+        ),
+        None,
+    )
+    assert segmenter.predictor.device.type == "cuda" and not segmenter.predictor.model.training
+    image, cam = scene()
+    prompts = make_prompts(cam.cam)
+    results = []
+
+    def click():
+        results.append(segmenter.segment(image, [cam], [prompts])[0])
+
+    threads = [threading.Thread(target=click) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4
+    for result in results:
+        assert result.mask.shape == (90, 130) and result.mask.dtype == bool
+        assert np.array_equal(result.mask, results[0].mask)
+    assert not torch.is_autocast_enabled("cuda")
+
+
+def test_sam2_without_weights_says_how_to_fix(tmp_path):
+    with pytest.raises(SegmenterError, match="--segmenter cam"):
+        build_segmenter("sam2", SegmenterOptions(), None)
+    with pytest.raises(SegmenterError, match="does not exist"):
+        build_segmenter(
+            "sam2",
+            SegmenterOptions(sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=tmp_path / "x.pt"),
+            None,
+        )
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"junk")
+    with pytest.raises(SegmenterError, match="cannot build SAM2"):
+        build_segmenter(
+            "sam2", SegmenterOptions(sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=broken), None
+        )
+    with pytest.raises(SegmenterError, match="choose one of"):
+        build_segmenter("watershed", SegmenterOptions(), None)
+
+
+def test_choose_mask_by_cam_agreement_iou_or_index():
+    cam = np.zeros((10, 10), np.float32)
+    cam[2:6, 2:6] = 1.0
+    masks = np.zeros((3, 10, 10), bool)
+    masks[0, 2:6, 2:6] = True  # agrees with the CAM
+    masks[1, :, :] = True  # SAM's favourite
+    masks[2, 8:, 8:] = True
+    predicted_iou = np.array([0.2, 0.9, 0.5])
+    assert choose_mask(masks, predicted_iou, cam, "cam") == (0, 1.0)
+    assert choose_mask(masks, predicted_iou, cam, "best-iou")[0] == 1
+    assert choose_mask(masks, predicted_iou, cam, "2")[0] == 2
+
+
+def test_cam_segmenters_label_their_masks():
+    image, cam = scene()
+    prompts = [make_prompts(cam.cam)]
+    (refined,) = CamSegmenter().segment(image, [cam], prompts)
+    (plain,) = ThresholdSegmenter().segment(image, [cam], prompts)
+    assert refined.segmenter == "cam" and plain.segmenter == "threshold"
+    assert refined.details["refiner"] == "guided"
+    assert refined.mask[35, 80] and not refined.mask[80, 10]

@@ -1,0 +1,199 @@
+"""When training runs: per project, debounced, never two runs at once, nothing lost.
+
+Three flags per project, in Redis (or in this process in the embedded mode):
+
+- ``pending``: something changed since the last run started (a webhook, a reconciliation);
+- ``queued``: a training job for the project is on the queue or running, so a burst of events
+  enqueues one job;
+- ``running``: a job holds the project.
+
+``queued`` and ``running`` are leases the running job renews: when its worker dies (even by
+SIGKILL) they expire, and the next event or reconciliation starts a new job.
+
+A job waits out the burst, takes ``running``, and trains while ``pending`` is set: events that
+arrive during a run make exactly one more run. Webhooks are only a trigger: the job reads the
+labels from Label Studio itself. The web side asks for runs; the training job keeps the leases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from worker.contract import defaults
+from worker.contract.connections import redis_connection
+from worker.contract.queues import TRAIN_JOB, TRAIN_QUEUE, describe, run_in_thread
+
+log = logging.getLogger(__name__)
+
+PENDING, QUEUED, RUNNING = "camsam:train:pending:", "camsam:train:queued:", "camsam:train:running:"
+PROJECTS = "camsam:projects"
+JOB_TIMEOUT = 4 * 3600
+
+
+class LocalStore:
+    """The few Redis commands the flags need, for the embedded mode (one process)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[str, str] = {}
+
+    def set(self, key: str, value: str, nx: bool = False, ex: int | None = None) -> bool:
+        with self.lock:
+            if nx and key in self.values:
+                return False
+            self.values[key] = value
+            return True
+
+    def get(self, key: str) -> str | None:
+        with self.lock:
+            return self.values.get(key)
+
+    def getdel(self, key: str) -> str | None:
+        with self.lock:
+            return self.values.pop(key, None)
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.values.pop(key, None)
+
+    def hset(self, key: str, field: str, value: str) -> None:
+        with self.lock:
+            self.values.setdefault(key, {})[field] = value
+
+    def hgetall(self, key: str) -> dict:
+        with self.lock:
+            return dict(self.values.get(key, {}))
+
+
+_local = LocalStore()
+Submit = Callable[[str, dict], None]
+
+
+def store_for(redis_url: str):
+    """Redis when there is one, else this process's store (the embedded mode)."""
+    if not redis_url:
+        return _local
+    return redis_connection(redis_url)
+
+
+def submitter(redis_url: str) -> Submit:
+    """Enqueue on the training queue (``camsam worker --role train``), or run in a thread."""
+    if redis_url:
+        from rq import Queue
+
+        queue = Queue(TRAIN_QUEUE, connection=store_for(redis_url))
+
+        def enqueue(name: str, payload: dict) -> None:
+            queue.enqueue(
+                name,
+                payload,
+                description=describe(name, payload),
+                job_timeout=JOB_TIMEOUT,
+                result_ttl=86400,
+                failure_ttl=7 * 86400,
+            )
+
+        return enqueue
+
+    return run_in_thread
+
+
+def remember_project(store, payload: dict) -> None:
+    """Keep the project and the settings its jobs need, for the periodic reconciliation."""
+    store.hset(PROJECTS, payload["project"], json.dumps(payload["settings"]))
+
+
+def known_projects(store) -> list[dict]:
+    """Training payloads of every project a webhook has named."""
+    return [
+        {"project": _text(k), "settings": json.loads(v)} for k, v in store.hgetall(PROJECTS).items()
+    ]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def request_training(store, submit: Submit, payload: dict, reason: str) -> bool:
+    """Mark the project changed; enqueue a training job unless one is queued or running.
+
+    Returns whether a job was enqueued.
+    """
+    project = payload["project"]
+    store.set(PENDING + project, reason)
+    if not store.set(QUEUED + project, "1", nx=True, ex=_lease(payload)):
+        return False
+    submit(TRAIN_JOB, payload)
+    return True
+
+
+def run_pending(
+    store,
+    submit: Submit,
+    payload: dict,
+    train_once: Callable[[], None],
+    debounce: float = 0.0,
+    poll: float = 0.5,
+) -> int:
+    """The training job's loop: wait out the burst, then train while changes are pending.
+
+    Returns the number of runs.
+    """
+    project, lease = payload["project"], _lease(payload)
+    time.sleep(debounce)
+    while not store.set(RUNNING + project, "1", nx=True, ex=lease):
+        time.sleep(poll)  # a run of the previous job is ending on another worker
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lease / 3):
+            store.set(RUNNING + project, "1", ex=lease)
+            store.set(QUEUED + project, "1", ex=lease)
+
+    threading.Thread(target=renew, name=f"camsam-lease-{project}", daemon=True).start()
+    runs = 0
+    try:
+        while store.getdel(PENDING + project) is not None:
+            runs += 1
+            train_once()
+    finally:
+        done.set()
+        store.delete(RUNNING + project)
+        store.delete(QUEUED + project)
+    if store.get(PENDING + project) is not None:  # came after the last check: one more job
+        request_training(store, submit, payload, store.get(PENDING + project) or "pending")
+    return runs
+
+
+def _lease(payload: dict) -> int:
+    lease = (payload.get("settings") or {}).get("train_lease") or defaults.TRAIN_LEASE
+    return max(1, int(lease))
+
+
+def reconcile(store, submit: Submit) -> int:
+    """Ask for a training run of every known project; a run with no new labels in Label Studio
+    ends at once. So a lost webhook costs a delay, never a label. Returns the jobs enqueued."""
+    return sum(
+        request_training(store, submit, payload, "reconcile") for payload in known_projects(store)
+    )
+
+
+def reconcile_every(seconds: float, store, submit: Submit) -> threading.Thread:
+    """Start a daemon thread that reconciles every ``seconds`` (none when ``seconds`` <= 0)."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(seconds)
+            try:
+                reconcile(store, submit)
+            except Exception:  # a lost Redis or Label Studio must not end the loop
+                log.exception("reconciliation failed; trying again in %.0f s", seconds)
+
+    thread = threading.Thread(target=loop, name="camsam-reconcile", daemon=True)
+    if seconds > 0:
+        thread.start()
+    return thread

@@ -1,0 +1,65 @@
+"""What crosses the queue: queue names, Redis keys, job names, and running a job by name.
+
+Jobs are named by dotted path (rq's habit), so the web process never imports a job's code, and
+with it torch, unless it runs jobs itself (the embedded mode, through :func:`resolve`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+
+from worker.contract.registry import resolve
+
+log = logging.getLogger(__name__)
+
+INTERACTIVE_QUEUE = "camsam-interactive"
+PREDICT_QUEUE = "camsam-predict"
+TRAIN_QUEUE = "camsam-train"
+# Where a worker says which image embeddings it holds, and how its embedding cache does.
+ROUTE_PREFIX = "camsam:route:"
+CACHE_STATS_KEY = "camsam:embedding-cache"
+
+PREDICT_JOB = "worker.jobs.predict.predict"
+INTERACTIVE_JOB = "worker.jobs.predict.interactive"
+PREANNOTATE_JOB = "worker.jobs.predict.preannotate"
+FEEDBACK_JOB = "worker.jobs.feedback.score_annotation"
+TRAIN_JOB = "worker.training.job.train_job"
+AFTER_JOB = "worker.jobs.queue_worker.after_job"
+
+
+def own_queue(worker_name: str) -> str:
+    """The interactive queue only one worker serves: clicks on images it has embedded."""
+    return f"{INTERACTIVE_QUEUE}@{worker_name}"
+
+
+def describe(name: str, payload: dict) -> str:
+    """What rq logs for a job: its name, project and size, never the payload (it holds the
+    Label Studio key)."""
+    tasks = payload.get("tasks")
+    size = f", {len(tasks)} tasks" if isinstance(tasks, list) else ""
+    return f"{name}(project {payload.get('project')}{size})"
+
+
+def route_key(payload: dict) -> str:
+    """An interactive request's image, by project and task data (the same task, the same key)."""
+    task = payload["tasks"][0]
+    text = json.dumps([payload["project"], task.get("data")], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def run_in_thread(name: str, payload: dict, lock: threading.Lock | None = None) -> None:
+    """Run a named job in a daemon thread (holding ``lock`` if given); a failure is logged,
+    since a thread has nobody to raise to."""
+
+    def work() -> None:
+        with lock or contextlib.nullcontext():
+            try:
+                resolve(name)(payload)
+            except Exception:
+                log.exception("background job %s failed", name)
+
+    threading.Thread(target=work, name=f"camsam-{name}", daemon=True).start()

@@ -1,0 +1,256 @@
+"""Jobs the web side enqueues by name. Each one takes and returns plain JSON-able values.
+
+Models stay loaded in the process between jobs (one pipeline per project and model version), and
+a newer version published by training is picked up at the next job without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from worker.contract.errors import CamsamError, CheckpointError
+from worker.contract.label_config import parse_label_config
+from worker.contract.settings import Settings
+from worker.contract.store import UNTRAINED, project_model_dir
+from worker.data.images import load_image
+from worker.labelstudio.fetch import FetchLimits, ImageFetcher
+from worker.labelstudio.results import brush_region, to_prediction
+
+log = logging.getLogger(__name__)
+_pipelines: dict[tuple, object] = {}
+_lock = threading.Lock()
+FETCH_THREADS = 4  # downloads in flight: Label Studio and storages answer a few at a time well
+WRITES_IN_FLIGHT = 2  # chunks of predictions waiting for Label Studio before the model pauses
+
+
+def predict(payload: dict) -> dict:
+    """Pre-annotate a batch: one prediction per task, in order; a failed task gets an empty one.
+
+    Returns ``{"results": [...], "model_version": str, "failed": int, "seconds": float}``.
+    """
+    started = time.perf_counter()
+    project = _Project(payload)
+    results, failed = [], 0
+    for chunk, images in project.chunks(payload["tasks"]):
+        answers = project.predict(chunk, images)
+        failed += sum(answer is None for answer in answers)
+        results += [answer or empty(project.version) for answer in answers]
+    return {
+        "results": results,
+        "model_version": project.version,
+        "failed": failed,
+        "seconds": time.perf_counter() - started,
+        **project.cache_stats(),
+    }
+
+
+def preannotate(payload: dict, progress=None) -> dict:
+    """Predict tasks and store each batch's predictions in Label Studio through its API.
+
+    For batches too long to answer within Label Studio's request timeout, and for
+    ``camsam preannotate``. Three things overlap: the next chunk's images download while the
+    model works on this one, and each chunk's predictions go to Label Studio in one bulk import
+    on a writer thread. ``progress`` (a tqdm bar) is advanced per task.
+    Returns ``{"model_version", "written", "failed"}``.
+    """
+    from worker.labelstudio.client import connect, import_predictions
+
+    project = _Project(payload)
+    if project.version is None:
+        return {"model_version": None, "written": 0, "failed": 0}
+    client = connect(project.settings.label_studio_url, project.settings.label_studio_api_key)
+    written = failed = 0
+    writes: list[Future] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="camsam-write") as writer:
+        for chunk, images in project.chunks(payload["tasks"]):
+            answers = project.predict(chunk, images)
+            done = [(task["id"], a) for task, a in zip(chunk, answers, strict=True) if a]
+            failed += len(chunk) - len(done)
+            writes.append(writer.submit(import_predictions, client, payload["project"], done))
+            while len(writes) > WRITES_IN_FLIGHT:
+                written += writes.pop(0).result()
+            if progress is not None:
+                progress.update(len(chunk))
+        for write in writes:
+            written += write.result()
+    log.info("project %s: %d predictions written, %d failed", payload["project"], written, failed)
+    return {"model_version": project.version, "written": written, "failed": failed}
+
+
+def interactive(payload: dict) -> dict:
+    """The mask for one click or box on one task, labelled as the person chose.
+
+    Bad input here is the person's to fix, so it answers ``{"error": ...}`` rather than empty.
+    """
+    import numpy as np
+
+    from worker.pipeline.prompts import Prompts
+
+    project = _Project(payload)
+    if project.version is None:
+        return {"results": [empty(None)], "model_version": None, "failed": 0}
+    pipeline = project.pipeline()
+    (task,) = payload["tasks"]
+    try:
+        image = project.image(task)
+    except (CamsamError, KeyError) as error:
+        return {"error": f"cannot read the task's image: {error}"}
+    height, width = image.shape[:2]
+    prompt = payload["prompt"]
+    scale = np.array([width / 100.0, height / 100.0], dtype=np.float32)
+    points = np.array([p[:2] for p in prompt["points"]], np.float32).reshape(-1, 2) * scale
+    labels = np.array([p[2] for p in prompt["points"]], np.int32)
+    box = None
+    if prompt["box"] is not None:
+        box = np.array(prompt["box"], np.float32) * np.tile(scale, 2)
+    mask = pipeline.segment_prompted(image, prompt["label"], Prompts(points, labels, box))
+    regions = [] if mask is None else [brush_region(mask, width, height, project.config)]
+    score = 0.0 if mask is None else mask.score
+    result = {"result": regions, "score": score, "model_version": project.version}
+    return {
+        "results": [result],
+        "model_version": project.version,
+        "failed": 0,
+        **project.cache_stats(),
+    }
+
+
+class _Project:
+    """What every job reads from its payload: the project's model, label config and images."""
+
+    def __init__(self, payload: dict) -> None:
+        self.settings = Settings.from_payload(payload["settings"])
+        self.model_dir = project_model_dir(
+            self.settings.model_dir, payload["project"], self.settings.redis_url
+        )
+        self.version = self.model_dir.current_version()
+        raw = payload["label_config"]
+        self.config = parse_label_config(raw) if raw else None
+        self.image_key = self.config.image_key if self.config else "image"
+        self.batch_size = max(1, self.settings.predict_batch_size)
+        self._pipeline = None
+        self.fetcher = ImageFetcher(
+            self.settings.label_studio_url,
+            self.settings.label_studio_api_key,
+            self.settings.local_files_document_root,
+            FetchLimits.from_settings(self.settings),
+        )
+
+    def pipeline(self):
+        """The warm pipeline of the current version, chosen once per job; if its checkpoint is
+        refused (corrupt, unreadable), the newest older version that loads answers instead."""
+        if self._pipeline is None:
+            self._pipeline = self._choose_pipeline()
+        return self._pipeline
+
+    def _choose_pipeline(self):
+        try:
+            return load_pipeline(self.model_dir, self.version, self.settings)
+        except CheckpointError as error:
+            older = [v for v in self.model_dir.versions() if v < self.version][::-1]
+            log.error("project %s: %s refused: %s", self.model_dir.root, self.version, error)
+            for version in older:
+                try:
+                    pipeline = load_pipeline(self.model_dir, version, self.settings)
+                except CheckpointError:
+                    continue
+                log.error("serving %s instead of %s", version, self.version)
+                self.version = version
+                return pipeline
+            raise
+
+    def image(self, task: dict):
+        """The task's image as RGB uint8. Raises: CamsamError, KeyError (no image in the task)."""
+        data = self.fetcher.fetch(str(task["data"][self.image_key]), task.get("id"))
+        return load_image(data, max_pixels=self.settings.max_image_pixels)
+
+    def chunks(self, tasks: list[dict]) -> Iterator[tuple[list[dict], dict[int, object]]]:
+        """``tasks`` in chunks of the batch size, each with its images by position in the chunk
+        (a task whose image cannot be read is logged and left out). Images download a few at a
+        time, and the next chunk's while the caller works on this one."""
+        parts = list(_chunks(tasks, self.batch_size))
+        if self.version is None:  # nothing to predict with: no downloads either
+            yield from ((chunk, {}) for chunk in parts)
+            return
+        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="camsam-fetch") as pool:
+            upcoming = [pool.submit(self.image, task) for task in parts[0]] if parts else []
+            for number, chunk in enumerate(parts):
+                current = upcoming
+                if number + 1 < len(parts):
+                    upcoming = [pool.submit(self.image, task) for task in parts[number + 1]]
+                yield chunk, self._collect(chunk, current)
+
+    def _collect(self, tasks: list[dict], futures: list[Future]) -> dict[int, object]:
+        images = {}
+        for k, (task, future) in enumerate(zip(tasks, futures, strict=True)):
+            try:
+                images[k] = future.result()
+            except (CamsamError, KeyError) as error:
+                log.warning("task %s: no prediction: %s", task.get("id"), error)
+        return images
+
+    def predict(self, tasks: list[dict], images: dict[int, object]) -> list[dict | None]:
+        """Predictions for ``tasks`` in one batched pipeline pass; None for a task that failed
+        (its image is missing from ``images``, or the pipeline refused it)."""
+        if self.version is None:
+            return [empty(None) for _ in tasks]
+        pipeline = self.pipeline()
+        try:
+            results = dict(zip(images, pipeline.run_batch(list(images.values())), strict=True))
+        except CamsamError as error:  # one image spoilt the batch: find it, keep the others
+            log.warning("batch of %d failed (%s): predicting one by one", len(images), error)
+            results = {}
+            for k, image in images.items():
+                try:
+                    results[k] = pipeline.run(image)
+                except CamsamError as single:
+                    log.warning("task %s: no prediction: %s", tasks[k].get("id"), single)
+        return [
+            to_prediction(results[k], self.version, self.config) if k in results else None
+            for k in range(len(tasks))
+        ]
+
+    def cache_stats(self) -> dict:
+        """The SAM2 embedding cache's hits and misses in this process, when SAM2 is in use."""
+        if self.version is None:
+            return {}
+        stats = self.pipeline().segmenter.cache_stats()
+        return {"embedding_cache": dict(stats)} if stats is not None else {}
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def empty(version: str | None) -> dict:
+    return {"result": [], "score": 0.0, "model_version": version or UNTRAINED}
+
+
+def load_pipeline(model_dir, version: str, settings: Settings):
+    """The warm pipeline for this model version, built on first use."""
+    from worker.pipeline.classifier import resolve_device
+    from worker.pipeline.pipeline import Pipeline
+
+    names = ("sam2_config", "sam2_checkpoint", "sam2_hub_id", "cam_refiner", "classifier_mirror")
+    options = tuple(getattr(settings, k) for k in names)  # what builds differently
+    key = (str(model_dir.root), version, options, settings.device)
+    with _lock:
+        if key not in _pipelines:
+            pipeline = Pipeline.build(
+                model_dir.path(version),
+                sam2_config=settings.sam2_config or None,
+                sam2_checkpoint=settings.sam2_checkpoint or None,
+                sam2_hub_id=settings.sam2_hub_id or None,
+                refiner=settings.cam_refiner or None,
+                mirror=bool(settings.classifier_mirror),
+                device=resolve_device(settings.device),
+            )
+            for old in [k for k in _pipelines if k[0] == key[0] and k[1] != version]:
+                del _pipelines[old]  # an older version of this model: training replaced it
+            _pipelines[key] = pipeline
+        return _pipelines[key]

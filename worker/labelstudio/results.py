@@ -1,0 +1,81 @@
+"""The one place that speaks Label Studio JSON: pipeline results to predictions, and back."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+from worker.contract.label_config import LabelConfig
+from worker.pipeline.pipeline import ImageResult
+from worker.pipeline.segmenters.base import MaskResult
+
+# The names used in the repository's label_config.xml (a test keeps them in step).
+DEFAULT_IMAGE_NAME = "image"
+DEFAULT_CHOICES_NAME = "class"
+DEFAULT_BRUSH_NAME = "mask"
+
+
+def to_prediction(
+    result: ImageResult, model_version: str, config: LabelConfig | None = None
+) -> dict:
+    """A Label Studio prediction: a ``choices`` region and one ``brushlabels`` region per mask.
+
+    With a label config, only labels the config offers are written (a checkpoint trained on more
+    classes than the project has must not invent labels); without one, the default names apply.
+    """
+    image_name = config.image_name if config else DEFAULT_IMAGE_NAME
+    regions = []
+    choices = list(result.prediction.classes)
+    if config is not None:
+        choices = [c for c in choices if c in config.choice_labels]
+    if choices and (config is None or config.choices is not None):
+        regions.append(
+            {
+                "id": _region_id(),
+                "from_name": config.choices.name if config else DEFAULT_CHOICES_NAME,
+                "to_name": image_name,
+                "type": "choices",
+                "value": {"choices": choices},
+                "score": result.prediction.score,
+            }
+        )
+    for mask in result.masks:
+        if config is None or mask.label in config.mask_labels:
+            regions.append(brush_region(mask, result.width, result.height, config))
+    return {"model_version": model_version, "score": result.score, "result": regions}
+
+
+def brush_region(mask: MaskResult, width: int, height: int, config: LabelConfig | None) -> dict:
+    """One ``brushlabels`` region; ``meta`` says which segmenter made it and from what prompts."""
+    meta = {"segmenter": mask.segmenter, **mask.details}
+    if mask.prompts is not None:
+        meta["prompts"] = mask.prompts.to_dict()
+    return {
+        "id": _region_id(),
+        "from_name": config.brush.name if config else DEFAULT_BRUSH_NAME,
+        "to_name": config.image_name if config else DEFAULT_IMAGE_NAME,
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": encode_mask(mask.mask), "brushlabels": [mask.label]},
+        "score": mask.score,
+        "readonly": False,
+        "meta": {**meta, "text": [f"camsam {mask.segmenter} mask"]},
+    }
+
+
+def encode_mask(mask: np.ndarray) -> list[int]:
+    """Label Studio's brush RLE of a boolean (H, W) mask."""
+    return mask2rle(mask.astype(np.uint8) * 255)
+
+
+def decode_mask(rle: list[int], width: int, height: int) -> np.ndarray:
+    """Inverse of :func:`encode_mask`: the boolean (H, W) mask of a brush region."""
+    return decode_rle(rle).reshape(height, width, 4)[:, :, 3] >= 128
+
+
+def _region_id() -> str:
+    return uuid.uuid4().hex[:10]

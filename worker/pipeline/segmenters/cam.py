@@ -1,0 +1,64 @@
+"""``cam``: the CAM refined with the image itself, useful masks with no SAM2 checkpoint at all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from worker.pipeline.refiners.base import SIGNAL_REFINERS, RefineParams, from_plain, refine_cam
+from worker.pipeline.refiners.learned import LearnedRefiner
+from worker.pipeline.segmenters.base import MaskResult, Segmenter, SegmenterOptions
+
+
+class CamSegmenter(Segmenter):
+    """The CAM refined with the image itself: useful masks with no SAM2 checkpoint at all.
+
+    ``per_class`` holds refinement settings tuned on training images (kept in the checkpoint);
+    classes without them use ``default``. ``learned`` holds the per-class trees of the learned
+    refiner; a class set to ``learned`` that has none falls back to the guided CAM.
+    """
+
+    name = "cam"
+
+    @classmethod
+    def from_options(cls, options: SegmenterOptions, classifier) -> CamSegmenter:
+        """A ``refiner`` in ``options`` applies to every class; else each class gets what
+        training chose for it (kept in the checkpoint), and the rest the guided CAM."""
+        tuned = None if options.refiner else from_plain(classifier.spec.refine)
+        learned = LearnedRefiner.from_state(classifier.extras, classifier.source)
+        return cls(RefineParams(options.refiner or "guided"), tuned, learned)
+
+    def __init__(
+        self,
+        default: RefineParams | None = None,
+        per_class: Mapping[str, RefineParams] | None = None,
+        learned: LearnedRefiner | None = None,
+    ) -> None:
+        self.default = default or RefineParams()
+        self.per_class = dict(per_class or {})
+        self.learned = learned or LearnedRefiner({})
+
+    def for_prompts(self) -> CamSegmenter:
+        """This segmenter for a CAM a person's click or box has focused: the learned trees saw
+        only the classifier's own CAMs, so their classes take the guided CAM here."""
+        return CamSegmenter(self.default, self.per_class)
+
+    def segment(self, image, cams, prompts):
+        results = []
+        for cam, prompt in zip(cams, prompts, strict=True):
+            params = self.per_class.get(cam.label, self.default)
+            if params.method == "learned":
+                if cam.label in self.learned:
+                    mask = self.learned.mask(image, cam.cam, cam.label)
+                    details = {"refiner": "learned", "cut": self.learned.threshold(cam.label)}
+                    results.append(
+                        MaskResult(cam.label, mask, cam.probability, self.name, prompt, details)
+                    )
+                    continue
+                params = RefineParams()
+            mask = refine_cam(image, cam.cam, params)
+            details = {"refiner": params.method, "cam_threshold": params.cam_threshold}
+            if params.method in SIGNAL_REFINERS:
+                details["contrast_threshold"] = params.contrast_threshold
+                details.update(polarity=params.polarity, relative=params.relative)
+            results.append(MaskResult(cam.label, mask, cam.probability, self.name, prompt, details))
+        return results
