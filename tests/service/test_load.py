@@ -2,8 +2,8 @@
 ``camsam serve`` (gunicorn) to one and to two ``camsam worker`` processes; nothing lost, no
 error; and a worker's memory stays flat over hundreds of predictions.
 
-Figures are printed (``pytest tests/service/test_load.py -s``); the assertions are about errors, lost
-jobs and memory growth, never about time.
+Figures are printed (``pytest tests/service/test_load.py -s``); the assertions are about
+errors, lost jobs and memory growth, never about time.
 """
 
 from __future__ import annotations

@@ -35,40 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data", help="dataset folder (<Class>/<image>) or Label Studio JSON export")
     train.add_argument("--model-dir", required=True)
     _dataset_options(train)
+    recipe = defaults.Recipe()
     train.add_argument(
-        "--arch", default=defaults.ARCH, help=f"any timm architecture (default {defaults.ARCH})"
+        "--arch", default=recipe.arch, help=f"any timm architecture (default {recipe.arch})"
     )
-    train.add_argument("--epochs", type=int, default=defaults.EPOCHS)
-    train.add_argument("--image-size", type=int, default=defaults.IMAGE_SIZE)
-    train.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
-    train.add_argument(
-        "--input",
-        choices=defaults.INPUTS,
-        default=defaults.INPUT,
-        help="flat: gray + difference from the local background (surfaces, cells)",
-    )
-    train.add_argument(
-        "--pool",
-        choices=("avg", "max", "avgmax"),
-        default=defaults.POOL,
-        help="global pooling: max and avgmax let one small object decide",
-    )
+    for name, kind in (("epochs", int), ("image_size", int), ("batch_size", int), ("lr", float)):
+        train.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(recipe, name))
+    choices = {
+        "input": (defaults.INPUTS, "flat: gray + difference from the local background (surfaces)"),
+        "pool": (("avg", "max", "avgmax"), "max and avgmax let one small object decide"),
+        "augment": (
+            defaults.AUGMENTATIONS,
+            "flip (default), flip+rot (90-degree turns too), full (+ crops, jitter), none",
+        ),
+    }
+    for name, (offered, text) in choices.items():
+        train.add_argument(f"--{name}", choices=offered, default=getattr(recipe, name), help=text)
     train.add_argument(
         "--output-stride",
         type=int,
         choices=(32, 16, 8),
-        default=defaults.OUTPUT_STRIDE,
+        default=recipe.output_stride,
         help="16 or 8: dilated last stages, a 2x or 4x finer CAM for small defects (slower)",
     )
-    train.add_argument("--lr", type=float, default=defaults.LR)
-    train.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION)
-    train.add_argument("--seed", type=int, default=defaults.SEED)
-    train.add_argument(
-        "--augment",
-        choices=defaults.AUGMENTATIONS,
-        default=defaults.AUGMENT,
-        help="flip (default), flip+rot (90-degree turns too), full (+ crops, jitter), none",
-    )
+    train.add_argument("--val-fraction", type=float, default=recipe.val_fraction)
+    train.add_argument("--seed", type=int, default=recipe.seed)
     train.add_argument(
         "--pretrained",
         help="start from a local weights file (timm or camsam checkpoint), or 'hub' to download",
@@ -219,8 +210,10 @@ def read_dataset(args: argparse.Namespace, part: str):
 
 def run_train(args: argparse.Namespace) -> int:
     import os
+    from dataclasses import fields
 
     from worker.contract.connections import redis_connection
+    from worker.contract.defaults import Recipe
     from worker.contract.store import ModelDir
     from worker.pipeline.checkpoint import publish
     from worker.pipeline.classifier import resolve_device
@@ -228,18 +221,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     dataset = read_dataset(args, "train")
     config = TrainConfig(
-        arch=args.arch,
-        image_size=args.image_size,
-        input=args.input,
-        pool=args.pool,
-        output_stride=args.output_stride,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        augment=args.augment,
+        **{f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)},
         tune_masks=not args.no_tune_masks,
-        seed=args.seed,
         pretrained=args.pretrained,
         device=resolve_device(args.device),
     )

@@ -1,46 +1,41 @@
 """Every default camsam has, once, each with why it is what it is.
 
 The command line's flags, the backend's settings (:class:`worker.contract.settings.Settings`) and
-the training recipe (``worker.training.classifier.TrainConfig``) all read their defaults from
-here, so a default changes in one place. Figures behind a choice are in ``docs/quality.md``.
+the training recipe (:class:`Recipe`, which ``worker.training.classifier.TrainConfig`` extends)
+all read their defaults from here, so a default changes in one place. Figures behind a choice
+are in ``docs/quality.md``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # The training recipe -------------------------------------------------------------------------
 
-ARCH = "resnet10t"
-"""A small timm CNN: trains in minutes on a CPU and gives 7x7 CAMs at 224 px."""
 
-EPOCHS = 60
-"""Validation accuracy still climbed at 30 epochs on magnetic-tile and levelled off by 40."""
+@dataclass(frozen=True)
+class Recipe:
+    """How a classifier is trained, as ``camsam train``'s flags, the backend's ``TRAIN_*``
+    settings and every checkpoint's ``recipe`` record it; these are the defaults."""
 
-IMAGE_SIZE = 224
-"""The classifier's input side in pixels (timm's own default for most CNNs)."""
+    arch: str = "resnet10t"  # a small timm CNN: minutes on a CPU, 7x7 CAMs at 224 px
+    image_size: int = 224  # the classifier's input side in pixels
+    input: str = "rgb"  # the image as it is; "flat" (gray + local difference) suits surfaces
+    pool: str = "avg"  # global pooling; "avgmax" lets one small, strong response decide
+    output_stride: int = 32  # 16 or 8 dilate the last stages: a finer CAM, slower
+    epochs: int = 60  # validation accuracy levelled off by epoch 40 (docs/quality.md)
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    val_fraction: float = 0.15  # held out to pick the best epoch and to decide publishing
+    augment: str = "flip"  # flips both ways beat heavier augmentation (docs/quality.md)
+    seed: int = 0
 
-INPUT = "rgb"
-"""The image as it is; ``flat`` (gray + difference from the local background) suits surfaces."""
 
 INPUTS = ("rgb", "flat")
 """The input encodings a classifier can be trained on."""
 
-POOL = "avg"
-"""Global average pooling; ``avgmax`` lets one small, strong response decide."""
-
-OUTPUT_STRIDE = 32
-"""The backbone's own stride; 16 or 8 dilate the last stages for a finer CAM (slower)."""
-
-BATCH_SIZE = 32
-LR = 2e-3
-WEIGHT_DECAY = 0.05
-VAL_FRACTION = 0.15
-"""The share of the labelled images held out to pick the best epoch and to decide publishing."""
-
-AUGMENT = "flip"
-"""Flips both ways: on a few hundred images and a CPU budget they beat heavier augmentation."""
-
 AUGMENTATIONS = ("none", "flip", "flip+rot", "full")
-SEED = 0
 
 # Judging masks --------------------------------------------------------------------------------
 

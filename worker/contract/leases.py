@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker.contract import defaults
 from worker.contract.connections import redis_connection
 from worker.contract.queues import TRAIN_JOB, TRAIN_QUEUE, describe, run_in_thread
+from worker.contract.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,7 @@ def run_pending(
 
 
 def _lease(payload: dict) -> int:
-    lease = (payload.get("settings") or {}).get("train_lease") or defaults.TRAIN_LEASE
-    return max(1, int(lease))
+    return max(1, Settings.from_payload(payload.get("settings") or {}).train_lease)
 
 
 def reconcile(store, submit: Submit) -> int:

@@ -34,10 +34,10 @@ class Settings:
     reconcile_seconds: float = 300.0
     train_lease: int = defaults.TRAIN_LEASE
     train_arch: str = ""
-    train_epochs: int = defaults.EPOCHS
-    train_image_size: int = defaults.IMAGE_SIZE
-    train_input: str = defaults.INPUT
-    train_output_stride: int = defaults.OUTPUT_STRIDE
+    train_epochs: int = defaults.Recipe.epochs
+    train_image_size: int = defaults.Recipe.image_size
+    train_input: str = defaults.Recipe.input
+    train_output_stride: int = defaults.Recipe.output_stride
     train_pretrained: str = ""
     image_hosts: str = ""
     fetch_timeout: float = defaults.FETCH_TIMEOUT

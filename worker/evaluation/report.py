@@ -13,6 +13,8 @@ from worker.evaluation.overlays import draw_overlay, label_colour, save_png
 from worker.pipeline.pipeline import Pipeline
 
 TILE = 200
+CAPTION = 200  # the caption column's width
+GAP = 8  # white pixels between tiles and between rows
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -73,24 +75,53 @@ def example_row(pipeline: Pipeline, sample, detail: dict, tag: str) -> np.ndarra
         mask = sample.mask(label, image.shape[:2])
         truth[mask] = (0.5 * truth[mask] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
     overlay = draw_overlay(image, result, pipeline.classifier.spec.classes)
-    tiles = [_tile(image), _tile(truth), _tile(overlay)]
     iou_text = ", ".join(f"{k} {v:.2f}" for k, v in detail["iou_given"].items())
-    caption = np.full((TILE, TILE, 3), 255, np.uint8)
-    for i, line in enumerate([tag, sample.key[-28:], f"IoU {iou_text}"]):
+    caption = np.full((TILE, CAPTION, 3), 255, np.uint8)
+    lines = [tag, *_wrap(sample.key, CAPTION - 12), f"IoU {iou_text}"]
+    for i, line in enumerate(lines):
         cv2.putText(caption, line, (6, 24 + 22 * i), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.hstack([caption, *tiles])
+    return framed_row([caption, _tile(image), _tile(truth), _tile(overlay)])
+
+
+def framed_row(cells: list[np.ndarray]) -> np.ndarray:
+    """Cells side by side with a white gap between them, and a white band and a grey rule
+    below: a row never touches the next, whatever the shape of its images."""
+    gap = np.full((TILE, GAP, 3), 255, np.uint8)
+    row = np.hstack([part for cell in cells for part in (cell, gap)][:-1])
+    band = np.full((GAP, row.shape[1], 3), 255, np.uint8)
+    rule = np.full((1, row.shape[1], 3), 200, np.uint8)
+    return np.vstack([row, band, rule, band])
 
 
 def _tile(image: np.ndarray) -> np.ndarray:
+    """``image`` shrunk to fit a TILE x TILE square and centred on white."""
     height, width = image.shape[:2]
     scale = TILE / max(height, width)
-    resized = cv2.resize(image, (max(1, int(width * scale)), max(1, int(height * scale))))
-    return _pad(_pad_rows(resized, TILE), TILE)
+    size = (max(1, min(TILE, round(width * scale))), max(1, min(TILE, round(height * scale))))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    tile = np.full((TILE, TILE, 3), 255, np.uint8)
+    top, left = (TILE - size[1]) // 2, (TILE - size[0]) // 2
+    tile[top : top + size[1], left : left + size[0]] = resized
+    return tile
 
 
-def _pad_rows(image: np.ndarray, height: int) -> np.ndarray:
-    extra = height - image.shape[0]
-    return np.pad(image, ((0, extra), (0, 0), (0, 0)), constant_values=255)
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines that fit ``width`` pixels, broken after a ``/`` where it can be."""
+    lines, current = [], ""
+    for piece in text.replace("/", "/\n").split("\n"):
+        for char in piece if _width(piece) > width else [piece]:
+            if current and _width(current + char) > width:
+                lines.append(current)
+                current = ""
+            current += char
+        if current.endswith("/"):
+            lines.append(current)
+            current = ""
+    return [*lines, current] if current else lines
+
+
+def _width(text: str) -> int:
+    return cv2.getTextSize(text, FONT, 0.4, 1)[0][0]
 
 
 def _pad(image: np.ndarray, width: int) -> np.ndarray:

@@ -54,8 +54,9 @@ def create_model(
         CheckpointError: the architecture is unknown or the pretrained file does not fit it.
     """
     if arch not in timm.list_models():
+        example = defaults.Recipe.arch
         raise CheckpointError(
-            f"unknown --arch {arch!r}: pick any name from timm.list_models(), e.g. {defaults.ARCH}"
+            f"unknown --arch {arch!r}: pick any name from timm.list_models(), e.g. {example}"
         )
     options = {"num_classes": num_classes}
     if pool != "avg":

@@ -40,19 +40,9 @@ MIN_STEPS_PER_EPOCH = 8
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    arch: str = defaults.ARCH
-    image_size: int = defaults.IMAGE_SIZE
-    input: str = defaults.INPUT
-    pool: str = defaults.POOL
-    output_stride: int = defaults.OUTPUT_STRIDE
-    epochs: int = defaults.EPOCHS
-    batch_size: int = defaults.BATCH_SIZE
-    lr: float = defaults.LR
-    weight_decay: float = defaults.WEIGHT_DECAY
-    val_fraction: float = defaults.VAL_FRACTION
-    augment: str = defaults.AUGMENT
-    seed: int = defaults.SEED
+class TrainConfig(defaults.Recipe):
+    """The recipe (``worker.contract.defaults.Recipe``) and how this run goes about it."""
+
     pretrained: str | None = None
     tune_masks: bool = True
     device: str = "cpu"

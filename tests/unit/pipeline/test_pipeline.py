@@ -73,14 +73,15 @@ def test_instances_split_connected_parts():
     assert {p.details["instance"] for p in parts} == {1, 2}
 
 
+@pytest.fixture
+def sam2_segmenter(sam2_checkpoint):
+    options = SegmenterOptions(sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint)
+    return build_segmenter("sam2", options, None)
+
+
 @pytest.mark.slow
-def test_sam2_pipeline_rle_round_trip_at_original_size(checkpoint, sam2_checkpoint):
-    segmenter = build_segmenter(
-        "sam2",
-        SegmenterOptions(sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint),
-        None,
-    )
-    pipeline = Pipeline(Classifier.load(checkpoint), segmenter, PipelineOptions())
+def test_sam2_pipeline_rle_round_trip_at_original_size(checkpoint, sam2_segmenter):
+    pipeline = Pipeline(Classifier.load(checkpoint), sam2_segmenter, PipelineOptions())
     image, _ = make_image(np.random.default_rng(11), "Scratch", (77, 133))
     result = pipeline.run(image, labels=["Scratch"])
     prediction = to_prediction(result, pipeline.version)
@@ -95,15 +96,10 @@ def test_sam2_pipeline_rle_round_trip_at_original_size(checkpoint, sam2_checkpoi
 
 
 @pytest.mark.slow
-def test_sam2_answers_a_click_for_known_and_unknown_labels(checkpoint, sam2_checkpoint):
+def test_sam2_answers_a_click_for_known_and_unknown_labels(checkpoint, sam2_segmenter):
     from worker.pipeline.prompts import Prompts
 
-    segmenter = build_segmenter(
-        "sam2",
-        SegmenterOptions(sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint),
-        None,
-    )
-    pipeline = Pipeline(Classifier.load(checkpoint), segmenter)
+    pipeline = Pipeline(Classifier.load(checkpoint), sam2_segmenter)
     image, _ = make_image(np.random.default_rng(2), "Spot", (90, 120))
     click = Prompts(np.array([[60.0, 45.0], [5.0, 5.0]]), np.array([1, 0]))
     for label in ("Spot", "Pore"):  # "Pore" is not a class of the classifier
