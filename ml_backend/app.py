@@ -16,7 +16,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from ml_backend.errors import BackendError, BadRequest, InputError, TooManyRequests
 from ml_backend.guard import OPEN_ENDPOINTS, RateLimiter, authorised, needs_credentials
-from ml_backend.metrics import Metrics
+from ml_backend.metrics import CONTENT_TYPE, Metrics
 from ml_backend.protocol import label_changes, predict_payload, project_id
 from ml_backend.runner import EmbeddedRunner, RqRunner
 from ml_backend.webhooks import TRAINING_EVENTS, imported_annotations, webhook_project
@@ -279,7 +279,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                     **backend.project_gauges(),
                 }
             ),
-            mimetype="text/plain; version=0.0.4",
+            content_type=CONTENT_TYPE,
         )
 
     return app

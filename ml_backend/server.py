@@ -1,16 +1,39 @@
-"""``camsam serve``: the Flask app under gunicorn, with threads so /health answers meanwhile."""
+"""``camsam serve`` and ``python -m ml_backend``: the Flask app under gunicorn, with threads so
+/health answers meanwhile, and /metrics adding up every gunicorn worker's counts."""
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import sys
+import tempfile
 
 from gunicorn.app.base import BaseApplication
 
-from ml_backend.app import create_app
 from worker.contract.leases import reconcile_every
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # ml_backend.metrics imports prometheus_client
+# What prometheus_client's multiprocess mode writes: <kind>_<pid>.db (gauges: gauge_<mode>_<pid>).
+METRIC_FILES = ("counter_*.db", "histogram_*.db", "gauge_*.db", "summary_*.db")
 
 
 def serve(host: str, port: int, workers: int, threads: int) -> None:
+    metrics_dir, private = metrics_directory()
+    master = os.getpid()
+    try:
+        run(host, port, workers, threads, metrics_dir)
+    finally:  # gunicorn exits with SystemExit, in the master and in each worker it forked
+        if private and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> None:
+    # Only now: prometheus_client picks its multiprocess mode when it is first imported.
+    from prometheus_client import multiprocess
+
+    from ml_backend.app import create_app
+
     app = create_app()
     backend = app.extensions["camsam"]
     if workers != 1 and backend.runner.mode == "embedded":
@@ -28,6 +51,10 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 300)
+            self.cfg.set(
+                "child_exit",
+                lambda _server, worker: multiprocess.mark_process_dead(worker.pid, metrics_dir),
+            )
             if backend.runner.mode == "embedded":  # no trainer worker: reconcile in here
                 self.cfg.set(
                     "post_worker_init",
@@ -46,3 +73,20 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         f"models in {backend.settings.model_dir})"
     )
     Server().run()
+
+
+def metrics_directory() -> tuple[str, bool]:
+    """Where the gunicorn workers write their metrics, set in ``PROMETHEUS_MULTIPROC_DIR`` for
+    them (they inherit it), and whether it is this instance's own temporary directory (removed
+    on exit). A directory the user named is emptied of an earlier run's metric files, which
+    /metrics would otherwise add to this run's counts."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        path = tempfile.mkdtemp(prefix="camsam-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+        return path, True
+    os.makedirs(given, exist_ok=True)
+    for pattern in METRIC_FILES:
+        for stale in glob.glob(os.path.join(given, pattern)):
+            os.remove(stale)
+    return given, False

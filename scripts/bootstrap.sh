@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create or update .venv/ with everything camsam needs (and, as root on Debian, redis-server and
-# chromium for the tests). Idempotent: a second run with the same pyproject.toml returns at once.
+# Create or update .venv/ with everything camsam needs (and, as root on Debian, redis-server,
+# chromium and docker-compose for the tests). Idempotent: a second run with the same
+# pyproject.toml returns at once.
 #
 #   TORCH_SPEC        torch requirement (default torch==2.14.1)
 #   TORCHVISION_SPEC  torchvision requirement (default torchvision==0.29.1)
@@ -14,11 +15,14 @@ torchvision_spec=${TORCHVISION_SPEC:-torchvision==0.29.1}
 stamp=.venv/.camsam-installed
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 
-# The tests start their own redis-server on a free port, and the end-to-end test drives Debian's
-# chromium; install them where we may.
+# The tests start their own redis-server on a free port, the end-to-end test drives Debian's
+# chromium, and docker-compose.yml is checked with docker-compose (or the compose plugin);
+# install them where we may.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
+  || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "camsam: installing ${missing[*]} (for the tests)" >&2
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \

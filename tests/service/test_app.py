@@ -132,8 +132,8 @@ def test_predict_fetches_images_like_label_studio_and_isolates_failures(
             if region["type"] == "brushlabels":
                 assert decode_mask(region["value"]["rle"], width, height).any()
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'camsam_tasks_total{outcome="failed"} 2' in metrics
-    assert 'camsam_requests_total{route="/predict",status="200"} 1' in metrics
+    assert 'camsam_tasks_total{outcome="failed"} 2.0\n' in metrics
+    assert 'camsam_requests_total{route="/predict",status="200"} 1.0\n' in metrics
 
 
 def test_health_says_when_the_sam2_checkpoint_is_missing(tmp_path):
@@ -246,8 +246,8 @@ def test_second_click_on_an_image_reuses_its_sam2_embedding(
         (region,) = response.json["results"][0]["result"]
         assert region["meta"]["segmenter"] == "sam2"
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'camsam_embedding_cache{outcome="hits"} 1' in metrics
-    assert 'camsam_embedding_cache{outcome="misses"} 1' in metrics
+    assert 'camsam_embedding_cache{outcome="hits"} 1.0\n' in metrics
+    assert 'camsam_embedding_cache{outcome="misses"} 1.0\n' in metrics
 
 
 def test_a_batch_too_long_to_wait_for_is_written_back_through_the_api(
@@ -351,7 +351,8 @@ def test_bad_tasks_in_a_batch_get_empty_results_and_the_others_are_answered(
     results = response.json["results"]
     assert len(results) == len(tasks)
     assert [bool(r["result"]) for r in results] == [False] * 6 + [True, False]
-    assert 'camsam_tasks_total{outcome="failed"} 7' in client.get("/metrics").get_data(as_text=True)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'camsam_tasks_total{outcome="failed"} 7.0\n' in metrics
     # The same bad input in an interactive request is the person's to fix: a 4xx JSON error.
     click = {
         "type": "keypointlabels",

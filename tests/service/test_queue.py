@@ -74,7 +74,7 @@ def test_predictions_go_through_the_queue_to_a_worker(
     body = {**body, "tasks": tasks[1:], "params": {"context": {"result": [click]}}}
     bad = client.post("/predict", json=body)
     assert bad.status_code == 422 and "missing.png" in bad.json["error"]
-    assert "camsam_queue_depth 0" in client.get("/metrics").get_data(as_text=True)
+    assert "camsam_queue_depth 0.0\n" in client.get("/metrics").get_data(as_text=True)
 
 
 def test_no_worker_means_a_clear_timeout_and_the_job_is_dropped(redis_url, tmp_path):
@@ -134,9 +134,9 @@ def test_clicks_on_one_image_go_to_the_worker_that_embedded_it(
         metrics = client.get("/metrics").get_data(as_text=True)
         counts = {"hits": 0, "misses": 0}
         for line in metrics.splitlines():
-            if line.startswith("camsam_embedding_cache{worker="):
+            if line.startswith("camsam_embedding_cache{") and 'worker="' in line:
                 outcome = line.split('outcome="')[1].split('"')[0]
-                counts[outcome] += int(line.rsplit(" ", 1)[1])
+                counts[outcome] += float(line.rsplit(" ", 1)[1])
         assert counts == {"hits": 3, "misses": 1}  # embedded once, by one worker, for all clicks
     finally:
         for process in workers:

@@ -255,4 +255,4 @@ def test_submitted_masks_score_the_prediction_they_started_from(label_studio, tm
     }
     client = create_app({"MODEL_DIR": tmp_path / "models"}).test_client()
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'camsam_live_accept_rate{project="14",version="v0003"} 0.5' in metrics
+    assert 'camsam_live_accept_rate{project="14",version="v0003"} 0.5\n' in metrics

@@ -1,9 +1,9 @@
-"""Every default camsam has, once, each with why it is what it is.
+"""The defaults that more than one part of camsam reads, once, each with why it is what it is.
 
 The command line's flags, the backend's settings (:class:`worker.contract.settings.Settings`) and
 the training recipe (:class:`Recipe`, which ``worker.training.classifier.TrainConfig`` extends)
-all read their defaults from here, so a default changes in one place. Figures behind a choice
-are in ``docs/quality.md``.
+all read these from here, so a default changes in one place; a setting only the service reads
+keeps its default beside it in ``Settings``. Figures behind a choice are in ``docs/quality.md``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ reads weights, which keeps it importable by the web side.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -21,7 +22,8 @@ from pathlib import Path
 from worker.contract.connections import redis_connection
 from worker.contract.errors import CheckpointError, NoModelError
 
-VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+log = logging.getLogger(__name__)
+VERSION_PATTERN = re.compile(r"v(\d{4,9})")
 # The model_version of a project that has no model yet (always a string: Label Studio needs one).
 UNTRAINED = "untrained"
 
@@ -44,7 +46,7 @@ class ModelDir:
         if not self.versions_dir.is_dir():
             return []
         names = (p.stem for p in self.versions_dir.glob("*.pt"))
-        return sorted((n for n in names if VERSION_PATTERN.match(n)), key=_version_number)
+        return sorted((n for n in names if VERSION_PATTERN.fullmatch(n)), key=_version_number)
 
     def next_version(self) -> str:
         existing = self.versions()
@@ -52,7 +54,9 @@ class ModelDir:
         return f"v{number:04d}"
 
     def path(self, version: str) -> Path:
-        return self.versions_dir / f"{version}.pt"
+        """The file of ``version``. Raises: CheckpointError for a name that is not ``vNNNN``
+        (so no name read from a command line, Redis or a file leads outside ``versions/``)."""
+        return self.versions_dir / f"{check_version(version)}.pt"
 
     def current_version(self) -> str | None:
         if self.redis is not None:
@@ -60,11 +64,17 @@ class ModelDir:
                 shared = self.redis.get(self.redis_key)
             except Exception:  # noqa: BLE001 (Redis down: the file is the fallback)
                 shared = None
-            if shared and self.path(shared.decode()).is_file():
-                return shared.decode()
+            name = shared.decode(errors="replace") if shared else ""
+            if is_version(name) and self.path(name).is_file():
+                return name
         try:
             version = self.pointer.read_text().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        if version and not is_version(version):
+            log.error(
+                "%s names %r, not a version (vNNNN): no current version", self.pointer, version
+            )
             return None
         return version or None
 
@@ -93,7 +103,7 @@ class ModelDir:
         return spec
 
     def info_path(self, version: str) -> Path:
-        return self.versions_dir / f"{version}.json"
+        return self.versions_dir / f"{check_version(version)}.json"
 
     def info(self, version: str) -> dict | None:
         """A version's spec as plain JSON (classes, metrics, recipe), readable without torch."""
@@ -109,7 +119,7 @@ class ModelDir:
             CheckpointError: the version does not exist, or ``check`` refused its file (the
                 current version then stays).
         """
-        if not self.path(version).is_file():
+        if not self.path(version).is_file():  # path() refuses what is not a version name
             raise CheckpointError(f"version {version} does not exist in {self.versions_dir}")
         check(self.path(version))
         self._point(version)
@@ -129,8 +139,23 @@ class ModelDir:
         return old
 
 
+def is_version(name: str) -> bool:
+    return bool(VERSION_PATTERN.fullmatch(name))
+
+
+def check_version(name: str) -> str:
+    """``name`` if it is a version name (``v`` and four to nine digits, as ``v0003``).
+
+    Raises:
+        CheckpointError: anything else (a path, ``..``, an empty name).
+    """
+    if not isinstance(name, str) or not is_version(name):
+        raise CheckpointError(f"{name!r} is not a model version: versions are named like v0003")
+    return name
+
+
 def _version_number(version: str) -> int:
-    return int(VERSION_PATTERN.match(version).group(1))
+    return int(VERSION_PATTERN.fullmatch(version).group(1))
 
 
 def plain(value):

@@ -160,7 +160,7 @@ class Classifier:
     def with_mirror(self, tensors: torch.Tensor) -> torch.Tensor:
         """The batch to run: ``tensors``, followed by their left-right mirror images when
         ``mirror`` is on (steadier calls from a classifier trained on flipped images, for one
-        batch twice the size; see README, Quality)."""
+        batch twice the size; see docs/quality.md)."""
         return torch.cat([tensors, tensors.flip(-1)]) if self.mirror else tensors
 
     @staticmethod

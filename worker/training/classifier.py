@@ -242,7 +242,7 @@ def augmentation(size: int, name: str):
 
     ``flip`` (the default) mirrors both ways; ``flip+rot`` adds 90-degree turns (surfaces and cells
     have no 'up'); ``full`` adds crops and light jitter. More augmentation needs more epochs to pay
-    off: on a few hundred images and a CPU budget, flips win (see README, Quality).
+    off: on a few hundred images and a CPU budget, flips win (docs/quality.md).
 
     Raises:
         DatasetError: an unknown name.

@@ -31,6 +31,7 @@ from worker.data.dataset import (
 )
 from worker.labelstudio.client import connect, labelled_tasks, project_config
 from worker.labelstudio.fetch import FetchLimits, ImageFetcher
+from worker.pipeline.checkpoint import publish
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "training.json"
@@ -117,7 +118,7 @@ def _train(project: str, settings: Settings, models: ModelDir) -> dict:
     metrics = spec.metrics
     if reason:
         return {"outcome": "kept", "reason": reason, "current": current, "candidate": metrics}
-    published = models.publish(spec, result.state_dict)
+    published = publish(models, spec, result.state_dict)
     models.prune(settings.keep_versions)
     return {
         "outcome": "published",

@@ -94,8 +94,7 @@ def _fit(
         rows.append(flat[np.concatenate([positive, negative])])
         labels.append(np.concatenate([np.ones(len(positive)), np.zeros(len(negative))]))
     # 75 rounds at a rate of 0.2 cut masks as good as 150 at 0.1 with half the trees, which set
-    # the cost (held-out magnetic-tile given-class IoU 0.498 against 0.493; on unseen tiles 0.260
-    # against 0.256); 50 at 0.3 kept the first and lost the second (0.217).
+    # the cost; 50 at 0.3 did worse on unseen tiles (docs/quality.md, the learned refiner).
     model = HistGradientBoostingClassifier(
         max_iter=75, learning_rate=0.2, max_leaf_nodes=31, class_weight="balanced", random_state=0
     )

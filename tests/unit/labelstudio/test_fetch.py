@@ -3,6 +3,7 @@ files only under the document root; limits on size and time; no link-local addre
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,13 @@ class _Images(BaseHTTPRequestHandler):
             return
         if self.path == "/missing.png":
             self.send_error(404)
+            return
+        if self.path == "/auth.png":  # echoes the credentials it was sent
+            body = self.headers.get("Authorization", "none").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         body = b"x" * (200_000 if self.path == "/big.png" else 100)
         self.send_response(200)
@@ -94,3 +102,136 @@ def test_link_local_addresses_are_refused_even_when_listed(tmp_path):
         metadata.fetch("http://169.254.169.254/latest/meta-data/")
     with pytest.raises(ImageError, match="http"):
         fetcher(tmp_path).fetch("file:///etc/passwd")
+
+
+# --- what the security review found: parser mismatches, IPv6 spellings, slow drips ------------
+
+
+class _Drips(BaseHTTPRequestHandler):
+    """Answers a byte at a time, each just inside any per-read timeout, for a few seconds at most
+    (so a test cannot hang); ``/tasks/hopN`` redirects N times, each hop a little slow."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        try:
+            if self.path.startswith("/tasks/hop"):
+                hops = int(self.path.removeprefix("/tasks/hop"))
+                time.sleep(0.5)
+                self.send_response(302)
+                self.send_header("Location", f"/tasks/hop{hops - 1}" if hops > 1 else "/body")
+                self.end_headers()
+                return
+            if self.path == "/slow-headers":
+                self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+                self._drip(b"a" * 12)
+                self.wfile.write(b"\r\nContent-Length: 3\r\n\r\nabc")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            if self.path == "/slow-body":
+                self._drip(b"x" * 12)
+            else:
+                self.wfile.write(b"x" * 12)
+        except OSError:  # the client gave up, as it should
+            return
+
+    def _drip(self, data: bytes) -> None:
+        for byte in data:  # 3 s in all: less than 4 x FETCH_TIMEOUT, the old per-chunk check
+            self.wfile.write(bytes([byte]))
+            time.sleep(0.25)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def drips():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Drips)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_the_host_checked_is_the_host_connected_to(tmp_path, server, drips):
+    """urllib reads the host after the ``@``, urllib3 (so requests) before the backslash."""
+    listed = fetcher(tmp_path, hosts=(server,))
+    with pytest.raises(ImageError, match="backslash"):
+        listed.fetch(f"http://{drips}\\@{server}/ok.png")
+    with pytest.raises(ImageError, match="user:pass@"):
+        listed.fetch(f"http://user:secret@{server}/ok.png")
+    with pytest.raises(ImageError, match="user:pass@"):
+        fetcher(tmp_path, hosts=(server, drips)).fetch(f"http://{drips}@{server}/ok.png")
+
+
+def test_control_characters_and_whitespace_are_refused(tmp_path, server):
+    listed = fetcher(tmp_path, hosts=(server,))
+    for url in (
+        f"http://{server}/ok.png\r\nX-Injected: 1",
+        f"http://{server}/ok\t.png",
+        f"http://{server} /ok.png",
+        f"http://{server}/ok\u200b.png",  # zero-width space
+    ):
+        with pytest.raises(ImageError, match="control characters or whitespace"):
+            listed.fetch(url)
+    # urllib drops the tab, and "//data/x" would have been another host, with the API key
+    with pytest.raises(ImageError, match="control characters or whitespace"):
+        ImageFetcher(f"http://{server}", "secret").fetch("/\t//data/x")
+    assert listed.fetch(f"http://{server}/my image.png") == b"x" * 100  # a plain space is fine
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::ffff:169.254.169.254]",  # IPv4-mapped
+        "[::ffff:a9fe:a9fe]",  # the same, in hex
+        "[::169.254.169.254]",  # IPv4-compatible
+        "[2002:a9fe:a9fe::1]",  # 6to4
+        "[64:ff9b::169.254.169.254]",  # NAT64
+    ],
+)
+def test_link_local_addresses_are_refused_in_their_ipv6_spellings(tmp_path, host):
+    with pytest.raises(ImageError, match="link-local"):
+        fetcher(tmp_path, hosts=(host,), timeout=1).fetch(f"http://{host}/latest/meta-data/")
+
+
+def test_names_resolving_to_an_embedded_link_local_address_are_refused(tmp_path, monkeypatch):
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host != "metadata.test":
+            return real(host, *args, **kwargs)
+        mapped = ("::ffff:169.254.169.254", 80, 0, 0)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", mapped)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(ImageError, match="link-local"):
+        fetcher(tmp_path, hosts=("metadata.test",), timeout=1).fetch("http://metadata.test/")
+
+
+def test_metadata_services_outside_link_local_space_are_refused(tmp_path):
+    for host in ("100.100.100.200", "[fd00:ec2::254]", "[::ffff:100.100.100.200]"):
+        with pytest.raises(ImageError, match="metadata"):
+            fetcher(tmp_path, hosts=(host,), timeout=1).fetch(f"http://{host}/latest/")
+
+
+@pytest.mark.parametrize("path", ["/slow-body", "/slow-headers"])
+def test_the_timeout_bounds_a_dripping_download(tmp_path, drips, path):
+    assert fetcher(tmp_path, hosts=(drips,)).fetch(f"http://{drips}/fast")  # the server works
+    with pytest.raises(ImageError, match="took longer than 1 s"):
+        fetcher(tmp_path, hosts=(drips,), timeout=1).fetch(f"http://{drips}{path}")
+
+
+def test_the_timeout_bounds_all_redirect_hops_together(drips):
+    assert ImageFetcher(f"http://{drips}").fetch("/tasks/hop1") == b"x" * 12  # hops work
+    label_studio = ImageFetcher(f"http://{drips}", limits=FetchLimits(timeout=1))
+    with pytest.raises(ImageError, match="took longer than 1 s"):
+        label_studio.fetch("/tasks/hop3")  # three hops of half a second each
+
+
+def test_the_api_key_goes_only_to_label_studios_origin(tmp_path, server):
+    assert ImageFetcher(f"http://{server}", "secret").fetch(f"http://{server}/auth.png") == (
+        b"Token secret"
+    )
+    # Label Studio is on https: the same host and port over plain http does not get the key
+    downgraded = ImageFetcher(f"https://{server}", "secret", limits=FetchLimits(hosts=(server,)))
+    assert downgraded.fetch(f"http://{server}/auth.png") == b"none"

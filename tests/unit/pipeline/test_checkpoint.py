@@ -81,3 +81,19 @@ def test_versions_sort_numerically_past_9999(tmp_path):
         save_checkpoint(models.path(name), spec(), {})
     assert models.versions() == ["v0002", "v9999", "v10000"]
     assert models.next_version() == "v10001"
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../outside/evil", "/etc/passwd", "v0001/../../x", "v1", "v0001\n", "", "V0001"]
+)
+def test_only_version_names_are_read_as_versions(tmp_path, name):
+    models = ModelDir(tmp_path / "models")
+    publish(models, spec(), {"w": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="not a model version"):
+        rollback(models, name)
+    with pytest.raises(CheckpointError, match="not a model version"):
+        models.path(name)
+    assert models.current_version() == "v0001"
+    (tmp_path / "models" / "CURRENT").write_text(name + "\n")
+    # A pointer that names no version is no current version, never a path outside versions/.
+    assert models.current_version() in (None, "v0001") and models.current_version() != name

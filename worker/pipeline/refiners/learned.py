@@ -1,18 +1,17 @@
 """The learned refiner: which pixels of a class's CAM region are the defect, learned per class.
 
-The hand-made refiners (``worker/refine.py``) each cut one signal; a class's defects often need
-several at once (a blowhole is dark *and* round *and* where the CAM is; a break sits at the
-tile's edge). Here gradient-boosted trees (scikit-learn's histogram boosting) read, per pixel, the
-CAM, the dark, bright and two-sided contrast against three background widths (and the darkest
-difference nearby), the line filters, the gray level, a band-pass, the local spread, the distance
-to the border and the place in the frame, and say whether the pixel
-belongs to the class's mask. One model per class, trained on the training images that carry
-masks (and some defect-free ones, where every pixel is no), at a working size of ``SIDE`` px.
+The hand-made refiners (:mod:`worker.pipeline.refiners`) each cut one signal; a class's defects
+often need several at once (a blowhole is dark *and* round *and* where the CAM is; a break sits
+at the tile's edge). Here gradient-boosted trees (scikit-learn's histogram boosting) read, per
+pixel, the CAM, the dark, bright and two-sided contrast against three background widths (and the
+darkest difference nearby), the line filters, the gray level, a band-pass, the local spread, the
+distance to the border and the place in the frame, and say whether the pixel belongs to the
+class's mask. One model per class, trained on the training images that carry masks (and some
+defect-free ones, where every pixel is no), at a working size of ``SIDE`` px; the fitting is
+:mod:`worker.training.learned_refiner`.
 
 The cut on the trees' probability, and which parts of the cut mask to keep (every part, the
-major ones, or only the largest), are chosen per class out of fold: two halves of the training
-images each predict the other, so the figure training reports for the refiner (and compares with
-the tuned hand-made refiners to pick one per class) was measured on images the trees did not see.
+major ones, or only the largest), are chosen per class out of fold (see the fitting module).
 
 The trees travel in the checkpoint as plain tensors (each node's feature, threshold, children
 and value), so checkpoints still load with ``weights_only=True``.

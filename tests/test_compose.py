@@ -1,0 +1,140 @@
+"""docker-compose.yml and the two images, checked without building them (no Docker daemon)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.conftest import REPO
+
+
+def compose_command() -> list[str] | None:
+    """Debian's docker-compose (1.29), else the docker compose plugin."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        found = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60)
+        if found.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+def compose_config(directory, *options: str) -> subprocess.CompletedProcess:
+    command = compose_command()
+    if command is None:
+        pytest.skip(
+            "neither docker-compose nor the docker compose plugin is installed "
+            "(scripts/bootstrap.sh installs Debian's docker-compose as root)"
+        )
+    return subprocess.run(
+        [*command, "-f", "docker-compose.yml", "config", *options],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_compose_file_is_valid_and_builds_the_web_side_without_torch():
+    checked = compose_config(REPO, "-q")
+    assert checked.returncode == 0, checked.stderr
+    resolved = compose_config(REPO)
+    assert resolved.returncode == 0, resolved.stderr
+    services = yaml.safe_load(resolved.stdout)["services"]
+    dockerfiles = {
+        name: (service["build"].get("dockerfile") or "Dockerfile")
+        for name, service in services.items()
+        if "build" in service
+    }
+    assert dockerfiles == {
+        "ml-backend": "Dockerfile.web",
+        "worker": "Dockerfile",
+        "trainer": "Dockerfile",
+        "cli": "Dockerfile",
+    }
+    assert services["ml-backend"]["image"] != services["worker"]["image"]
+
+
+def test_compose_check_fails_on_a_broken_file(tmp_path):
+    """The check above has teeth: a misspelt key is an error."""
+    text = (REPO / "docker-compose.yml").read_text()
+    (tmp_path / "docker-compose.yml").write_text(text.replace("    ports:", "    portz:", 1))
+    checked = compose_config(tmp_path, "-q")
+    assert checked.returncode != 0
+    assert "portz" in checked.stderr
+
+
+def pip_installs(dockerfile: str) -> list[list[str]]:
+    """The arguments of each ``pip install`` in a Dockerfile's RUN instructions."""
+    text = re.sub(r"\\\n", " ", (REPO / dockerfile).read_text())
+    found = []
+    for line in text.splitlines():
+        if not line.startswith("RUN "):
+            continue
+        for command in re.split(r"&&|;|\|\|", line.removeprefix("RUN ")):
+            words = shlex.split(command)
+            for k in range(len(words) - 1):
+                if words[k].endswith("pip") and words[k + 1] == "install":
+                    found.append(words[k + 2 :])
+    return found
+
+
+def forbidden_distributions() -> set[str]:
+    """What provides the modules pyproject.toml's web-side import contract forbids (torch,
+    numpy, OpenCV, ...), as installed here."""
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (web,) = [c for c in contracts["contracts"] if c["id"] == "web-side"]
+    providers = importlib.metadata.packages_distributions()
+    modules = [m for m in web["forbidden_modules"] if not m.startswith("worker")]
+    assert all(m in providers for m in modules), modules
+    return {canonicalize_name(d) for m in modules for d in providers[m]}
+
+
+def closure(names: set[str]) -> set[str]:
+    """These distributions and what they require (no extras), by this environment's metadata."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+    return seen
+
+
+def test_the_web_image_installs_no_torch():
+    """Statically: Dockerfile.web installs the package with --no-deps, and only requirements
+    that pyproject.toml lists, with the same bounds; none of them, nor what they require
+    (as the versions installed here declare it), is torch or another of the worker side's."""
+    installs = pip_installs("Dockerfile.web")
+    assert ["--no-deps", "."] in installs
+    wanted = [arg for args in installs if args != ["--no-deps", "."] for arg in args]
+    assert wanted and not any(arg.startswith("-") for arg in wanted), wanted
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in project}
+    requirements = [Requirement(arg) for arg in wanted]
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        assert name in declared, f"{name} is not in pyproject.toml's dependencies"
+        assert requirement.specifier == declared[name].specifier, name
+    pulled = closure({canonicalize_name(r.name) for r in requirements})
+    assert not pulled & forbidden_distributions(), pulled & forbidden_distributions()
+
+
+def test_the_worker_image_still_installs_the_worker_side():
+    installs = pip_installs("Dockerfile")
+    assert ["."] in installs
+    assert any("${TORCH_SPEC}" in args for args in installs)
