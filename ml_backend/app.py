@@ -9,40 +9,68 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
 
-from ml_backend.errors import BackendError, BadRequest, InputError, TooManyRequests
-from ml_backend.guard import OPEN_ENDPOINTS, RateLimiter, authorised, needs_credentials
+from ml_backend.batches import Batches
+from ml_backend.body import json_object
+from ml_backend.errors import (
+    BadRequest,
+    InputError,
+    TooManyRequests,
+    Unauthorized,
+    register_error_handlers,
+)
+from ml_backend.guard import (
+    OPEN_ENDPOINTS,
+    WEBHOOK_SECRET_HEADER,
+    RateLimiter,
+    authorised,
+    needs_credentials,
+    setup_trusted,
+    startup_warnings,
+    webhook_allowed,
+)
 from ml_backend.metrics import CONTENT_TYPE, Metrics
-from ml_backend.protocol import label_changes, predict_payload, project_id
+from ml_backend.projects import KnownProjects
+from ml_backend.protocol import label_changes, predict_payload, project_id, shown, text_field
 from ml_backend.runner import EmbeddedRunner, RqRunner
-from ml_backend.webhooks import TRAINING_EVENTS, imported_annotations, webhook_project
-from worker.contract.errors import LabelConfigError
+from ml_backend.webhooks import (
+    TRAINING_EVENTS,
+    imported_annotations,
+    submitted_annotation,
+    webhook_project,
+)
 from worker.contract.label_config import LabelConfig, parse_label_config
 from worker.contract.leases import remember_project, request_training, store_for, submitter
 from worker.contract.live import live_stats
-from worker.contract.queues import FEEDBACK_JOB, INTERACTIVE_JOB, PREANNOTATE_JOB, PREDICT_JOB
-from worker.contract.settings import Settings
+from worker.contract.queues import FEEDBACK_JOB, INTERACTIVE_JOB
+from worker.contract.settings import Settings, same_origin
 from worker.contract.store import UNTRAINED, ModelDir, project_model_dir
 
 log = logging.getLogger(__name__)
+FEEDBACK_BACKLOG = 100  # scoring jobs waiting; beyond, a submitted annotation goes unscored
 
 
 class CamsamBackend:
     """What the routes do, in label-studio-ml's terms."""
 
     def __init__(self, settings: Settings, runner, metrics: Metrics) -> None:
+        self.environment = settings  # what /setup may fill in, never override
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
-        # Seconds one task of a batch takes, learnt from answers; a guess until the first one.
-        self.seconds_per_task = 1.0
+        self.batches = Batches(runner, metrics)
         self.training_store = store_for(settings.redis_url)
         self.submit = submitter(settings.redis_url)
+        self.feedback = submitter(settings.redis_url, backlog=FEEDBACK_BACKLOG)
         self.webhooks = RateLimiter(settings.webhook_rate)
+        self.known = KnownProjects(settings)
+        self.warnings = startup_warnings(settings)
+        self.setup_ignored = False
 
     def models(self, project: str):
         return project_model_dir(self.settings.model_dir, project, self.settings.redis_url)
@@ -52,20 +80,50 @@ class CamsamBackend:
 
     def setup(self, body: dict) -> dict:
         project = project_id(body.get("project"))
-        self.settings = self.settings.with_label_studio(
-            str(body.get("hostname") or ""), str(body.get("access_token") or "")
-        )
-        schema = body.get("schema") or ""
+        hostname, token = text_field(body, "hostname"), text_field(body, "access_token")
+        schema = text_field(body, "schema")
         config = parse_label_config(schema) if schema else None
         answer = {"model_version": self.model_version(project)}
         if answer["model_version"] == UNTRAINED:
             answer["status"] = f"no model for project {project} yet: predictions are empty"
         if config is not None and not config.mask_labels:
             answer["warning"] = "the label config has no BrushLabels: only choices are predicted"
+        note = self.use_label_studio(hostname, token)
+        if note:
+            answer["label_studio"] = note
+        if not self.known.add(project, "setup"):
+            answer["project"] = (
+                f"MAX_PROJECTS ({self.settings.max_projects}) projects are known: webhooks of "
+                f"project {project} do not start training"
+            )
         changes = self.label_changes(project, config)
         if changes:
             answer["label_changes"] = changes
         return answer
+
+    def use_label_studio(self, hostname: str, token: str) -> str | None:
+        """Take Label Studio's address and key from a /setup when SETUP_CREDENTIALS trusts it
+        (the latest trusted /setup wins; the environment always does). Returns why not."""
+        if not (hostname or token):
+            return None
+        environment = self.environment
+        if not setup_trusted(environment):
+            if not self.setup_ignored:  # Label Studio calls /setup often: say it once
+                log.warning("/setup named a Label Studio: ignored (see /health's warnings)")
+                self.setup_ignored = True
+            return (
+                "hostname and access_token ignored: SETUP_CREDENTIALS="
+                f"{environment.setup_credentials} takes them only from a caller that passed "
+                "BASIC_AUTH_USER/PASS or AUTH_TOKEN; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
+            )
+        if not hostname:
+            return None
+        if not hostname.startswith(("http://", "https://")) or len(hostname) > 2048:
+            raise BadRequest(f"hostname {shown(hostname)} is not an http(s) address")
+        self.settings = environment.with_label_studio(hostname, token)
+        if environment.label_studio_url and not same_origin(environment.label_studio_url, hostname):
+            return "LABEL_STUDIO_URL names another address: the access_token sent is not used"
+        return None
 
     def label_changes(self, project: str, config: LabelConfig | None) -> list[str]:
         """What differs between the config's labels and the classes the current model knows."""
@@ -80,7 +138,7 @@ class CamsamBackend:
         return changes
 
     def predict(self, body: dict) -> dict:
-        payload = predict_payload(body)
+        payload = predict_payload(body, self.settings.max_tasks_per_request)
         config = parse_label_config(payload["label_config"]) if payload["label_config"] else None
         if payload["prompt"] and config is not None:
             label = payload["prompt"]["label"]
@@ -91,51 +149,29 @@ class CamsamBackend:
                     f"label {label!r} is not one of the config's BrushLabels "
                     f"{list(config.mask_labels)}: a mask can only carry one of those"
                 )
+        tasks = payload["tasks"]
+        version = self.model_version(payload["project"])
+        # Nothing to run, so no job and no wait for the models (in the Redis mode the workers
+        # say whether there is a model: theirs is the version that counts).
+        embedded_untrained = version == UNTRAINED and self.runner.mode == "embedded"
+        if not tasks or embedded_untrained:
+            self.metrics.count_tasks("predicted", len(tasks))
+            empty = {"result": [], "score": 0.0, "model_version": version}
+            return {"results": [dict(empty) for _ in tasks], "model_version": version}
         payload["settings"] = self.settings.for_worker()
-        if payload["prompt"] is None and self.too_long(len(payload["tasks"])):
-            return self.defer(payload)
-        job = INTERACTIVE_JOB if payload["prompt"] else PREDICT_JOB
-        answer = self.runner.run(job, payload, self.settings.predict_timeout)
-        if "error" in answer:
-            raise InputError(answer["error"])
-        tasks = len(payload["tasks"])
-        self.metrics.count_tasks("predicted", tasks - answer["failed"])
-        self.metrics.count_tasks("failed", answer["failed"])
-        if "embedding_cache" in answer:
-            self.metrics.embedding_cache = answer["embedding_cache"]
-        if "seconds" in answer and tasks:
-            self.seconds_per_task = 0.7 * self.seconds_per_task + 0.3 * answer["seconds"] / tasks
-        version = answer["model_version"] or UNTRAINED
-        return {"results": answer["results"], "model_version": version}
-
-    def too_long(self, tasks: int) -> bool:
-        """Whether a batch would outlast Label Studio's wait, so it is written back instead."""
-        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
-            return False  # nowhere to write to: answer in the request, as fast as it goes
-        limit = self.settings.predict_inline_max_tasks
-        if limit > 0:
-            return tasks > limit
-        return tasks * self.seconds_per_task > 0.8 * self.settings.predict_timeout
-
-    def defer(self, payload: dict) -> dict:
-        """Answer at once with no results (Label Studio then stores none for this call) and let
-        a job write each prediction to Label Studio through its API as it is ready."""
-        self.runner.submit(PREANNOTATE_JOB, payload)
-        count = len(payload["tasks"])
-        self.metrics.count_tasks("deferred", count)
-        log.info("project %s: %d tasks queued for write-back", payload["project"], count)
-        return {
-            "results": [],
-            "model_version": self.model_version(payload["project"]),
-            "status": f"{count} tasks are predicted in the background and written to Label "
-            "Studio as they are ready",
-        }
+        if payload["prompt"]:
+            answer = self.runner.run(INTERACTIVE_JOB, payload, self.settings.predict_timeout)
+            if "error" in answer:
+                raise InputError(answer["error"])
+            self.batches.count(1, answer)
+            return {"results": answer["results"], "model_version": answer["model_version"]}
+        return self.batches.answer(payload, self.settings, version)
 
     def projects(self) -> list[str]:
         """Projects with a model directory of their own under MODEL_DIR."""
         root = Path(self.settings.model_dir)
         found = root.iterdir() if root.is_dir() else []
-        return sorted((p.name for p in found if p.name.isdigit()), key=int)
+        return sorted((p.name for p in found if re.fullmatch("[0-9]+", p.name)), key=int)
 
     def model_summary(self) -> dict:
         """For /health: each project's current version; a shared model; or why none."""
@@ -174,26 +210,40 @@ class CamsamBackend:
 
     def fit(self, event: str, data: dict) -> dict:
         """A webhook: a trigger for training (debounced), and for scoring a submitted annotation
-        against camsam's prediction. Nothing in it is trusted: the jobs read Label Studio."""
+        against camsam's prediction. Nothing in it is trusted: the jobs read Label Studio, and
+        only a project camsam knows (see :class:`KnownProjects`) starts anything."""
         if event not in TRAINING_EVENTS:
-            return {"status": "ignored", "event": event}
+            return {"status": "ignored", "event": event[:64]}
         project = webhook_project(data)
+        scored = event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+        annotation = submitted_annotation(data) if scored else None
+        if event == "TASKS_CREATED" and not imported_annotations(data):
+            return {"status": "ignored", "event": event, "reason": "no annotations imported"}
         if not self.webhooks.allow(project):
             raise TooManyRequests(
                 f"more than {self.settings.webhook_rate:.0f} webhooks a second for project "
                 f"{project}: this one is dropped (training re-reads Label Studio anyway)"
             )
-        if event == "TASKS_CREATED" and not imported_annotations(data):
-            return {"status": "ignored", "event": event, "reason": "no annotations imported"}
+        unknown = self.known.why_unknown(project, self.settings)
+        if unknown:
+            self.metrics.count_tasks("webhook_unknown_project")
+            return {"status": "ignored", "event": event, "reason": unknown}
         payload = {"project": project, "settings": self.settings.for_worker()}
         remember_project(self.training_store, payload)
         queued = request_training(self.training_store, self.submit, payload, event)
-        annotation = data.get("annotation") or {}
-        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and annotation.get("id"):
-            if not annotation.get("was_cancelled"):
-                self.submit(FEEDBACK_JOB, {**payload, "annotation": int(annotation["id"])})
+        if annotation is not None:
+            self.feedback(FEEDBACK_JOB, {**payload, "annotation": annotation})
         self.metrics.count_tasks(f"webhook_{event.lower()}")
         return {"status": "training queued" if queued else "training pending", "event": event}
+
+    def health_warnings(self) -> list[str]:
+        warnings = list(self.warnings)
+        if self.known.full():
+            warnings.append(
+                f"MAX_PROJECTS ({self.settings.max_projects}) projects are known: webhooks of "
+                "any other project are ignored"
+            )
+        return warnings
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -202,10 +252,17 @@ def create_app(test_config: dict | None = None) -> Flask:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in (test_config or {}).items()})
     settings = Settings.from_env(env)
+    body_limit = settings.max_request_bytes if settings.max_request_bytes > 0 else None
+    app.config["MAX_CONTENT_LENGTH"] = body_limit
     metrics = Metrics()
-    runner = RqRunner(settings.redis_url) if settings.redis_url else EmbeddedRunner()
+    if settings.redis_url:
+        runner = RqRunner(settings.redis_url)
+    else:  # tasks waiting for write-back: two of the largest batches
+        runner = EmbeddedRunner(backlog=2 * (settings.max_tasks_per_request or 10_000))
     backend = CamsamBackend(settings, runner, metrics)
     app.extensions["camsam"] = backend
+    for warning in backend.warnings:
+        log.warning("camsam: %s", warning)
 
     @app.before_request
     def _start():
@@ -222,21 +279,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         metrics.observe(route, response.status_code, time.perf_counter() - g.get("started", 0))
         return response
 
-    @app.errorhandler(BackendError)
-    def _backend_error(error: BackendError):
-        return jsonify({"error": str(error)}), error.status
-
-    if settings.redis_url:
-        from redis.exceptions import RedisError
-
-        @app.errorhandler(RedisError)
-        def _redis_error(error: RedisError):
-            message = f"Redis is unreachable: {error}; camsam answers again once it is back"
-            return jsonify({"error": message}), 503
-
-    @app.errorhandler(LabelConfigError)
-    def _config_error(error: LabelConfigError):
-        return jsonify({"error": f"cannot serve this label config: {error}"}), 422
+    register_error_handlers(app, redis=bool(settings.redis_url))
 
     @app.get("/")
     @app.get("/health")
@@ -250,6 +293,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                 "mode": runner.mode,
                 "segmenter": "sam2" if settings.has_sam2 else "cam",
                 "note": segmenter_note(settings),
+                "warnings": backend.health_warnings(),
                 **backend.model_summary(),
             }
         )
@@ -264,8 +308,15 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     @app.post("/webhook")
     def webhook():
+        if not webhook_allowed(request.headers.get(WEBHOOK_SECRET_HEADER), settings):
+            raise Unauthorized(
+                f"a webhook needs WEBHOOK_SECRET in its {WEBHOOK_SECRET_HEADER} header"
+            )
         body = _json()
-        return jsonify(backend.fit(str(body.get("action", "")), body))
+        action = body.get("action")
+        if not isinstance(action, str | None):
+            raise BadRequest(f"'action' must be an event name, not {shown(action)}")
+        return jsonify(backend.fit(action or "", body))
 
     @app.get("/metrics")
     def metrics_route():
@@ -281,6 +332,9 @@ def create_app(test_config: dict | None = None) -> Flask:
             ),
             content_type=CONTENT_TYPE,
         )
+
+    def _json() -> dict:
+        return json_object(request, body_limit)
 
     return app
 
@@ -304,10 +358,3 @@ def embedding_cache_samples(own: dict, workers: dict) -> list[tuple[dict, float]
         worker, _, outcome = key.rpartition(":")
         samples.append(({"worker": worker, "outcome": outcome}, value))
     return samples
-
-
-def _json() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("expected a JSON object body")
-    return body

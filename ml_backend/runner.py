@@ -7,6 +7,7 @@ the job's code, and with it torch, unless it runs jobs itself.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -20,32 +21,118 @@ from worker.contract.queues import (
     ROUTE_PREFIX,
     describe,
     route_key,
-    run_in_thread,
 )
 from worker.contract.registry import resolve
 
 log = logging.getLogger(__name__)
 
+# How much a job may ask of the models, most urgent first: a request of its own (a click, a
+# short batch), a chunk of a long batch someone waits for, a chunk of a write-back.
+REQUEST, CHUNK, BACKGROUND = 0, 1, 2
 
-class EmbeddedRunner:
-    """Runs each job in the serving process, one at a time (the models are shared)."""
 
-    mode = "embedded"
+class ModelLock:
+    """The embedded mode's models, one job at a time; a job waits while a more urgent one
+    does (``acquire(priority=...)``), so a long batch, taken a chunk at a time, never keeps a
+    click or a short batch waiting for more than one chunk. ``with lock:`` is a request."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.condition = threading.Condition()
+        self.held = False
+        self.waiting = [0, 0, 0]  # by priority
 
-    def run(self, name: str, payload: dict, timeout: float) -> object:
-        if not self.lock.acquire(timeout=timeout):
-            raise Unavailable(f"the in-process worker stayed busy for {timeout:.0f} s: try again")
+    def acquire(self, timeout: float | None = None, priority: int = REQUEST) -> bool:
+        def free() -> bool:
+            return not self.held and not any(self.waiting[:priority])
+
+        with self.condition:
+            self.waiting[priority] += 1
+            try:
+                if not self.condition.wait_for(free, timeout):
+                    return False
+                self.held = True
+                return True
+            finally:
+                self.waiting[priority] -= 1
+                self.condition.notify_all()  # a less urgent job may go now
+
+    def release(self) -> None:
+        with self.condition:
+            self.held = False
+            self.condition.notify_all()
+
+    def __enter__(self) -> ModelLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class EmbeddedRunner:
+    """Runs each job in the serving process, one at a time (the models are shared).
+
+    A long batch is handed over ``chunk`` tasks at a time (see :class:`ModelLock`); a job
+    submitted for the background (write-back) runs on one thread of its own, a chunk at a time,
+    whenever no request waits for the models. At most ``backlog`` tasks wait for it.
+    """
+
+    mode = "embedded"
+    chunk = 32  # tasks: a request waits at most this many tasks' time for the models
+
+    def __init__(self, backlog: int = 20_000) -> None:
+        self.lock = ModelLock()
+        self.backlog = backlog
+        self.waiting_tasks = 0
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.guard = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def run(
+        self, name: str, payload: dict, timeout: float | None, priority: int = REQUEST
+    ) -> object:
+        if not self.lock.acquire(timeout=timeout, priority=priority):
+            raise Unavailable(
+                f"the in-process worker stayed busy for {timeout or 0:.0f} s: try again"
+            )
         try:
             return resolve(name)(payload)
         finally:
             self.lock.release()
 
     def submit(self, name: str, payload: dict) -> None:
-        """Run a long job in a thread, after whatever job runs now."""
-        run_in_thread(name, payload, self.lock)
+        """Run a long job in the background, a chunk of its tasks at a time.
+
+        Raises:
+            Unavailable: ``backlog`` tasks wait for the background already.
+        """
+        count = len(payload.get("tasks") or [])
+        with self.guard:
+            if self.waiting_tasks + count > self.backlog:
+                raise Unavailable(
+                    f"{self.waiting_tasks} tasks wait to be written back already: try again "
+                    "once they are done"
+                )
+            self.waiting_tasks += count
+            self.jobs.put((name, payload))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._work, name="camsam-write-back")
+                self.thread.daemon = True
+                self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            name, payload = self.jobs.get()
+            tasks = payload.get("tasks") or []
+            for start in range(0, len(tasks), self.chunk):
+                part = tasks[start : start + self.chunk]
+                try:
+                    self.run(name, {**payload, "tasks": part}, None, priority=BACKGROUND)
+                except Exception:  # a thread has nobody to raise to; the next chunk may do
+                    log.exception("background job %s failed on %d tasks", name, len(part))
+                finally:
+                    with self.guard:
+                        self.waiting_tasks -= len(part)
 
     def queue_depth(self) -> int:
         return 0
@@ -77,7 +164,9 @@ class RqRunner:
             for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE)
         }
 
-    def run(self, name: str, payload: dict, timeout: float) -> object:
+    def run(self, name: str, payload: dict, timeout: float, priority: int = REQUEST) -> object:
+        """Enqueue and wait up to ``timeout`` seconds (workers order by queue, not
+        ``priority``)."""
         import redis
         from rq import Callback
         from rq.exceptions import InvalidJobOperation
@@ -106,7 +195,11 @@ class RqRunner:
                 if status == "finished":
                     return job.return_value(refresh=True)
                 if status in ("failed", "stopped", "canceled"):
-                    raise Unavailable(f"the worker failed on this request: {_last_line(job)}")
+                    log.error("job %s failed: %s", job.id, _last_line(job))
+                    raise Unavailable(
+                        f"the worker failed on this request (job {job.id}: its error is in "
+                        "the worker's log)"
+                    )
                 time.sleep(0.01)
             # The caller gives up: nobody must compute this answer any more.
             queue.remove(job.id)
@@ -115,7 +208,7 @@ class RqRunner:
             except InvalidJobOperation:
                 pass  # never started and already expired
         except redis.RedisError as error:
-            raise Unavailable(f"Redis is unreachable: {error}") from error
+            raise _unreachable(error) from error
         raise Unavailable(f"no worker answered within {timeout:.0f} s: is `camsam worker` running?")
 
     def submit(self, name: str, payload: dict, timeout: float = 6 * 3600) -> None:
@@ -132,7 +225,7 @@ class RqRunner:
                 failure_ttl=7 * 86400,
             )
         except redis.RedisError as error:
-            raise Unavailable(f"Redis is unreachable: {error}") from error
+            raise _unreachable(error) from error
 
     def problem(self) -> str | None:
         """What keeps jobs from running, for /health (None when Redis answers)."""
@@ -166,6 +259,11 @@ class RqRunner:
             return sum(len(q) for q in self.queues.values())
         except Exception:  # noqa: BLE001 (metrics must answer even when Redis does not)
             return -1
+
+
+def _unreachable(error: Exception) -> Unavailable:
+    log.error("Redis is unreachable: %s", error)
+    return Unavailable("Redis is unreachable (camsam logged why): try again once it is back")
 
 
 def _last_line(job) -> str:

@@ -13,7 +13,8 @@ from gunicorn.app.base import BaseApplication
 
 from worker.contract.leases import reconcile_every
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # ml_backend.metrics imports prometheus_client
+# Not imported from ml_backend.metrics: that imports prometheus_client, before the variable is set.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What prometheus_client's multiprocess mode writes: <kind>_<pid>.db (gauges: gauge_<mode>_<pid>).
 METRIC_FILES = ("counter_*.db", "histogram_*.db", "gauge_*.db", "summary_*.db")
 
@@ -51,6 +52,10 @@ def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> N
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 300)
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn 24+ opens a control socket at one path per user
+                # (~/.gunicorn/gunicorn.ctl): several instances would share, and remove, it.
+                self.cfg.set("control_socket_disable", True)
             self.cfg.set(
                 "child_exit",
                 lambda _server, worker: multiprocess.mark_process_dead(worker.pid, metrics_dir),
@@ -70,7 +75,8 @@ def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> N
 
     print(
         f"camsam ML backend on http://{host}:{port} ({backend.runner.mode} mode, "
-        f"models in {backend.settings.model_dir})"
+        f"models in {backend.settings.model_dir})",
+        flush=True,  # before gunicorn forks, or each worker prints it again when it exits
     )
     Server().run()
 

@@ -258,45 +258,60 @@ def test_a_batch_too_long_to_wait_for_is_written_back_through_the_api(
             "MODEL_DIR": trained_model_dir,
             "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
             "PREDICT_INLINE_MAX_TASKS": 2,
+            "AUTH_TOKEN": "t0ken",  # so /setup may name Label Studio (SETUP_CREDENTIALS=auth)
         }
     )
     client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer t0ken"
     spots = sorted((synthetic_dir / "Spot").glob("*.png"))[:3]
     tasks = [
         {"id": 10 + k, "data": {"image": f"/data/local-files/?d=Spot/{p.name}"}}
         for k, p in enumerate(spots)
     ]
-    # Without a Label Studio to write to, even a long batch is answered in the request.
-    inline = client.post("/predict", json=predict_body(tasks)).json
-    assert len(inline["results"]) == 3 and not label_studio.predictions
-    # /setup names Label Studio (the environment named none): now the batch is written back.
+    # Without a Label Studio to write to, a batch too long to answer in time is refused at once.
+    refused = client.post("/predict", json=predict_body(tasks))
+    assert refused.status_code == 413 and "LABEL_STUDIO_URL" in refused.json["error"]
+    short = [
+        client.post("/predict", json=predict_body(part)).json for part in (tasks[:2], tasks[2:])
+    ]
+    inline = short[0]["results"] + short[1]["results"]
+    assert len(inline) == 3 and not label_studio.predictions
+    # An authenticated /setup names Label Studio (the environment named none): now the batch
+    # is written back.
     setup = {"project": "3.1", "hostname": label_studio.url, "access_token": "secret"}
     assert client.post("/setup", json=setup).status_code == 200
     deferred = client.post("/predict", json=predict_body(tasks)).json
     assert deferred["results"] == [] and "background" in deferred["status"]
-    runner = app.extensions["camsam"].runner
-    with runner.lock:  # the background job holds the lock until it has written everything
-        pass
     deadline = time.monotonic() + 60
     while len(label_studio.predictions) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     written = sorted(label_studio.predictions, key=lambda p: p["task"])
     assert [p["task"] for p in written] == [10, 11, 12]
-    for prediction, answer in zip(written, inline["results"], strict=True):
+    for prediction, answer in zip(written, inline, strict=True):
         assert prediction["model_version"] == "v0001"
         assert [r["type"] for r in prediction["result"]] == [r["type"] for r in answer["result"]]
     assert client.post("/predict", json=predict_body(tasks[:2])).json["results"]  # short: inline
 
 
 def test_the_environment_wins_over_what_setup_sends(tmp_path):
-    app = create_app({"MODEL_DIR": tmp_path, "LABEL_STUDIO_URL": "http://ls.internal:8080"})
+    config = {"MODEL_DIR": tmp_path, "LABEL_STUDIO_URL": "http://ls.internal:8080"}
+    app = create_app({**config, "AUTH_TOKEN": "t0ken"})
     client = app.test_client()
-    client.post(
-        "/setup", json={"project": "1.1", "hostname": "http://elsewhere", "access_token": "t"}
-    )
+    bearer = {"Authorization": "Bearer t0ken"}
+    elsewhere = {"project": "1.1", "hostname": "http://elsewhere", "access_token": "t"}
+    assert client.post("/setup", json=elsewhere, headers=bearer).status_code == 200
     settings = app.extensions["camsam"].settings
     assert settings.label_studio_url == "http://ls.internal:8080"
-    assert settings.label_studio_api_key == "t"  # the environment named no key
+    assert settings.label_studio_api_key == ""  # a token goes only to the host it came with
+    same = {**elsewhere, "hostname": "http://LS.internal:8080/"}
+    client.post("/setup", json=same, headers=bearer)
+    assert (
+        app.extensions["camsam"].settings.label_studio_api_key == "t"
+    )  # the environment named no key
+    # Without credentials nobody may name Label Studio's key through /setup.
+    open_app = create_app(config)
+    open_app.test_client().post("/setup", json={**same, "access_token": "u"})
+    assert open_app.extensions["camsam"].settings.label_studio_api_key == ""
 
 
 def test_setup_says_which_labels_the_model_and_the_config_do_not_share(trained_model_dir):
@@ -389,6 +404,8 @@ def test_a_bearer_token_guards_all_but_health_and_webhook(tmp_path):
 
 def test_webhooks_are_rate_limited_per_project(tmp_path):
     client = create_app({"MODEL_DIR": tmp_path, "WEBHOOK_RATE": 3}).test_client()
+    for project in ("31.1", "32.1"):  # known to camsam: set up by Label Studio
+        assert client.post("/setup", json={"project": project}).status_code == 200
     body = {"action": "START_TRAINING", "project": {"id": 31}}
     codes = [client.post("/webhook", json=body).status_code for _ in range(6)]
     assert codes[:3] == [200, 200, 200] and 429 in codes[3:]

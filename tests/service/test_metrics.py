@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, free_port
@@ -65,9 +66,15 @@ def send_batch(url: str) -> None:
         assert requests.post(url + "/setup", json={"project": "3.1"}, timeout=10).status_code == 200
 
 
-def worker_files(metrics_dir: Path) -> set[str]:
-    """The processes that counted a request: prometheus_client writes counter_<pid>.db."""
-    return {p.name for p in metrics_dir.glob("counter_*.db")}
+def counting_processes(metrics_dir: Path) -> int:
+    """How many processes counted requests to ``ROUTES`` (each writes its counter_<pid>.db)."""
+    found = 0
+    for path in metrics_dir.glob("counter_*.db"):
+        samples = [s for m in MultiProcessCollector.merge([str(path)]) for s in m.samples]
+        found += any(
+            s.name == "camsam_requests_total" and s.labels["route"] in ROUTES for s in samples
+        )
+    return found
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -107,7 +114,7 @@ def send_until_both_workers_counted(url: str, metrics_dir: Path) -> int:
     no number of requests is sure to reach both; fifty batches that all miss one would be a
     bug). Returns how many requests of each route were sent."""
     sent = 0
-    while len(worker_files(metrics_dir)) < 2:
+    while counting_processes(metrics_dir) < 2:
         assert sent < 50 * BATCH, f"one gunicorn worker answered all {sent} requests"
         send_batch(url)
         sent += BATCH
@@ -125,14 +132,18 @@ def web_env(redis_url, tmp_path) -> dict:
 def test_camsam_serve_adds_up_two_workers_in_a_private_directory(web_env, tmp_path):
     """No PROMETHEUS_MULTIPROC_DIR given: ``camsam serve`` makes its own (under TMPDIR) and
     removes it when it stops."""
-    temp = tmp_path / "tmp"
+    temp, home = tmp_path / "tmp", tmp_path / "home"
     temp.mkdir()
+    home.mkdir()
     command = [sys.executable, "-m", "worker.cli", "serve"]
-    server, url = start_web(command, {**web_env, "TMPDIR": str(temp)})
+    env = {**web_env, "TMPDIR": str(temp), "HOME": str(home), "XDG_RUNTIME_DIR": ""}
+    server, url = start_web(command, env)
     try:
         (metrics_dir,) = temp.glob("camsam-metrics-*")
         sent = send_until_both_workers_counted(url, metrics_dir)
         check_counts(url, sent)
+        # No control socket at a path shared by every instance of the user (~/.gunicorn).
+        assert not (home / ".gunicorn").exists()
     finally:
         stop_web(server)
     assert list(temp.iterdir()) == []
@@ -156,7 +167,7 @@ def test_python_m_ml_backend_clears_stale_counts_from_a_given_directory(web_env,
     env = {**web_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     server, url = start_web([sys.executable, "-m", "ml_backend"], env)
     try:
-        assert "counter_1.db" not in worker_files(metrics_dir)
+        assert not (metrics_dir / "counter_1.db").exists()
         sent = send_until_both_workers_counted(url, metrics_dir)
         check_counts(url, sent)
     finally:

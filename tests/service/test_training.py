@@ -193,6 +193,10 @@ def test_webhooks_as_label_studio_sends_them_trigger_training(tmp_path):
     from tests.service.test_app import fixture
 
     client = create_app({"MODEL_DIR": tmp_path, "TRAIN_DEBOUNCE": 30}).test_client()
+    # Label Studio sets the project up first; a webhook naming a project it did not is ignored.
+    unknown = client.post("/webhook", json=fixture("017_webhook_annotation_created.json")["body"])
+    assert unknown.status_code == 200 and unknown.json["status"] == "ignored"
+    assert client.post("/setup", json=fixture("009_setup.json")["body"]).status_code == 200
     answers = [
         client.post("/webhook", json=fixture(name)["body"]).json
         for name in (

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
 
 from worker.contract.connections import redis_connection
-from worker.contract.queues import TRAIN_JOB, TRAIN_QUEUE, describe, run_in_thread
+from worker.contract.queues import TRAIN_JOB, TRAIN_QUEUE, describe
+from worker.contract.registry import resolve
 from worker.contract.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,45 @@ class LocalStore:
             return dict(self.values.get(key, {}))
 
 
+class JobThreads:
+    """Named jobs run on at most ``workers`` daemon threads, started as jobs arrive: the
+    embedded mode's background jobs, so a burst of webhooks never starts a thread per event.
+    ``backlog`` (> 0) bounds the jobs waiting; beyond it a job is dropped (and logged)."""
+
+    def __init__(self, name: str, workers: int = 1, backlog: int = 0) -> None:
+        self.name = name
+        self.workers = max(1, workers)
+        self.jobs: queue.Queue = queue.Queue(maxsize=max(0, backlog))
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def __call__(self, name: str, payload: dict) -> bool:
+        """Queue a job; False when the backlog is full and it was dropped."""
+        try:
+            self.jobs.put_nowait((name, payload))
+        except queue.Full:
+            log.warning("%s: %d jobs wait already: %s dropped", self.name, self.jobs.qsize(), name)
+            return False
+        with self.lock:
+            if len(self.threads) < self.workers:
+                thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self.threads.append(thread)
+                thread.start()
+        return True
+
+    def _work(self) -> None:
+        while True:
+            name, payload = self.jobs.get()
+            try:
+                resolve(name)(payload)
+            except Exception:  # a thread has nobody to raise to
+                log.exception("background job %s failed", name)
+
+
 _local = LocalStore()
-Submit = Callable[[str, dict], None]
+# Embedded training: a few projects at a time (a project's job trains while its labels change).
+_training = JobThreads("camsam-train", workers=4)
+Submit = Callable[[str, dict], object]
 
 
 def store_for(redis_url: str):
@@ -80,15 +119,21 @@ def store_for(redis_url: str):
     return redis_connection(redis_url)
 
 
-def submitter(redis_url: str) -> Submit:
-    """Enqueue on the training queue (``camsam worker --role train``), or run in a thread."""
+def submitter(redis_url: str, backlog: int = 0) -> Submit:
+    """Enqueue on the training queue (``camsam worker --role train``), or, embedded, on the
+    process's few training threads. With ``backlog`` > 0 (jobs that may be dropped, such as
+    scoring feedback), a job is dropped while that many wait (in the embedded mode, on a
+    thread of their own)."""
     if redis_url:
         from rq import Queue
 
-        queue = Queue(TRAIN_QUEUE, connection=store_for(redis_url))
+        train_queue = Queue(TRAIN_QUEUE, connection=store_for(redis_url))
 
-        def enqueue(name: str, payload: dict) -> None:
-            queue.enqueue(
+        def enqueue(name: str, payload: dict) -> bool:
+            if backlog > 0 and train_queue.count >= backlog:
+                log.warning("%d jobs wait on %s: %s dropped", backlog, TRAIN_QUEUE, name)
+                return False
+            train_queue.enqueue(
                 name,
                 payload,
                 description=describe(name, payload),
@@ -96,10 +141,11 @@ def submitter(redis_url: str) -> Submit:
                 result_ttl=86400,
                 failure_ttl=7 * 86400,
             )
+            return True
 
         return enqueue
 
-    return run_in_thread
+    return JobThreads("camsam-jobs", backlog=backlog) if backlog > 0 else _training
 
 
 def remember_project(store, payload: dict) -> None:

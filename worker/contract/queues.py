@@ -6,13 +6,9 @@ with it torch, unless it runs jobs itself (the embedded mode, through :func:`res
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import threading
-
-from worker.contract.registry import resolve
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +45,3 @@ def route_key(payload: dict) -> str:
     task = payload["tasks"][0]
     text = json.dumps([payload["project"], task.get("data")], sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def run_in_thread(name: str, payload: dict, lock: threading.Lock | None = None) -> None:
-    """Run a named job in a daemon thread (holding ``lock`` if given); a failure is logged,
-    since a thread has nobody to raise to."""
-
-    def work() -> None:
-        with lock or contextlib.nullcontext():
-            try:
-                resolve(name)(payload)
-            except Exception:
-                log.exception("background job %s failed", name)
-
-    threading.Thread(target=work, name=f"camsam-{name}", daemon=True).start()

@@ -5,10 +5,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from urllib.parse import urlsplit
 
 from worker.contract import defaults
 
 _CASTS = {"float": float, "int": int}
+# Who may name Label Studio's address and key through /setup (SETUP_CREDENTIALS):
+SETUP_TRUST = {
+    "auth": "only a caller that passed BASIC_AUTH_USER/PASS or AUTH_TOKEN",
+    "never": "nobody: the environment alone names them",
+    "always": "any caller (insecure unless only Label Studio can reach camsam)",
+}
+# Fields a job is never sent: the web side's own credentials.
+_WEB_ONLY = ("basic_auth_user", "basic_auth_pass", "auth_token", "webhook_secret")
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,21 @@ class Settings:
     max_image_bytes: int = defaults.MAX_IMAGE_BYTES
     max_image_pixels: int = defaults.MAX_IMAGE_PIXELS
     webhook_rate: float = 20.0
+    max_request_bytes: int = 16 * 1024 * 1024  # a /predict body of 10,000 tasks is ~2 MB
+    max_tasks_per_request: int = 10_000
+    max_projects: int = 1000  # projects a webhook may name (set up, or confirmed in Label Studio)
+    setup_credentials: str = "auth"  # see SETUP_TRUST
+    webhook_secret: str = ""  # when set, /webhook needs it in the X-Webhook-Secret header
     auth_token: str = ""
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
+
+    def __post_init__(self) -> None:
+        if self.setup_credentials not in SETUP_TRUST:
+            raise ValueError(
+                f"SETUP_CREDENTIALS={self.setup_credentials!r}: set it to one of "
+                f"{', '.join(SETUP_TRUST)} (auth: {SETUP_TRUST['auth']})"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,22 +90,25 @@ class Settings:
         return bool(self.sam2_checkpoint or self.sam2_hub_id)
 
     def with_label_studio(self, url: str, api_key: str) -> Settings:
-        """Label Studio's address and key as ``/setup`` sent them, where the environment named
-        none (the environment always wins)."""
+        """Label Studio's address and key as a trusted ``/setup`` sent them, filling in only
+        what the environment left unset (the environment always wins). A key goes only where
+        it came from: where the environment names the address, a ``/setup`` key is taken only
+        if ``/setup`` names that same address."""
+        if self.label_studio_url:
+            same = same_origin(self.label_studio_url, url)
+            return replace(
+                self, label_studio_api_key=self.label_studio_api_key or (api_key if same else "")
+            )
         return replace(
             self,
-            label_studio_url=self.label_studio_url or url or "",
-            label_studio_api_key=self.label_studio_api_key or api_key or "",
+            label_studio_url=url or "",
+            label_studio_api_key=self.label_studio_api_key or (api_key if url else ""),
         )
 
     def for_worker(self) -> dict:
         """What a job needs to know, as JSON for the queue; the worker never reads the web
         process's environment (and never sees the web side's own credentials)."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if not f.name.startswith(("basic", "auth"))
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _WEB_ONLY}
 
     @classmethod
     def from_payload(cls, values: Mapping[str, object]) -> Settings:
@@ -106,3 +130,17 @@ class Settings:
                         f"setting {name}={value!r} is not a {known[name].type}"
                     ) from None
         return cls(**typed)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two Label Studio addresses are the same: scheme, host, port and path."""
+
+    def key(url: str) -> tuple:
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        except ValueError:
+            return ("", url)
+        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/")
+
+    return bool(a and b) and key(a) == key(b)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from worker.contract.errors import CamsamError, CheckpointError
+from worker.contract.errors import CamsamError, CheckpointError, ImageError
 from worker.contract.label_config import parse_label_config
 from worker.contract.settings import Settings
 from worker.contract.store import UNTRAINED, project_model_dir
@@ -164,9 +164,25 @@ class _Project:
             raise
 
     def image(self, task: dict):
-        """The task's image as RGB uint8. Raises: CamsamError, KeyError (no image in the task)."""
-        data = self.fetcher.fetch(str(task["data"][self.image_key]), task.get("id"))
-        return load_image(data, max_pixels=self.settings.max_image_pixels)
+        """The task's image as RGB uint8.
+
+        Raises:
+            ImageError: the task has no image reference camsam can read (not a string, a NUL
+                or a lone surrogate in it, a malformed URL, an id that is not a number), or
+                the image is unreadable.
+            KeyError: no image in the task.
+        """
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict) or self.image_key not in data:
+            raise KeyError(self.image_key)
+        ref = data[self.image_key]
+        if not isinstance(ref, str):
+            raise ImageError(f"the task's {self.image_key!r} is {type(ref).__name__}, not a URL")
+        try:
+            encoded = self.fetcher.fetch(ref, task.get("id"))
+        except (ValueError, TypeError) as error:  # UnicodeError included
+            raise ImageError(f"{ref[:200]!r} is not an image reference camsam can read") from error
+        return load_image(encoded, max_pixels=self.settings.max_image_pixels)
 
     def chunks(self, tasks: list[dict]) -> Iterator[tuple[list[dict], dict[int, object]]]:
         """``tasks`` in chunks of the batch size, each with its images by position in the chunk
@@ -190,7 +206,8 @@ class _Project:
             try:
                 images[k] = future.result()
             except (CamsamError, KeyError) as error:
-                log.warning("task %s: no prediction: %s", task.get("id"), error)
+                task_id = task.get("id") if isinstance(task, dict) else None
+                log.warning("task %s: no prediction: %s", task_id, error)
         return images
 
     def predict(self, tasks: list[dict], images: dict[int, object]) -> list[dict | None]:

@@ -19,38 +19,29 @@ cloud metadata services are refused, in whatever IPv6 form embeds their IPv4 add
 from __future__ import annotations
 
 import base64
-import contextlib
-import ipaddress
-import re
-import socket
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, unquote, urljoin, urlparse, urlsplit
+from urllib.parse import parse_qs, unquote, urljoin, urlparse
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import LocationParseError
 from urllib3.util import Url, parse_url
 
 from worker.contract import defaults
 from worker.contract.errors import ImageError
 from worker.contract.settings import Settings
+from worker.labelstudio.deadline import Deadline, DeadlineAdapter
+from worker.labelstudio.urls import (
+    check_address,
+    connect_target,
+    origin,
+    refuse_ambiguous,
+)
 
 CLOUD_SCHEMES = ("s3", "gs", "gcs", "azure-blob", "azure-spi")
 MAX_REDIRECTS = 3
-DEFAULT_PORTS = {"http": 80, "https": 443}
-# Cloud metadata services outside link-local space (AWS's IPv6 one, Alibaba Cloud's).
-METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ("fd00:ec2::254", "100.100.100.200")))
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_SCHEME_AND_HOST = re.compile(r"[^/?#]*(//[^/?#]*)?")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -83,9 +74,9 @@ class ImageFetcher:
         self.limits = limits or FetchLimits()
         self.session = requests.Session()
         for scheme in ("http://", "https://"):
-            self.session.mount(scheme, _DeadlineAdapter())
+            self.session.mount(scheme, DeadlineAdapter())
         try:
-            self._own = _origin(parse_url(self.base)) if self.base else None
+            self._own = origin(parse_url(self.base)) if self.base else None
         except LocationParseError as error:
             raise ImageError(f"LABEL_STUDIO_URL {self.base!r} is not a URL: {error}") from error
         self._hosts = frozenset(h.lower() for h in self.limits.hosts)
@@ -113,7 +104,7 @@ class ImageFetcher:
                     f"image {ref} is relative to Label Studio: set LABEL_STUDIO_URL and "
                     "LABEL_STUDIO_API_KEY so camsam can fetch it"
                 )
-            _refuse_ambiguous(ref)  # urljoin drops tabs and newlines, which could move the host
+            refuse_ambiguous(ref)  # urljoin drops tabs and newlines, which could move the host
             url = urljoin(self.base + "/", ref.lstrip("/"))
             if parsed.path.startswith(("/tasks/", "/projects/")):
                 return self._download(url, redirects=MAX_REDIRECTS)
@@ -151,7 +142,7 @@ class ImageFetcher:
     def _download(self, url: str, redirects: int = 0) -> bytes:
         """GET within the size limit and one deadline for every hop and every read, so a
         server that drips bytes cannot hold a worker past FETCH_TIMEOUT."""
-        with _Deadline(self.limits.timeout) as deadline:
+        with Deadline(self.limits.timeout) as deadline:
             try:
                 return self._follow(url, redirects, deadline)
             except requests.RequestException as error:
@@ -159,16 +150,16 @@ class ImageFetcher:
                     raise ImageError(self._too_slow(url)) from error
                 raise ImageError(f"cannot fetch {url}: {error}") from error
 
-    def _follow(self, url: str, redirects: int, deadline: _Deadline) -> bytes:
+    def _follow(self, url: str, redirects: int, deadline: Deadline) -> bytes:
         """``redirects`` hops followed, each checked; the first must be Label Studio's host or
         listed, and only it gets the credentials (when it is Label Studio's origin)."""
         for hop in range(redirects + 1):
             prepared, target = self._prepare(url)
             if hop == 0:
                 self._check_listed(url, target)
-                if _origin(target) == self._own:
+                if origin(target) == self._own:
                     prepared.headers.update(self._auth())
-            _check_address(target)
+            check_address(target)
             remaining = deadline.remaining()
             if remaining <= 0:
                 raise ImageError(self._too_slow(url))
@@ -192,15 +183,15 @@ class ImageFetcher:
 
     def _prepare(self, url: str) -> tuple[requests.PreparedRequest, Url]:
         """The request exactly as it will be sent, and its URL as it will be connected to."""
-        _refuse_ambiguous(url)
+        refuse_ambiguous(url)
         try:
             prepared = self.session.prepare_request(requests.Request("GET", url))
         except requests.RequestException as error:
             raise ImageError(f"{url!r} is not a URL camsam can fetch: {error}") from error
-        return prepared, _connect_target(str(prepared.url))
+        return prepared, connect_target(str(prepared.url))
 
     def _check_listed(self, url: str, target: Url) -> None:
-        host, port = target.host or "", _origin(target)[2]
+        host, port = target.host or "", origin(target)[2]
         own = self._own is not None and (host, port) == self._own[1:]
         if not (own or host in self._hosts or f"{host}:{port}" in self._hosts):
             raise ImageError(
@@ -208,7 +199,7 @@ class ImageFetcher:
                 "images from it"
             )
 
-    def _content(self, url: str, response: requests.Response, deadline: _Deadline) -> bytes:
+    def _content(self, url: str, response: requests.Response, deadline: Deadline) -> bytes:
         with response:
             if response.status_code in (401, 403):
                 raise ImageError(
@@ -262,174 +253,6 @@ class ImageFetcher:
                 ) from error
             self._access = (access, time.time() + 240)
             return access
-
-
-def _refuse_ambiguous(url: str) -> None:
-    """Refuse what URL parsers read differently: a backslash ends the host for urllib3 but not
-    for urllib, which also drops tabs and newlines. A plain space is allowed only after the host,
-    where requests percent-encodes it (Label Studio file names have spaces)."""
-    if "\\" in url:
-        raise ImageError(
-            f"{url!r}: a backslash in a URL is refused (URL parsers disagree on where its "
-            "host ends)"
-        )
-    odd = [c for c in url if unicodedata.category(c)[0] in "CZ" and c != " "]
-    head = _SCHEME_AND_HOST.match(url)
-    if odd or (head and " " in head.group(0)):
-        raise ImageError(
-            f"{url!r}: control characters or whitespace in a URL are refused (URL parsers "
-            "disagree on them)"
-        )
-
-
-def _connect_target(url: str) -> Url:
-    """``url`` (as prepared by requests) parsed the way urllib3 connects, refused unless it is
-    http(s) without ``user:pass@`` and urllib, which requests picks the connection by, agrees."""
-    try:
-        target = parse_url(url)
-        split = urlsplit(url)
-        other = (unquote(split.hostname or ""), split.port or DEFAULT_PORTS.get(split.scheme))
-    except (LocationParseError, ValueError) as error:
-        raise ImageError(f"{url!r} is not a URL camsam can fetch: {error}") from error
-    if target.scheme not in DEFAULT_PORTS or not target.host:
-        raise ImageError(f"{url}: only http(s) URLs are fetched")
-    if target.auth is not None:
-        raise ImageError(
-            f"{url}: a user:pass@ part in an image URL is refused (it hides the real host); "
-            "camsam sends Label Studio's key itself"
-        )
-    if other != (unquote(target.host.strip("[]").lower()), _origin(target)[2]):
-        raise ImageError(f"{url}: URL parsers disagree on its host, so it is refused")
-    return target
-
-
-def _origin(url: Url) -> tuple[str, str, int]:
-    scheme = url.scheme or "http"
-    return scheme, (url.host or "").lower(), url.port or DEFAULT_PORTS.get(scheme, 80)
-
-
-def _check_address(target: Url) -> None:
-    """Refuse hosts that are or resolve to link-local, multicast or unspecified addresses or a
-    cloud metadata service, judged on the IPv4 address an IPv6 one embeds."""
-    host = unquote((target.host or "").strip("[]"))  # an IPv6 zone may arrive as %25
-    try:
-        infos = socket.getaddrinfo(host, _origin(target)[2], proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as error:
-        raise ImageError(f"cannot resolve {host}: {error}") from error
-    for info in infos:
-        address = _embedded_ipv4(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
-        if address.is_link_local or address.is_multicast or address.is_unspecified:
-            raise ImageError(
-                f"{host} resolves to {address}, a link-local or reserved address: "
-                "refused (cloud metadata services live there)"
-            )
-        if address in METADATA_ADDRESSES:
-            raise ImageError(f"{host} resolves to {address}, a cloud metadata service: refused")
-
-
-def _embedded_ipv4(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 one carries (mapped ``::ffff:a.b.c.d``, compatible ``::a.b.c.d``,
-    6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``), since packets to it reach that IPv4 host."""
-    if isinstance(address, ipaddress.IPv4Address):
-        return address
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in _NAT64 or 1 < int(address) < 1 << 32:  # not :: or ::1
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address
-
-
-class _Deadline:
-    """The end of one download. Timeouts bound each read, not a server that sends one byte
-    just inside them, so at the end a timer shuts the download's sockets, waking any read
-    (TLS handshake, headers, body) blocked on them."""
-
-    _current = threading.local()
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        _Deadline._current.deadline = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        _Deadline._current.deadline = None
-
-    def remaining(self) -> float:
-        return self.end - time.monotonic()
-
-    def passed(self) -> bool:
-        return self.expired or self.remaining() <= 0
-
-    @classmethod
-    def watch(cls, sock: socket.socket | None) -> None:
-        """Shut ``sock`` at the deadline of the download running on this thread, if any."""
-        deadline = getattr(cls._current, "deadline", None)
-        if deadline is None or sock is None:
-            return
-        with deadline._lock:
-            deadline._sockets.append(sock)
-            if deadline.expired:
-                _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    # socket.socket's own shutdown, not SSLSocket's, which would drop its TLS state under a read.
-    with contextlib.suppress(OSError):  # already closed: nothing left to wake
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _Watched:
-    """Connection mixin: new sockets and each response's socket go to the running deadline."""
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
-        _Deadline.watch(sock)
-        return sock
-
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        _Deadline.watch(self.sock)  # type: ignore[attr-defined]
-        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
-
-
-class _HTTPConnection(_Watched, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Watched, HTTPSConnection):
-    pass
-
-
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-class _DeadlineAdapter(HTTPAdapter):
-    """requests' adapter with connections that the running download's deadline can shut."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def _is_jwt(token: str) -> bool:
