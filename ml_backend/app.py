@@ -164,7 +164,10 @@ class CamsamBackend:
             if "error" in answer:
                 raise InputError(answer["error"])
             self.batches.count(1, answer)
-            return {"results": answer["results"], "model_version": answer["model_version"]}
+            return {
+                "results": answer["results"],
+                "model_version": answer["model_version"] or UNTRAINED,
+            }
         return self.batches.answer(payload, self.settings, version)
 
     def projects(self) -> list[str]:

@@ -81,10 +81,12 @@ class Batches:
         limit = settings.predict_inline_max_tasks
         if limit > 0:
             return tasks > limit
-        writable = settings.label_studio_url and settings.label_studio_api_key
-        if not (self.measured or writable):
-            return False
-        return tasks * self.seconds_per_task > 0.8 * settings.predict_timeout
+        estimate = tasks * self.seconds_per_task
+        if settings.label_studio_url and settings.label_studio_api_key:
+            return estimate > 0.8 * settings.predict_timeout
+        # Nowhere to write to: refuse only what the measured speed says cannot fit at all (a
+        # first answer also paid for loading the models, so it overestimates).
+        return self.measured and estimate > settings.predict_timeout
 
     def too_long_message(self, tasks: int, settings: Settings, late: bool = False) -> str:
         timeout, limit = settings.predict_timeout, settings.predict_inline_max_tasks

@@ -105,8 +105,9 @@ class RateLimiter:
                 self._forget_full(now)
                 if len(self.buckets) >= self.max_keys:
                     return False
-            tokens, last = self.buckets.get(key, (self.rate, now))
-            tokens = min(self.rate, tokens + (now - last) * self.rate)
+            burst = max(1.0, self.rate)  # a rate under one a second still lets one through
+            tokens, last = self.buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + (now - last) * self.rate)
             allowed = tokens >= 1.0
             self.buckets[key] = (tokens - 1.0 if allowed else tokens, now)
             return allowed

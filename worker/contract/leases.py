@@ -216,7 +216,8 @@ def run_pending(
 
 
 def _lease(payload: dict) -> int:
-    return max(1, Settings.from_payload(payload.get("settings") or {}).train_lease)
+    lease = Settings.from_payload(payload.get("settings") or {}).train_lease
+    return max(1, lease or Settings.train_lease)  # 0 (unset) is the default, not one second
 
 
 def reconcile(store, submit: Submit) -> int:

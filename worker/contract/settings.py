@@ -99,10 +99,9 @@ class Settings:
             return replace(
                 self, label_studio_api_key=self.label_studio_api_key or (api_key if same else "")
             )
+        # The address comes from /setup: so does the key (the environment's never goes there).
         return replace(
-            self,
-            label_studio_url=url or "",
-            label_studio_api_key=self.label_studio_api_key or (api_key if url else ""),
+            self, label_studio_url=url or "", label_studio_api_key=api_key if url else ""
         )
 
     def for_worker(self) -> dict:

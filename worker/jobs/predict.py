@@ -151,7 +151,10 @@ class _Project:
         try:
             return load_pipeline(self.model_dir, self.version, self.settings)
         except CheckpointError as error:
-            older = [v for v in self.model_dir.versions() if v < self.version][::-1]
+            versions = self.model_dir.versions()  # in number order: v9999 before v10000
+            older = (
+                versions[: versions.index(self.version)][::-1] if self.version in versions else []
+            )
             log.error("project %s: %s refused: %s", self.model_dir.root, self.version, error)
             for version in older:
                 try:

@@ -98,7 +98,7 @@ def _train(project: str, settings: Settings, models: ModelDir) -> dict:
         arch=settings.train_arch or TrainConfig.arch,
         image_size=settings.train_image_size,
         input=settings.train_input,
-        output_stride=settings.train_output_stride,
+        output_stride=settings.train_output_stride or TrainConfig.output_stride,
         epochs=settings.train_epochs,
         seed=seed,
         pretrained=_start_from(models, current, info, dataset, settings),
