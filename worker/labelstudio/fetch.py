@@ -105,6 +105,9 @@ class ImageFetcher:
                     "LABEL_STUDIO_API_KEY so camsam can fetch it"
                 )
             refuse_ambiguous(ref)  # urljoin drops tabs and newlines, which could move the host
+            if {".", ".."} & set(unquote(parsed.path).split("/")):
+                # urljoin resolves them: /data/../api/... would take the key to any endpoint.
+                raise ImageError(f"{ref}: '.' and '..' segments in a Label Studio path are refused")
             url = urljoin(self.base + "/", ref.lstrip("/"))
             if parsed.path.startswith(("/tasks/", "/projects/")):
                 return self._download(url, redirects=MAX_REDIRECTS)

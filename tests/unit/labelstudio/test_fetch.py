@@ -235,3 +235,12 @@ def test_the_api_key_goes_only_to_label_studios_origin(tmp_path, server):
     # Label Studio is on https: the same host and port over plain http does not get the key
     downgraded = ImageFetcher(f"https://{server}", "secret", limits=FetchLimits(hosts=(server,)))
     assert downgraded.fetch(f"http://{server}/auth.png") == b"none"
+
+
+@pytest.mark.parametrize(
+    "ref", ["/data/../api/projects/", "/data/upload/%2e%2e/%2e%2e/api/x", "/tasks/1/./../../api/"]
+)
+def test_dot_segments_cannot_move_a_label_studio_path_to_another_endpoint(ref):
+    fetcher = ImageFetcher("http://127.0.0.1:9", "secret")
+    with pytest.raises(ImageError, match="segments in a Label Studio path are refused"):
+        fetcher.fetch(ref, 1)
