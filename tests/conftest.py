@@ -65,6 +65,14 @@ def sam2_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def reply(handler, body: bytes, status: int = 200) -> None:
+    """Answer an ``http.server`` request with ``body`` and its length."""
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

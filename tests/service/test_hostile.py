@@ -26,6 +26,7 @@ from ml_backend.guard import RateLimiter
 from ml_backend.projects import LOOKUP_RATE
 from ml_backend.protocol import project_id
 from ml_backend.runner import REQUEST
+from tests.conftest import reply
 from tests.service.test_app import SYNTHETIC_CONFIG, predict_body
 from worker.contract.errors import ImageError
 from worker.contract.leases import QUEUED, known_projects, store_for
@@ -82,13 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
         if project:
             found = project.group(1) in self.server.projects
             body = json.dumps({"id": int(project.group(1))} if found else {}).encode()
-            self.send_response(200 if found else 404)
+            reply(self, body, 200 if found else 404)
         else:
-            body = png_header(4, 4)
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            reply(self, png_header(4, 4))
 
     def log_message(self, *args):
         pass

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.conftest import reply
 from worker.contract.errors import ImageError
 from worker.labelstudio.fetch import FetchLimits, ImageFetcher
 
@@ -27,28 +28,25 @@ class _Images(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         if self.path == "/auth.png":  # echoes the credentials it was sent
-            body = self.headers.get("Authorization", "none").encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, self.headers.get("Authorization", "none").encode())
             return
-        body = b"x" * (200_000 if self.path == "/big.png" else 100)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, b"x" * (200_000 if self.path == "/big.png" else 100))
 
     def log_message(self, *args):
         pass
 
 
-@pytest.fixture(scope="module")
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+def serve(handler: type[BaseHTTPRequestHandler]):
+    """A threaded HTTP server on a free loopback port: yields ``host:port``."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from serve(_Images)
 
 
 def fetcher(tmp_path, **limits) -> ImageFetcher:
@@ -146,10 +144,7 @@ class _Drips(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def drips():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Drips)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    yield from serve(_Drips)
 
 
 def test_the_host_checked_is_the_host_connected_to(tmp_path, server, drips):
