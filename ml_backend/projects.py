@@ -16,7 +16,9 @@ from pathlib import Path
 
 from ml_backend.errors import TooManyRequests, Unavailable
 from ml_backend.guard import RateLimiter
+from worker.contract.api_key import ApiKey
 from worker.contract.connections import redis_connection
+from worker.contract.errors import LabelStudioAuthError
 from worker.contract.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ class KnownProjects:
         self.absent: dict[str, float] = {}  # id -> until when Label Studio is not asked again
         self.lookups = RateLimiter(LOOKUP_RATE)
         self.lock = threading.Lock()
-        self._access: tuple[str, float] | None = None
+        self._key: ApiKey | None = None
 
     def add(self, project: str, how: str) -> bool:
         """Remember ``project``; False when MAX_PROJECTS are known already (and it is not).
@@ -154,24 +156,13 @@ class KnownProjects:
         )
 
     def _auth(self, url: str, key: str) -> dict:
-        """A legacy token as ``Token``; a personal access token exchanged for an access token."""
-        if not (key.count(".") == 2 and key.startswith("ey")):
-            return {"Authorization": f"Token {key}"}
-        import requests
-
+        """The key's header (one ApiKey per address and key, so its access token is reused)."""
         with self.lock:
-            if self._access is None or self._access[1] < time.monotonic():
-                try:
-                    response = requests.post(
-                        f"{url.rstrip('/')}/api/token/refresh",
-                        json={"refresh": key},
-                        timeout=LOOKUP_TIMEOUT,
-                    )
-                    response.raise_for_status()
-                    self._access = (str(response.json()["access"]), time.monotonic() + 240)
-                except (requests.RequestException, KeyError, ValueError) as error:
-                    log.warning("cannot exchange the personal access token: %s", error)
-                    raise Unavailable(
-                        "cannot exchange LABEL_STUDIO_API_KEY for an access token"
-                    ) from None
-            return {"Authorization": f"Bearer {self._access[0]}"}
+            if self._key is None or (self._key.base_url, self._key.key) != (url.rstrip("/"), key):
+                self._key = ApiKey(url, key, LOOKUP_TIMEOUT)
+            api_key = self._key
+        try:
+            return api_key.headers()
+        except LabelStudioAuthError as error:
+            log.warning("%s", error)
+            raise Unavailable("cannot exchange LABEL_STUDIO_API_KEY for an access token") from None

@@ -29,3 +29,7 @@ class LabelConfigError(CamsamError):
 
 class SegmenterError(CamsamError):
     """A segmenter could not be built (missing SAM2 config or checkpoint, bad options)."""
+
+
+class LabelStudioAuthError(CamsamError):
+    """A personal access token could not be exchanged for an access token."""

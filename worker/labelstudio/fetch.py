@@ -19,8 +19,6 @@ cloud metadata services are refused, in whatever IPv6 form embeds their IPv4 add
 from __future__ import annotations
 
 import base64
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urljoin, urlparse
@@ -30,7 +28,8 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import Url, parse_url
 
 from worker.contract import defaults
-from worker.contract.errors import ImageError
+from worker.contract.api_key import ApiKey
+from worker.contract.errors import ImageError, LabelStudioAuthError
 from worker.contract.settings import Settings
 from worker.labelstudio.deadline import Deadline, DeadlineAdapter
 from worker.labelstudio.urls import (
@@ -80,8 +79,7 @@ class ImageFetcher:
         except LocationParseError as error:
             raise ImageError(f"LABEL_STUDIO_URL {self.base!r} is not a URL: {error}") from error
         self._hosts = frozenset(h.lower() for h in self.limits.hosts)
-        self._access: tuple[str, float] | None = None
-        self._lock = threading.Lock()
+        self._key = ApiKey(self.base, api_key, self.limits.timeout, post=self.session.post)
 
     def fetch(self, ref: str, task_id: int | None = None) -> bytes:
         """The encoded image bytes for a task's image reference (``task_id`` for presigning).
@@ -232,31 +230,7 @@ class ImageFetcher:
         )
 
     def _auth(self) -> dict:
-        if not self.api_key:
-            return {}
-        if not _is_jwt(self.api_key):
-            return {"Authorization": f"Token {self.api_key}"}
-        return {"Authorization": f"Bearer {self._access_token()}"}
-
-    def _access_token(self) -> str:
-        """Exchange a personal access token (a JWT refresh token) for a short-lived one."""
-        with self._lock:
-            if self._access and self._access[1] > time.time():
-                return self._access[0]
-            url = f"{self.base}/api/token/refresh"
-            try:
-                response = self.session.post(
-                    url, json={"refresh": self.api_key}, timeout=self.limits.timeout
-                )
-                response.raise_for_status()
-                access = response.json()["access"]
-            except (requests.RequestException, KeyError, ValueError) as error:
-                raise ImageError(
-                    f"cannot exchange the personal access token at {url}: {error}"
-                ) from error
-            self._access = (access, time.time() + 240)
-            return access
-
-
-def _is_jwt(token: str) -> bool:
-    return token.count(".") == 2 and token.startswith("ey")
+        try:
+            return self._key.headers()
+        except LabelStudioAuthError as error:
+            raise ImageError(str(error)) from error
