@@ -261,7 +261,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     if settings.redis_url:
         runner = RqRunner(settings.redis_url)
     else:  # tasks waiting for write-back: two of the largest batches
-        runner = EmbeddedRunner(backlog=2 * (settings.max_tasks_per_request or 10_000))
+        largest = settings.max_tasks_per_request or Settings.max_tasks_per_request
+        runner = EmbeddedRunner(backlog=2 * largest)
     backend = CamsamBackend(settings, runner, metrics)
     app.extensions["camsam"] = backend
     for warning in backend.warnings:

@@ -46,7 +46,7 @@ class Batches:
         """Answer in the request, ``runner.chunk`` tasks a job; past PREDICT_TIMEOUT the rest
         is not computed (Label Studio has stopped waiting) and the answer is a 503."""
         tasks = payload["tasks"]
-        size = getattr(self.runner, "chunk", 0) or len(tasks)
+        size = self.runner.chunk or len(tasks)
         priority = REQUEST if len(tasks) <= size else CHUNK
         deadline = time.monotonic() + settings.predict_timeout
         results: list = []

@@ -154,6 +154,7 @@ class RqRunner:
     """
 
     mode = "redis"
+    chunk = 0  # a batch is one job: the workers' queues, not chunks, put clicks first
 
     def __init__(self, redis_url: str) -> None:
         from rq import Queue

@@ -8,6 +8,7 @@ reshaped to a grid.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ class CamMap:
     probability: float
 
 
-class CamMethod:
+class CamMethod(ABC):
     """A CAM method: ``maps`` is the one thing a method must say.
 
     ``classify_and_explain`` classifies and then takes the maps; a method that can do both in one
@@ -41,6 +42,7 @@ class CamMethod:
 
     name = ""
 
+    @abstractmethod
     def maps(
         self,
         classifier: Classifier,
@@ -49,7 +51,6 @@ class CamMethod:
         stages: int,
     ) -> list[list[CamMap]]:
         """One map per label of each image (labels already checked, at least one in all)."""
-        raise NotImplementedError
 
     def __call__(
         self,

@@ -8,6 +8,7 @@ figures, so the pipeline never needs to know which one it holds.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ class SegmenterOptions:
         return bool(self.sam2_checkpoint or self.sam2_hub_id)
 
 
-class Segmenter:
+class Segmenter(ABC):
     """The base class: ``segment`` is what a segmenter must do; the rest has defaults."""
 
     name = ""
@@ -60,10 +61,10 @@ class Segmenter:
         """Build from ``options`` and the loaded classifier. Raises: SegmenterError."""
         return cls()
 
+    @abstractmethod
     def segment(
         self, image: np.ndarray, cams: Sequence[CamMap], prompts: Sequence[Prompts]
-    ) -> list[MaskResult]:
-        raise NotImplementedError
+    ) -> list[MaskResult]: ...
 
     def segment_batch(
         self,
