@@ -20,6 +20,28 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "label-studio-1.23.2"
 SYNTHETIC_CONFIG = (REPO / "tests" / "data" / "synthetic_config.xml").read_text()
 
 
+def documents(tmp_path, synthetic_dir):
+    """A local-files root holding ``good.png`` (a synthetic Spot image), and that image."""
+    root = tmp_path / "documents"
+    root.mkdir()
+    good = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
+    (root / "good.png").write_bytes(good.read_bytes())
+    return root, good
+
+
+def fetching_app(model_dir, label_studio, root, **settings):
+    """An app that reads images from the fake Label Studio and from local files under ``root``."""
+    return create_app(
+        {
+            "MODEL_DIR": model_dir,
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": "secret",
+            "LOCAL_FILES_DOCUMENT_ROOT": root,
+            **settings,
+        }
+    )
+
+
 def predict_body(tasks: list, context: dict | None = None, project: str = "3.1") -> dict:
     """A /predict body as Label Studio sends it, for the synthetic label config."""
     return {
@@ -96,14 +118,7 @@ def test_bad_requests_get_json_errors(client):
 def test_predict_fetches_images_like_label_studio_and_isolates_failures(
     trained_model_dir, synthetic_dir, label_studio, tmp_path
 ):
-    app = create_app(
-        {
-            "MODEL_DIR": trained_model_dir,
-            "LABEL_STUDIO_URL": label_studio.url,
-            "LABEL_STUDIO_API_KEY": "secret",
-            "LOCAL_FILES_DOCUMENT_ROOT": synthetic_dir,
-        }
-    )
+    app = fetching_app(trained_model_dir, label_studio, synthetic_dir)
     client = app.test_client()
     spot = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
     scratch = sorted((synthetic_dir / "Scratch").glob("*.png"))[0]
@@ -332,23 +347,12 @@ def test_bad_tasks_in_a_batch_get_empty_results_and_the_others_are_answered(
 ):
     from PIL import Image
 
-    root = tmp_path / "documents"
-    root.mkdir()
-    good = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
-    (root / "good.png").write_bytes(good.read_bytes())
+    root, good = documents(tmp_path, synthetic_dir)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
     (root / "truncated.png").write_bytes(good.read_bytes()[:200])
     (root / "notes.txt").write_text("not an image")
     Image.new("L", (4000, 3000)).save(root / "huge.png")
-    app = create_app(
-        {
-            "MODEL_DIR": trained_model_dir,
-            "LABEL_STUDIO_URL": label_studio.url,
-            "LABEL_STUDIO_API_KEY": "secret",
-            "LOCAL_FILES_DOCUMENT_ROOT": root,
-            "MAX_IMAGE_PIXELS": 1_000_000,
-        }
-    )
+    app = fetching_app(trained_model_dir, label_studio, root, MAX_IMAGE_PIXELS=1_000_000)
     client = app.test_client()
     refs = [
         "/data/local-files/?d=corrupt.png",

@@ -27,7 +27,7 @@ from ml_backend.projects import LOOKUP_RATE
 from ml_backend.protocol import project_id
 from ml_backend.runner import REQUEST
 from tests.conftest import reply
-from tests.service.test_app import SYNTHETIC_CONFIG, predict_body
+from tests.service.test_app import SYNTHETIC_CONFIG, documents, fetching_app, predict_body
 from worker.contract.errors import ImageError
 from worker.contract.leases import QUEUED, known_projects, store_for
 from worker.contract.settings import Settings
@@ -353,19 +353,9 @@ def test_an_unexpected_error_is_a_json_500_that_says_nothing_inside(shared, clie
 def test_each_bad_task_gets_one_empty_result_and_the_others_are_answered(
     trained_model_dir, synthetic_dir, label_studio, tmp_path
 ):
-    root = tmp_path / "documents"
-    root.mkdir()
-    good = sorted((synthetic_dir / "Spot").glob("*.png"))[0]
-    (root / "good.png").write_bytes(good.read_bytes())
+    root, good = documents(tmp_path, synthetic_dir)
     (root / "bomb.png").write_bytes(png_header(100_000, 100_000))  # a decompression bomb
-    app = create_app(
-        {
-            "MODEL_DIR": trained_model_dir,
-            "LABEL_STUDIO_URL": label_studio.url,
-            "LABEL_STUDIO_API_KEY": "secret",
-            "LOCAL_FILES_DOCUMENT_ROOT": root,
-        }
-    )
+    app = fetching_app(trained_model_dir, label_studio, root)
     client = app.test_client()
     ok = {"id": 1, "data": {"image": "/data/local-files/?d=good.png"}}
     tasks = [
