@@ -91,7 +91,9 @@ class CamsamBackend:
         note = self.use_label_studio(hostname, token)
         if note:
             answer["label_studio"] = note
-        if not self.known.add(project, "setup"):
+        # Without credentials anyone may have sent this /setup: its project may make way later.
+        anyone = not needs_credentials(self.environment)
+        if not self.known.add(project, "setup", evictable=anyone):
             answer["project"] = (
                 f"MAX_PROJECTS ({self.settings.max_projects}) projects are known: webhooks of "
                 f"project {project} do not start training"
@@ -119,7 +121,11 @@ class CamsamBackend:
         if not hostname:
             return None
         if not hostname.startswith(("http://", "https://")) or len(hostname) > 2048:
-            raise BadRequest(f"hostname {shown(hostname)} is not an http(s) address")
+            # Label Studio sends its HOSTNAME setting as it is; a bad one must not fail the setup.
+            return (
+                f"hostname {shown(hostname)} is not an http(s) address: ignored; set "
+                "LABEL_STUDIO_URL (and Label Studio's HOSTNAME) to one such as http://host:8080"
+            )
         self.settings = environment.with_label_studio(hostname, token)
         if environment.label_studio_url and not same_origin(environment.label_studio_url, hostname):
             return "LABEL_STUDIO_URL names another address: the access_token sent is not used"
@@ -258,11 +264,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     body_limit = settings.max_request_bytes if settings.max_request_bytes > 0 else None
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     metrics = Metrics()
+    # Tasks waiting for write-back, at most: two of the largest batches.
+    backlog = 2 * (settings.max_tasks_per_request or Settings.max_tasks_per_request)
     if settings.redis_url:
-        runner = RqRunner(settings.redis_url)
-    else:  # tasks waiting for write-back: two of the largest batches
-        largest = settings.max_tasks_per_request or Settings.max_tasks_per_request
-        runner = EmbeddedRunner(backlog=2 * largest)
+        runner = RqRunner(settings.redis_url, backlog)
+    else:
+        runner = EmbeddedRunner(backlog)
     backend = CamsamBackend(settings, runner, metrics)
     app.extensions["camsam"] = backend
     for warning in backend.warnings:

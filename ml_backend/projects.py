@@ -1,6 +1,11 @@
 """The projects a webhook may name: those Label Studio set up through /setup, those it confirms
 through its API, and those with a model directory; at most ``MAX_PROJECTS`` of the first two.
 
+A /setup that anyone could have sent (no BASIC_AUTH_USER/PASS or AUTH_TOKEN) makes its project
+known only until room is needed: when MAX_PROJECTS are known, the oldest such project makes way,
+so made-up ids sent to an open /setup cannot lock Label Studio's real projects out for good.
+Projects Label Studio confirms through its API, or an authenticated /setup names, stay.
+
 An unauthenticated webhook can name any id; only a known one starts training, is remembered for
 reconciliation or writes to disk, so what a stream of made-up ids costs stays bounded: a bucket
 in the rate limiter, an entry in the cache of ids Label Studio does not have, and Label Studio
@@ -24,6 +29,7 @@ from worker.contract.settings import Settings
 log = logging.getLogger(__name__)
 
 KNOWN = "camsam:known-projects"
+EVICTABLE = "camsam:known-projects:open-setup"  # sorted by when an open /setup named them
 LOOKUP_TIMEOUT = 5.0  # seconds Label Studio has to say whether a project exists
 LOOKUP_RATE = 2.0  # lookups a second (and the burst), whatever the webhooks name
 ABSENT_SECONDS = 300.0  # an id Label Studio does not have is not asked about again for this long
@@ -38,32 +44,69 @@ class KnownProjects:
         self.limit = settings.max_projects
         self.redis = redis_connection(settings.redis_url) if settings.redis_url else None
         self.local: dict[str, str] = {}
+        self.local_evictable: dict[str, None] = {}  # oldest first
         self.absent: dict[str, float] = {}  # id -> until when Label Studio is not asked again
         self.lookups = RateLimiter(LOOKUP_RATE)
         self.lock = threading.Lock()
         self._key: ApiKey | None = None
 
-    def add(self, project: str, how: str) -> bool:
-        """Remember ``project``; False when MAX_PROJECTS are known already (and it is not).
-        With Redis down it is not remembered, which only the log says (/setup answers all the
-        same)."""
+    def add(self, project: str, how: str, evictable: bool = False) -> bool:
+        """Remember ``project``; False when MAX_PROJECTS are known already (and it is not), none
+        of them ``evictable`` (named by an open /setup), which would otherwise make way, oldest
+        first. With Redis down it is not remembered, which only the log says (/setup answers all
+        the same)."""
         if self.redis is None:
             with self.lock:
-                if project not in self.local and len(self.local) >= self.limit:
-                    return self._full(project)
-                self.local[project] = how
-            return True
+                return self._add_local(project, how, evictable)
         from redis.exceptions import RedisError
 
         try:
-            if self.redis.hexists(KNOWN, project):
-                return True
-            if self.redis.hlen(KNOWN) >= self.limit:
-                return self._full(project)
-            self.redis.hset(KNOWN, project, how)
+            return self._add_redis(project, how, evictable)
         except RedisError as error:
             log.warning("project %s not remembered: Redis is unreachable: %s", project, error)
         return True
+
+    def _add_local(self, project: str, how: str, evictable: bool) -> bool:
+        if project in self.local:
+            if not evictable:
+                self.local_evictable.pop(project, None)
+            return True
+        if len(self.local) >= self.limit:
+            if not self.local_evictable:
+                return self._full(project)
+            oldest = next(iter(self.local_evictable))
+            del self.local_evictable[oldest], self.local[oldest]
+            self._evicted(oldest, project)
+        self.local[project] = how
+        if evictable:
+            self.local_evictable[project] = None
+        return True
+
+    def _add_redis(self, project: str, how: str, evictable: bool) -> bool:
+        if self.redis.hexists(KNOWN, project):
+            if not evictable:
+                self.redis.zrem(EVICTABLE, project)
+            return True
+        if self.redis.hlen(KNOWN) >= self.limit:
+            popped = self.redis.zpopmin(EVICTABLE)
+            if not popped:
+                return self._full(project)
+            oldest = popped[0][0]
+            oldest = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+            self.redis.hdel(KNOWN, oldest)
+            self._evicted(oldest, project)
+        self.redis.hset(KNOWN, project, how)
+        if evictable:
+            self.redis.zadd(EVICTABLE, {project: time.time()})
+        return True
+
+    @staticmethod
+    def _evicted(oldest: str, project: str) -> None:
+        log.warning(
+            "MAX_PROJECTS are known: project %s (named by an open /setup) makes way for %s",
+            oldest,
+            project,
+        )
 
     def _full(self, project: str) -> bool:
         log.warning("project %s not remembered: MAX_PROJECTS (%d) are known", project, self.limit)

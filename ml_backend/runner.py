@@ -156,9 +156,10 @@ class RqRunner:
     mode = "redis"
     chunk = 0  # a batch is one job: the workers' queues, not chunks, put clicks first
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, backlog: int = 20_000) -> None:
         from rq import Queue
 
+        self.backlog = backlog
         self.connection = redis_connection(redis_url)
         self.queues = {
             name: Queue(name, connection=self.connection)
@@ -213,11 +214,22 @@ class RqRunner:
         raise Unavailable(f"no worker answered within {timeout:.0f} s: is `camsam worker` running?")
 
     def submit(self, name: str, payload: dict, timeout: float = 6 * 3600) -> None:
-        """Enqueue a long job and return; its outcome is in rq's registries and the worker log."""
+        """Enqueue a long job and return; its outcome is in rq's registries and the worker log.
+
+        Raises:
+            Unavailable: ``backlog`` tasks wait in such jobs already (across every web process),
+                or Redis is unreachable.
+        """
         import redis
 
+        count = len(payload.get("tasks") or [])
         try:
-            self.queues[PREDICT_QUEUE].enqueue(
+            waiting = self._waiting_tasks()
+            if waiting + count > self.backlog:
+                raise Unavailable(
+                    f"{waiting} tasks wait to be written back already: try again once they are done"
+                )
+            job = self.queues[PREDICT_QUEUE].enqueue(
                 name,
                 payload,
                 description=describe(name, payload),
@@ -225,8 +237,26 @@ class RqRunner:
                 result_ttl=3600,
                 failure_ttl=7 * 86400,
             )
+            self.connection.hset(BACKLOG_KEY, job.id, count)
         except redis.RedisError as error:
             raise _unreachable(error) from error
+
+    def _waiting_tasks(self) -> int:
+        """Tasks in submitted jobs not yet over; the entries of those that are go."""
+        from rq.job import Job
+
+        entries = {k.decode(): int(v) for k, v in self.connection.hgetall(BACKLOG_KEY).items()}
+        if not entries:
+            return 0
+        jobs = Job.fetch_many(list(entries), connection=self.connection)
+        over = [
+            job_id
+            for job_id, job in zip(entries, jobs, strict=True)
+            if job is None or job.get_status(refresh=False) in _OVER
+        ]
+        if over:
+            self.connection.hdel(BACKLOG_KEY, *over)
+        return sum(count for job_id, count in entries.items() if job_id not in over)
 
     def problem(self) -> str | None:
         """What keeps jobs from running, for /health (None when Redis answers)."""
@@ -260,6 +290,10 @@ class RqRunner:
             return sum(len(q) for q in self.queues.values())
         except Exception:  # noqa: BLE001 (metrics must answer even when Redis does not)
             return -1
+
+
+BACKLOG_KEY = "camsam:write-back-backlog"  # job id -> tasks, for submitted jobs
+_OVER = ("finished", "failed", "stopped", "canceled")
 
 
 def _unreachable(error: Exception) -> Unavailable:

@@ -282,3 +282,17 @@ def test_bench_runs_and_writes_the_figures_a_script_reads(tmp_path, capsys):
     assert report["cam"]["over_one_pass_cam"] > 0 and report["cam_contrast"]["overhead_ratio"] > 0
     if report["web_rss_mb"] is not None:  # with a redis-server: the real web process
         assert report["queue_roundtrip_ms_p50"] > 0 and report["web_loads_torch"] is False
+
+
+def test_the_memory_bench_measures_each_case_in_a_fresh_process(trained_model_dir):
+    from worker.bench.memory import format_rows, memory_figures
+
+    rows = memory_figures(trained_model_dir, cases=(("JPEG", 1200, 2, 300), ("PNG", 700, 1, 0)))
+    assert [(r["format"], r["batch"], r["work_side"]) for r in rows] == [
+        ("JPEG", 2, 300),
+        ("PNG", 1, 0),
+    ]
+    for row in rows:
+        assert row["masks"] == row["batch"] and row["rle_kb"] > 0 and row["peak_growth_mb"] >= 0
+    assert "JPEG 1200x1200 x2 (work side 300)" in format_rows(rows)
+    assert "(work side full size)" in format_rows(rows)

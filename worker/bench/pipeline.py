@@ -74,7 +74,7 @@ def run_bench(
         sam2_configs = [SAM2_TINY, SAM2_BASE_PLUS] if device.startswith("cuda") else [SAM2_TINY]
     work = Path(tempfile.mkdtemp(prefix="camsam-bench-"))
     try:
-        models = Path(model_dir) if model_dir else _train_small_model(work, device)
+        models = Path(model_dir) if model_dir else train_small_model(work, device)
         pictures = _images(images, size)
         report: dict = {"device": device, "images": images, "image_size": size}
         report["torch_threads"] = torch.get_num_threads()
@@ -94,7 +94,7 @@ def _sync(device: str) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
-def _train_small_model(work: Path, device: str) -> Path:
+def train_small_model(work: Path, device: str) -> Path:
     from worker.contract.store import ModelDir
     from worker.data.dataset import load_dataset
     from worker.data.synthetic import write_dataset

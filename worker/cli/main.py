@@ -280,8 +280,9 @@ def build_pipeline(args: argparse.Namespace):
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from worker.contract.defaults import MAX_WORK_SIDE
     from worker.contract.label_config import load_label_config
-    from worker.data.images import load_image
+    from worker.data.images import read_image
     from worker.evaluation.overlays import draw_overlay, save_png
     from worker.labelstudio.results import to_prediction
 
@@ -290,13 +291,13 @@ def run_predict(args: argparse.Namespace) -> int:
     pipeline = build_pipeline(args)
     tasks = []
     for path in tqdm(files, desc="predict", unit="img"):
-        image = load_image(path)
-        result = pipeline.run(image)
-        prediction = to_prediction(result, pipeline.version, config)
+        image = read_image(path, max_side=MAX_WORK_SIDE)
+        result = pipeline.run(image.pixels)
+        prediction = to_prediction(result, pipeline.version, config, image.size)
         key = config.image_key if config else "image"
         tasks.append({"data": {key: str(path.resolve())}, "predictions": [prediction]})
         if args.overlays:
-            overlay = draw_overlay(image, result, pipeline.classifier.spec.classes)
+            overlay = draw_overlay(image.pixels, result, pipeline.classifier.spec.classes)
             save_png(Path(args.overlays) / f"{path.stem}.png", overlay)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(tasks))

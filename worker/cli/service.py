@@ -64,6 +64,11 @@ def add_service_commands(commands) -> None:
         help="also time preannotate over this Label Studio project (LABEL_STUDIO_URL, "
         "LABEL_STUDIO_API_KEY and MODEL_DIR as for preannotate)",
     )
+    bench.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the peak memory of large images (9000x9000 JPEG and PNG, one and eight)",
+    )
     bench.set_defaults(handler=run_bench)
 
     versions = commands.add_parser(
@@ -209,6 +214,14 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from worker.bench.pipeline import format_report, run_bench
 
+    if args.memory:
+        from worker.bench.memory import format_rows, run_memory
+
+        rows = run_memory(args.model_dir)
+        print(format_rows(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"memory": rows}, indent=1))
+        return 0
     report = run_bench(
         args.device,
         args.images,

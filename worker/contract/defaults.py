@@ -56,5 +56,10 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 100_000_000
 """The largest image decoded (width x height): a decompression bomb stops here."""
 
+MAX_WORK_SIDE = 2048
+"""The longest side, in pixels, of the copy of an image the models work on; masks are scaled
+back to the image's own size. The classifier sees 128-224 px and SAM2 1024 px, so a larger copy
+adds memory, not detail; it bounds the memory one image takes whatever size it declares."""
+
 PREDICT_BATCH_SIZE = 8
 """Images per pipeline pass: enough to keep a GPU busy, small enough for a CPU's latency."""

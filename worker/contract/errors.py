@@ -11,6 +11,10 @@ class ImageError(CamsamError):
     """An image could not be read or decoded."""
 
 
+class MaskError(CamsamError):
+    """A brush mask (Label Studio RLE) does not decode to the size its region declares."""
+
+
 class DatasetError(CamsamError):
     """A dataset directory or Label Studio export does not have the expected shape."""
 

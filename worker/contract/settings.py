@@ -52,6 +52,7 @@ class Settings:
     fetch_timeout: float = defaults.FETCH_TIMEOUT
     max_image_bytes: int = defaults.MAX_IMAGE_BYTES
     max_image_pixels: int = defaults.MAX_IMAGE_PIXELS
+    max_work_side: int = defaults.MAX_WORK_SIDE
     webhook_rate: float = 20.0
     max_request_bytes: int = 16 * 1024 * 1024  # a /predict body of 10,000 tasks is ~2 MB
     max_tasks_per_request: int = 10_000

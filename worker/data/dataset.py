@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from worker.contract.errors import DatasetError
+from worker.data import rle
 from worker.data.images import IMAGE_SUFFIXES, load_mask
 
 
@@ -151,15 +152,13 @@ def load_label_studio_export(
 def read_annotation(annotation: dict) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
     """An annotation's image-level classes (Choices, and every BrushLabels label: an image with
     a "Crack" mask is a Crack image) and its masks per label, from brush RLE."""
-    from label_studio_sdk.converter.brush import decode_rle
-
     classes, masks = [], {}
     for region in annotation.get("result") or []:
         value = region.get("value") or {}
         classes += value.get("choices") or []
         if region.get("type") == "brushlabels" and value.get("format") == "rle":
             height, width = region["original_height"], region["original_width"]
-            alpha = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] >= 128
+            alpha = rle.decode(value["rle"], width, height)
             for name in value.get("brushlabels") or []:
                 classes.append(name)
                 masks[name] = masks[name] | alpha if name in masks else alpha

@@ -7,7 +7,11 @@ points are in those coordinates too.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,26 @@ from worker.contract.errors import ImageError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
+@dataclass(frozen=True)
+class WorkImage:
+    """An image as the models see it: ``pixels`` (RGB uint8, EXIF-transposed), possibly a smaller
+    copy, and the image's own ``width`` and ``height``, which masks are scaled back to."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+# Decodes that need more than this many pixels at full size run one at a time (formats without
+# reduced decoding, such as PNG and TIFF, are decoded whole before they are scaled down).
+LARGE_DECODE_PIXELS = 16_000_000
+_large_decodes = threading.Semaphore(1)
+
+
 def load_image(source: str | Path | bytes, max_pixels: int = 0) -> np.ndarray:
     """Decode a file path or encoded bytes into an HxWx3 uint8 RGB array, EXIF-transposed.
 
@@ -26,23 +50,89 @@ def load_image(source: str | Path | bytes, max_pixels: int = 0) -> np.ndarray:
     Raises:
         ImageError: the file is missing, too large, or not an image Pillow can decode.
     """
+    return read_image(source, max_pixels).pixels
+
+
+def read_image(source: str | Path | bytes, max_pixels: int = 0, max_side: int = 0) -> WorkImage:
+    """Like :func:`load_image`, with the pixels no longer than ``max_side`` on either side.
+
+    A JPEG is decoded directly at a half, a quarter or an eighth of its size when that is still
+    at least ``max_side`` (the decoder's own reduction, so the full-size image never exists in
+    memory), then scaled down; other formats are decoded whole, one large one at a time.
+
+    Raises:
+        ImageError: the file is missing, too large, or not an image Pillow can decode.
+    """
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        if isinstance(source, bytes):
-            image = Image.open(io.BytesIO(source))
-        else:
-            image = Image.open(source)
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         width, height = image.size
         if max_pixels and width * height > max_pixels:
             raise ImageError(
                 f"image {name} is {width}x{height} pixels, above MAX_IMAGE_PIXELS={max_pixels}"
             )
-        image.load()
+        target = _fitted((width, height), max_side)
+        if target != (width, height):
+            image.draft(None, target)  # JPEG only; other formats ignore it
+        if image.size[0] * image.size[1] > LARGE_DECODE_PIXELS:
+            with _large_decodes:
+                image = _reduced(image, target)
+                _return_freed_memory()
+        else:
+            image = _reduced(image, target)
     except FileNotFoundError as error:
         raise ImageError(f"image not found: {source}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot decode image {name}: {error}") from error
-    return to_rgb8(ImageOps.exif_transpose(image))
+    pixels = to_rgb8(ImageOps.exif_transpose(image))
+    # The transposition may have swapped the sides: the image's own size follows the pixels.
+    if pixels.shape[:2] != (image.height, image.width):
+        width, height = height, width
+    return WorkImage(pixels, width, height)
+
+
+def _return_freed_memory() -> None:
+    """Give the full-size buffer just freed back to the system.
+
+    Pillow allocates in 16 MB blocks, which glibc keeps in the decoding thread's heap once its
+    mmap threshold has grown; without this, every download thread would hold a full-size image's
+    worth of memory for good. A no-op where the C library has no ``malloc_trim``.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc only: the attribute lookup is the check)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()
+
+
+def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled down (aspect kept) so that neither side exceeds ``max_side`` (0: as is)."""
+    longest = max(size)
+    if not max_side or longest <= max_side:
+        return size
+    return tuple(max(1, round(side * max_side / longest)) for side in size)
+
+
+def _reduced(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """Decode ``image`` and scale it to ``target`` if it is larger."""
+    image.load()
+    if image.size == target:
+        return image
+    if image.mode in ("P", "1"):  # palette images would otherwise be scaled by nearest pixel
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    exif = image.getexif()
+    scaled = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    scaled.info["exif"] = exif.tobytes()  # exif_transpose reads the orientation from here
+    return scaled
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -52,7 +142,7 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     rescaled from their own min..max rather than divided by 257, which would leave them black.
     """
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image, dtype=np.float32)
         low, high = float(array.min()), float(array.max())
         span = high - low if high > low else 1.0
         gray = np.rint((array - low) * 255.0 / span).clip(0, 255).astype(np.uint8)

@@ -16,7 +16,7 @@ from worker.contract.errors import CamsamError, CheckpointError, ImageError
 from worker.contract.label_config import parse_label_config
 from worker.contract.settings import Settings
 from worker.contract.store import UNTRAINED, project_model_dir
-from worker.data.images import load_image
+from worker.data.images import WorkImage, read_image
 from worker.labelstudio.fetch import FetchLimits, ImageFetcher
 from worker.labelstudio.results import brush_region, to_prediction
 
@@ -99,7 +99,7 @@ def interactive(payload: dict) -> dict:
         image = project.image(task)
     except (CamsamError, KeyError) as error:
         return {"error": f"cannot read the task's image: {error}"}
-    height, width = image.shape[:2]
+    height, width = image.pixels.shape[:2]  # the prompt is in percent of the image
     prompt = payload["prompt"]
     scale = np.array([width / 100.0, height / 100.0], dtype=np.float32)
     points = np.array([p[:2] for p in prompt["points"]], np.float32).reshape(-1, 2) * scale
@@ -107,8 +107,8 @@ def interactive(payload: dict) -> dict:
     box = None
     if prompt["box"] is not None:
         box = np.array(prompt["box"], np.float32) * np.tile(scale, 2)
-    mask = pipeline.segment_prompted(image, prompt["label"], Prompts(points, labels, box))
-    regions = [] if mask is None else [brush_region(mask, width, height, project.config)]
+    mask = pipeline.segment_prompted(image.pixels, prompt["label"], Prompts(points, labels, box))
+    regions = [] if mask is None else [brush_region(mask, *image.size, project.config)]
     score = 0.0 if mask is None else mask.score
     result = {"result": regions, "score": score, "model_version": project.version}
     return {
@@ -166,8 +166,8 @@ class _Project:
                 return pipeline
             raise
 
-    def image(self, task: dict):
-        """The task's image as RGB uint8.
+    def image(self, task: dict) -> WorkImage:
+        """The task's image, at most ``MAX_WORK_SIDE`` pixels on its longest side.
 
         Raises:
             ImageError: the task has no image reference camsam can read (not a string, a NUL
@@ -185,9 +185,9 @@ class _Project:
             encoded = self.fetcher.fetch(ref, task.get("id"))
         except (ValueError, TypeError) as error:  # UnicodeError included
             raise ImageError(f"{ref[:200]!r} is not an image reference camsam can read") from error
-        return load_image(encoded, max_pixels=self.settings.max_image_pixels)
+        return read_image(encoded, self.settings.max_image_pixels, self.settings.max_work_side)
 
-    def chunks(self, tasks: list[dict]) -> Iterator[tuple[list[dict], dict[int, object]]]:
+    def chunks(self, tasks: list[dict]) -> Iterator[tuple[list[dict], dict[int, WorkImage]]]:
         """``tasks`` in chunks of the batch size, each with its images by position in the chunk
         (a task whose image cannot be read is logged and left out). Images download a few at a
         time, and the next chunk's while the caller works on this one."""
@@ -203,7 +203,7 @@ class _Project:
                     upcoming = [pool.submit(self.image, task) for task in parts[number + 1]]
                 yield chunk, self._collect(chunk, current)
 
-    def _collect(self, tasks: list[dict], futures: list[Future]) -> dict[int, object]:
+    def _collect(self, tasks: list[dict], futures: list[Future]) -> dict[int, WorkImage]:
         images = {}
         for k, (task, future) in enumerate(zip(tasks, futures, strict=True)):
             try:
@@ -213,24 +213,27 @@ class _Project:
                 log.warning("task %s: no prediction: %s", task_id, error)
         return images
 
-    def predict(self, tasks: list[dict], images: dict[int, object]) -> list[dict | None]:
+    def predict(self, tasks: list[dict], images: dict[int, WorkImage]) -> list[dict | None]:
         """Predictions for ``tasks`` in one batched pipeline pass; None for a task that failed
         (its image is missing from ``images``, or the pipeline refused it)."""
         if self.version is None:
             return [empty(None) for _ in tasks]
         pipeline = self.pipeline()
         try:
-            results = dict(zip(images, pipeline.run_batch(list(images.values())), strict=True))
+            pixels = [image.pixels for image in images.values()]
+            results = dict(zip(images, pipeline.run_batch(pixels), strict=True))
         except CamsamError as error:  # one image spoilt the batch: find it, keep the others
             log.warning("batch of %d failed (%s): predicting one by one", len(images), error)
             results = {}
             for k, image in images.items():
                 try:
-                    results[k] = pipeline.run(image)
+                    results[k] = pipeline.run(image.pixels)
                 except CamsamError as single:
                     log.warning("task %s: no prediction: %s", tasks[k].get("id"), single)
         return [
-            to_prediction(results[k], self.version, self.config) if k in results else None
+            to_prediction(results[k], self.version, self.config, images[k].size)
+            if k in results
+            else None
             for k in range(len(tasks))
         ]
 

@@ -2,7 +2,10 @@
 
 Timeouts bound each read, not a server that sends one byte just inside them, so a timer shuts
 the download's sockets when the deadline passes; the connections requests uses register their
-sockets with the deadline running on their thread (:class:`DeadlineAdapter`).
+sockets with the deadline running on their thread (:class:`DeadlineAdapter`), through an HTTP(S)
+proxy too. Each new connection's peer address is also checked against the download's address
+rule: a name resolved once for the check and again for the connection may answer differently
+the second time (DNS rebinding), so the address actually connected to is the one judged.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import ProxyManager
+
+PeerRule = Callable[[str, str], None]  # (host, address connected to); raises to refuse
 
 
 class Deadline:
@@ -28,6 +35,7 @@ class Deadline:
     def __init__(self, seconds: float) -> None:
         self.end = time.monotonic() + seconds
         self.expired = False
+        self.peer_rule: PeerRule | None = None  # set per hop by the downloader
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -59,6 +67,19 @@ class Deadline:
             if deadline.expired:
                 _shut(sock)
 
+    @classmethod
+    def check_peer(cls, host: str, sock: socket.socket) -> None:
+        """Apply the running download's peer rule to the address ``sock`` connected to; the
+        socket is closed if it is refused."""
+        deadline = getattr(cls._current, "deadline", None)
+        if deadline is None or deadline.peer_rule is None:
+            return
+        try:
+            deadline.peer_rule(host, str(sock.getpeername()[0]))
+        except BaseException:
+            sock.close()
+            raise
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
@@ -73,11 +94,14 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _Watched:
-    """Connection mixin: new sockets and each response's socket go to the running deadline."""
+    """Connection mixin: new sockets and each response's socket go to the running deadline, and a
+    direct connection's peer is checked against its rule."""
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()  # type: ignore[misc]
         Deadline.watch(sock)
+        if not self.proxy:  # type: ignore[attr-defined]  (through a proxy, the proxy connects)
+            Deadline.check_peer(self.host, sock)  # type: ignore[attr-defined]
         return sock
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
@@ -106,4 +130,15 @@ class DeadlineAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """HTTP(S) proxies use the watched connections too (a SOCKS proxy keeps its own, bounded
+        by the per-read timeout only)."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is ProxyManager:
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}

@@ -19,6 +19,7 @@ cloud metadata services are refused, in whatever IPv6 form embeds their IPv4 add
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urljoin, urlparse
@@ -34,6 +35,7 @@ from worker.contract.settings import Settings
 from worker.labelstudio.deadline import Deadline, DeadlineAdapter
 from worker.labelstudio.urls import (
     check_address,
+    check_peer,
     connect_target,
     origin,
     refuse_ambiguous,
@@ -160,7 +162,10 @@ class ImageFetcher:
                 self._check_listed(url, target)
                 if origin(target) == self._own:
                     prepared.headers.update(self._auth())
-            check_address(target)
+            # A redirect (from the presign endpoint) may not lead to this machine's own services.
+            loopback = hop == 0 or self._listed(target)
+            check_address(target, loopback)
+            deadline.peer_rule = functools.partial(check_peer, loopback=loopback)
             remaining = deadline.remaining()
             if remaining <= 0:
                 raise ImageError(self._too_slow(url))
@@ -191,10 +196,15 @@ class ImageFetcher:
             raise ImageError(f"{url!r} is not a URL camsam can fetch: {error}") from error
         return prepared, connect_target(str(prepared.url))
 
-    def _check_listed(self, url: str, target: Url) -> None:
+    def _listed(self, target: Url) -> bool:
+        """Whether ``target`` is Label Studio's host or in IMAGE_HOSTS."""
         host, port = target.host or "", origin(target)[2]
         own = self._own is not None and (host, port) == self._own[1:]
-        if not (own or host in self._hosts or f"{host}:{port}" in self._hosts):
+        return own or host in self._hosts or f"{host}:{port}" in self._hosts
+
+    def _check_listed(self, url: str, target: Url) -> None:
+        if not self._listed(target):
+            host = target.host or ""
             raise ImageError(
                 f"{url} is not on Label Studio's host: add {host} to IMAGE_HOSTS to fetch "
                 "images from it"

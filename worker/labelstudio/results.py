@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from worker.contract.label_config import LabelConfig
+from worker.data import rle
 from worker.pipeline.pipeline import ImageResult
 from worker.pipeline.segmenters.base import MaskResult
 
@@ -18,13 +18,19 @@ DEFAULT_BRUSH_NAME = "mask"
 
 
 def to_prediction(
-    result: ImageResult, model_version: str, config: LabelConfig | None = None
+    result: ImageResult,
+    model_version: str,
+    config: LabelConfig | None = None,
+    size: tuple[int, int] | None = None,
 ) -> dict:
     """A Label Studio prediction: a ``choices`` region and one ``brushlabels`` region per mask.
 
     With a label config, only labels the config offers are written (a checkpoint trained on more
     classes than the project has must not invent labels); without one, the default names apply.
+    ``size`` (width, height) is the image's own, when the pipeline ran on a smaller copy: masks
+    are scaled up to it.
     """
+    width, height = size or (result.width, result.height)
     image_name = config.image_name if config else DEFAULT_IMAGE_NAME
     regions = []
     choices = list(result.prediction.classes)
@@ -43,12 +49,13 @@ def to_prediction(
         )
     for mask in result.masks:
         if config is None or mask.label in config.mask_labels:
-            regions.append(brush_region(mask, result.width, result.height, config))
+            regions.append(brush_region(mask, width, height, config))
     return {"model_version": model_version, "score": result.score, "result": regions}
 
 
 def brush_region(mask: MaskResult, width: int, height: int, config: LabelConfig | None) -> dict:
-    """One ``brushlabels`` region; ``meta`` says which segmenter made it and from what prompts."""
+    """One ``brushlabels`` region of a ``width`` x ``height`` image (a smaller mask is scaled up);
+    ``meta`` says which segmenter made it and from what prompts."""
     meta = {"segmenter": mask.segmenter, **mask.details}
     if mask.prompts is not None:
         meta["prompts"] = mask.prompts.to_dict()
@@ -60,7 +67,11 @@ def brush_region(mask: MaskResult, width: int, height: int, config: LabelConfig 
         "original_width": width,
         "original_height": height,
         "image_rotation": 0,
-        "value": {"format": "rle", "rle": encode_mask(mask.mask), "brushlabels": [mask.label]},
+        "value": {
+            "format": "rle",
+            "rle": rle.encode(mask.mask, width, height),
+            "brushlabels": [mask.label],
+        },
         "score": mask.score,
         "readonly": False,
         "meta": {**meta, "text": [f"camsam {mask.segmenter} mask"]},
@@ -69,12 +80,16 @@ def brush_region(mask: MaskResult, width: int, height: int, config: LabelConfig 
 
 def encode_mask(mask: np.ndarray) -> list[int]:
     """Label Studio's brush RLE of a boolean (H, W) mask."""
-    return mask2rle(mask.astype(np.uint8) * 255)
+    return rle.encode(mask)
 
 
-def decode_mask(rle: list[int], width: int, height: int) -> np.ndarray:
-    """Inverse of :func:`encode_mask`: the boolean (H, W) mask of a brush region."""
-    return decode_rle(rle).reshape(height, width, 4)[:, :, 3] >= 128
+def decode_mask(encoded: list[int], width: int, height: int) -> np.ndarray:
+    """Inverse of :func:`encode_mask`: the boolean (H, W) mask of a brush region.
+
+    Raises:
+        MaskError: the RLE does not decode to ``width`` x ``height``.
+    """
+    return rle.decode(encoded, width, height)
 
 
 def _region_id() -> str:

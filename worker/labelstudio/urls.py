@@ -72,23 +72,38 @@ def origin(url: Url) -> tuple[str, str, int]:
     return scheme, (url.host or "").lower(), url.port or DEFAULT_PORTS.get(scheme, 80)
 
 
-def check_address(target: Url) -> None:
+def check_address(target: Url, loopback: bool = True) -> None:
     """Refuse hosts that are or resolve to link-local, multicast or unspecified addresses or a
-    cloud metadata service, judged on the IPv4 address an IPv6 one embeds."""
+    cloud metadata service (and loopback ones unless ``loopback``), judged on the IPv4 address
+    an IPv6 one embeds."""
     host = unquote((target.host or "").strip("[]"))  # an IPv6 zone may arrive as %25
     try:
         infos = socket.getaddrinfo(host, origin(target)[2], proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as error:
         raise ImageError(f"cannot resolve {host}: {error}") from error
     for info in infos:
-        address = embedded_ipv4(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
-        if address.is_link_local or address.is_multicast or address.is_unspecified:
-            raise ImageError(
-                f"{host} resolves to {address}, a link-local or reserved address: "
-                "refused (cloud metadata services live there)"
-            )
-        if address in METADATA_ADDRESSES:
-            raise ImageError(f"{host} resolves to {address}, a cloud metadata service: refused")
+        check_peer(host, str(info[4][0]), loopback)
+
+
+def check_peer(host: str, address: str, loopback: bool = True) -> None:
+    """The rule of :func:`check_address` for one address ``host`` resolves or connected to.
+
+    Raises:
+        ImageError: the address is refused.
+    """
+    ip = embedded_ipv4(ipaddress.ip_address(address.split("%")[0]))
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        raise ImageError(
+            f"{host} resolves to {ip}, a link-local or reserved address: refused (cloud "
+            "metadata services live there)"
+        )
+    if ip in METADATA_ADDRESSES:
+        raise ImageError(f"{host} resolves to {ip}, a cloud metadata service: refused")
+    if not loopback and ip.is_loopback:
+        raise ImageError(
+            f"{host} resolves to {ip}, a loopback address: a redirect there is refused unless "
+            f"{host} is Label Studio's host or listed in IMAGE_HOSTS"
+        )
 
 
 def embedded_ipv4(address: IPAddress) -> IPAddress:

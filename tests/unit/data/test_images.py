@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from worker.contract.errors import ImageError
-from worker.data.images import load_image, load_mask
+from worker.data.images import load_image, load_mask, read_image
 
 EXIF_ORIENTATION = 0x0112
 
@@ -283,3 +283,64 @@ def test_an_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path):
     with pytest.raises(ImageError, match="MAX_IMAGE_PIXELS=1000000"):
         load_image(path.read_bytes(), max_pixels=1_000_000)
     assert load_image(path, max_pixels=20_000_000).shape == (3000, 4000, 3)
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    data = io.BytesIO()
+    image.save(data, fmt, **options)
+    return data.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_image_is_read_smaller_with_its_own_size_kept(fmt, orientation):
+    rgb = np.zeros((300, 500, 3), np.uint8)
+    rgb[:, 250:] = 220  # right half bright: 'up' after the EXIF rotation is checkable
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    encoded = _encoded(Image.fromarray(rgb), fmt, exif=exif.tobytes())
+    full = load_image(encoded)
+
+    small = read_image(encoded, max_side=100)
+
+    assert small.size == (full.shape[1], full.shape[0])
+    assert max(small.pixels.shape[:2]) == 100
+    assert small.pixels.shape[0] * full.shape[1] == pytest.approx(
+        small.pixels.shape[1] * full.shape[0], rel=0.02
+    )
+    scaled = np.asarray(Image.fromarray(full).resize(small.pixels.shape[1::-1]))
+    assert np.abs(small.pixels.astype(int) - scaled).mean() < 8
+
+
+def test_a_jpeg_is_decoded_reduced_never_at_full_size(monkeypatch):
+    """The decoder's own reduction: a 4000x4000 JPEG read for 500 px decodes 500x500 pixels."""
+    encoded = _encoded(Image.new("RGB", (4000, 4000), (90, 90, 90)), "JPEG")
+    decoded = []
+    original = ImageFile.ImageFile.load
+
+    def load(self):
+        decoded.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+    image = read_image(encoded, max_side=500)
+
+    assert image.size == (4000, 4000) and image.pixels.shape == (500, 500, 3)
+    assert decoded and max(max(size) for size in decoded) == 500
+
+
+def test_sixteen_bit_images_are_scaled_down_before_their_range_is_stretched():
+    rng = np.random.default_rng(0)
+    deep = (rng.random((400, 300)) * 4000).astype(np.uint16)
+    image = read_image(_encoded(Image.fromarray(deep), "PNG"), max_side=128)
+
+    assert image.size == (300, 400) and image.pixels.shape == (128, 96, 3)
+    assert image.pixels.max() > 200  # stretched to its own range, not divided by 257
+
+
+def test_an_image_within_the_work_side_is_read_as_it_is():
+    rgb = (np.random.default_rng(1).random((40, 60, 3)) * 255).astype(np.uint8)
+    image = read_image(_encoded(Image.fromarray(rgb), "PNG"), max_side=100)
+    np.testing.assert_array_equal(image.pixels, rgb)
+    assert image.size == (60, 40)

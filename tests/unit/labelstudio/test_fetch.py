@@ -7,16 +7,23 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote
 
 import pytest
 
 from tests.conftest import reply
 from worker.contract.errors import ImageError
+from worker.labelstudio.deadline import DeadlineAdapter
 from worker.labelstudio.fetch import FetchLimits, ImageFetcher
 
 
 class _Images(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path.startswith("/tasks/go?to="):  # a presign endpoint: redirects to ``to``
+            self.send_response(302)
+            self.send_header("Location", unquote(self.path.removeprefix("/tasks/go?to=")))
+            self.end_headers()
+            return
         if self.path == "/slow.png":
             time.sleep(2)
         if self.path == "/redirect.png":
@@ -239,3 +246,83 @@ def test_dot_segments_cannot_move_a_label_studio_path_to_another_endpoint(ref):
     fetcher = ImageFetcher("http://127.0.0.1:9", "secret")
     with pytest.raises(ImageError, match="segments in a Label Studio path are refused"):
         fetcher.fetch(ref, 1)
+
+
+def presign_to(url: str) -> str:
+    return "/tasks/go?to=" + quote(url, safe="")
+
+
+def test_a_presign_redirect_to_this_machine_is_refused_unless_listed(server):
+    port = server.rsplit(":", 1)[1]
+    elsewhere = f"http://localhost:{port}/ok.png"  # loopback, and not Label Studio's host
+    assert ImageFetcher(f"http://{server}").fetch(presign_to(f"http://{server}/ok.png"))
+    with pytest.raises(ImageError, match="loopback address: a redirect there is refused"):
+        ImageFetcher(f"http://{server}").fetch(presign_to(elsewhere))
+    listed = ImageFetcher(f"http://{server}", limits=FetchLimits(hosts=(f"localhost:{port}",)))
+    assert listed.fetch(presign_to(elsewhere)) == b"x" * 100
+
+
+def test_the_address_connected_to_is_checked_not_only_the_one_resolved_first(server, monkeypatch):
+    """DNS rebinding: the name answers a harmless address for the check, then loopback."""
+    real, answers = socket.getaddrinfo, iter(["192.0.2.1"])
+
+    def resolve(host, port, *args, **kwargs):
+        if host != "rebind.test":
+            return real(host, port, *args, **kwargs)
+        address = next(answers, "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    port = server.rsplit(":", 1)[1]
+    with pytest.raises(ImageError, match="127.0.0.1, a loopback address"):
+        ImageFetcher(f"http://{server}").fetch(presign_to(f"http://rebind.test:{port}/ok.png"))
+
+
+class _DripProxy(BaseHTTPRequestHandler):
+    """An HTTP proxy that drips 40 bytes over 10 s, and notes whether the client cut it short."""
+
+    cut: list[bool] = []
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        self.send_header("Content-Length", "40")
+        self.end_headers()
+        try:
+            for _ in range(40):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.25)
+        except OSError:
+            _DripProxy.cut.append(True)
+            return
+        _DripProxy.cut.append(False)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_deadline_holds_through_an_http_proxy(tmp_path, monkeypatch):
+    real = socket.getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        if host == "images.test":  # resolvable here; the proxy does the real connecting
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    proxy = serve(_DripProxy)
+    address = next(proxy)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://{address}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        slow = fetcher(tmp_path, hosts=("images.test",), timeout=1)
+        with pytest.raises(ImageError, match="took longer than 1 s"):
+            slow.fetch("http://images.test/a.png")
+        while not _DripProxy.cut:  # the proxy notices the socket shut under it
+            time.sleep(0.05)
+        assert _DripProxy.cut == [True]
+    finally:
+        next(proxy, None)
+    manager = DeadlineAdapter().proxy_manager_for(f"http://{address}")
+    assert manager.pool_classes_by_scheme == DeadlineAdapter().poolmanager.pool_classes_by_scheme
