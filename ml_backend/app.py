@@ -12,6 +12,7 @@ import os
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, jsonify, request
 
@@ -120,7 +121,7 @@ class CamsamBackend:
             )
         if not hostname:
             return None
-        if not hostname.startswith(("http://", "https://")) or len(hostname) > 2048:
+        if not http_address(hostname):
             # Label Studio sends its HOSTNAME setting as it is; a bad one must not fail the setup.
             return (
                 f"hostname {shown(hostname)} is not an http(s) address: ignored; set "
@@ -253,6 +254,18 @@ class CamsamBackend:
                 "any other project are ignored"
             )
         return warnings
+
+
+def http_address(text: str) -> bool:
+    """Whether ``text`` is an http(s) address with a host (and a valid port, if any)."""
+    if len(text) > 2048 or any(c.isspace() for c in text):
+        return False
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 def create_app(test_config: dict | None = None) -> Flask:

@@ -110,7 +110,8 @@ class Batches:
         a job write each prediction to Label Studio through its API as it is ready. A task
         with no id has nowhere to be written: it is counted as failed."""
         tasks = [t for t in payload["tasks"] if t["id"] is not None]
-        self.runner.submit(PREANNOTATE_JOB, {**payload, "tasks": tasks})
+        if tasks:
+            self.runner.submit(PREANNOTATE_JOB, {**payload, "tasks": tasks})
         count = len(tasks)
         self.metrics.count_tasks("deferred", count)
         self.metrics.count_tasks("failed", len(payload["tasks"]) - count)

@@ -68,8 +68,10 @@ class KnownProjects:
 
     def _add_local(self, project: str, how: str, evictable: bool) -> bool:
         if project in self.local:
-            if not evictable:
-                self.local_evictable.pop(project, None)
+            if project in self.local_evictable:
+                del self.local_evictable[project]
+                if evictable:  # named again: the newest to make way
+                    self.local_evictable[project] = None
             return True
         if len(self.local) >= self.limit:
             if not self.local_evictable:
@@ -86,6 +88,8 @@ class KnownProjects:
         if self.redis.hexists(KNOWN, project):
             if not evictable:
                 self.redis.zrem(EVICTABLE, project)
+            else:  # named again: the newest to make way (if it still may)
+                self.redis.zadd(EVICTABLE, {project: time.time()}, xx=True)
             return True
         if self.redis.hlen(KNOWN) >= self.limit:
             popped = self.redis.zpopmin(EVICTABLE)
@@ -113,11 +117,12 @@ class KnownProjects:
         return False
 
     def full(self) -> bool:
-        """Whether MAX_PROJECTS are known (False when Redis does not answer: /health must)."""
+        """Whether MAX_PROJECTS are known and none of them would make way (False when Redis
+        does not answer: /health must)."""
         if self.redis is None:
-            return len(self.local) >= self.limit
+            return len(self.local) - len(self.local_evictable) >= self.limit
         try:
-            return int(self.redis.hlen(KNOWN)) >= self.limit
+            return int(self.redis.hlen(KNOWN)) - int(self.redis.zcard(EVICTABLE)) >= self.limit
         except Exception:  # noqa: BLE001 (/health reports Redis itself)
             return False
 
@@ -126,6 +131,11 @@ class KnownProjects:
             return bool(self.redis.hexists(KNOWN, project))
         return project in self.local
 
+    def _evictable(self, project: str) -> bool:
+        if self.redis is not None:
+            return self.redis.zscore(EVICTABLE, project) is not None
+        return project in self.local_evictable
+
     def why_unknown(self, project: str, settings: Settings) -> str | None:
         """None when a webhook may name ``project``, else why not (for the answer).
 
@@ -133,9 +143,11 @@ class KnownProjects:
             TooManyRequests: Label Studio is being asked about new ids faster than LOOKUP_RATE.
             Unavailable: Label Studio did not answer whether the project exists.
         """
-        if self._known(project) or (Path(settings.model_dir) / project).is_dir():
-            return None
         url, key = settings.label_studio_url, settings.label_studio_api_key
+        if self._known(project) or (Path(settings.model_dir) / project).is_dir():
+            if url and key and self._evictable(project):
+                self._confirm(project, url, key)
+            return None
         if not (url and key):
             return (
                 f"project {project} is not one camsam knows: Label Studio's /setup of the project "
@@ -158,6 +170,17 @@ class KnownProjects:
             return f"Label Studio has no project {project}"
         self.add(project, "label-studio")
         return None
+
+    def _confirm(self, project: str, url: str, key: str) -> None:
+        """A project only an open /setup named stays once Label Studio confirms it (asked
+        within LOOKUP_RATE; until then, and if Label Studio cannot say, it stays as it is)."""
+        if not self.lookups.allow("lookup"):
+            return
+        try:
+            if self._in_label_studio(project, url, key):
+                self.add(project, "label-studio")
+        except Unavailable:
+            pass  # logged by _in_label_studio; the project is known all the same
 
     def _absent(self, project: str) -> bool:
         with self.lock:

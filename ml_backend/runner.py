@@ -10,6 +10,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 
 from ml_backend.errors import Unavailable
 from worker.contract.connections import redis_connection
@@ -221,33 +222,43 @@ class RqRunner:
                 or Redis is unreachable.
         """
         import redis
+        from redis.exceptions import LockError
 
         count = len(payload.get("tasks") or [])
         try:
-            waiting = self._waiting_tasks()
-            if waiting + count > self.backlog:
-                raise Unavailable(
-                    f"{waiting} tasks wait to be written back already: try again once they are done"
-                )
-            job = self.queues[PREDICT_QUEUE].enqueue(
-                name,
-                payload,
-                description=describe(name, payload),
-                job_timeout=int(timeout),
-                result_ttl=3600,
-                failure_ttl=7 * 86400,
-            )
-            self.connection.hset(BACKLOG_KEY, job.id, count)
-        except redis.RedisError as error:
+            # One web process at a time counts and enqueues, so together they keep the bound.
+            with self.connection.lock(BACKLOG_KEY + ":lock", timeout=30, blocking_timeout=10):
+                waiting, jobs = self._waiting()
+                if waiting + count > self.backlog or jobs >= MAX_WRITE_BACK_JOBS:
+                    raise Unavailable(
+                        f"{waiting} tasks in {jobs} jobs wait to be written back already: try "
+                        "again once they are done"
+                    )
+                job_id = uuid.uuid4().hex
+                self.connection.hset(BACKLOG_KEY, job_id, count)  # counted before it can run
+                try:
+                    self.queues[PREDICT_QUEUE].enqueue(
+                        name,
+                        payload,
+                        job_id=job_id,
+                        description=describe(name, payload),
+                        job_timeout=int(timeout),
+                        result_ttl=3600,
+                        failure_ttl=7 * 86400,
+                    )
+                except BaseException:
+                    self.connection.hdel(BACKLOG_KEY, job_id)
+                    raise
+        except (redis.RedisError, LockError) as error:
             raise _unreachable(error) from error
 
-    def _waiting_tasks(self) -> int:
-        """Tasks in submitted jobs not yet over; the entries of those that are go."""
+    def _waiting(self) -> tuple[int, int]:
+        """Tasks, and jobs, submitted and not yet over; the entries of those that are go."""
         from rq.job import Job
 
         entries = {k.decode(): int(v) for k, v in self.connection.hgetall(BACKLOG_KEY).items()}
         if not entries:
-            return 0
+            return 0, 0
         jobs = Job.fetch_many(list(entries), connection=self.connection)
         over = [
             job_id
@@ -256,7 +267,8 @@ class RqRunner:
         ]
         if over:
             self.connection.hdel(BACKLOG_KEY, *over)
-        return sum(count for job_id, count in entries.items() if job_id not in over)
+        waiting = {job_id: count for job_id, count in entries.items() if job_id not in over}
+        return sum(waiting.values()), len(waiting)
 
     def problem(self) -> str | None:
         """What keeps jobs from running, for /health (None when Redis answers)."""
@@ -293,6 +305,7 @@ class RqRunner:
 
 
 BACKLOG_KEY = "camsam:write-back-backlog"  # job id -> tasks, for submitted jobs
+MAX_WRITE_BACK_JOBS = 100  # each submit reads their states: keep that small
 _OVER = ("finished", "failed", "stopped", "canceled")
 
 

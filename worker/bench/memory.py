@@ -68,16 +68,20 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def large_image(fmt: str, side: int) -> bytes:
-    """A ``side`` x ``side`` defect image encoded as ``fmt``: a small synthetic one scaled up."""
+def large_image(fmt: str, side: int, height: int = 0, orientation: int = 1) -> bytes:
+    """A ``side`` x ``side`` (or ``height``) defect image encoded as ``fmt``, stored with an EXIF
+    ``orientation``: a small synthetic one scaled up."""
     from PIL import Image
 
     from worker.data.synthetic import make_image
 
     small, _ = make_image(np.random.default_rng(0), "Scratch", (512, 512))
-    image = Image.fromarray(small).resize((side, side), Image.Resampling.BILINEAR)
+    image = Image.fromarray(small).resize((side, height or side), Image.Resampling.BILINEAR)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    options = {"quality": 90} if fmt == "JPEG" else {"compress_level": 1}
     encoded = io.BytesIO()
-    image.save(encoded, fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
+    image.save(encoded, fmt, exif=exif.tobytes(), **options)
     return encoded.getvalue()
 
 

@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from worker.cli.campaign import add_campaign_command
+from worker.cli.datasets import dataset_options, read_dataset
 from worker.cli.service import add_service_commands
 from worker.contract.errors import CamsamError
 
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a classifier version from image-level labels")
     train.add_argument("data", help="dataset folder (<Class>/<image>) or Label Studio JSON export")
     train.add_argument("--model-dir", required=True)
-    _dataset_options(train)
+    dataset_options(train)
     recipe = defaults.Recipe()
     train.add_argument(
         "--arch", default=recipe.arch, help=f"any timm architecture (default {recipe.arch})"
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="measure masks and classes against ground truth")
     evaluate.add_argument("data")
     evaluate.add_argument("--model-dir", required=True)
-    _dataset_options(evaluate)
+    dataset_options(evaluate)
     evaluate.add_argument("--out", help="write the full report as JSON")
     evaluate.add_argument("--report", help="folder for report.png: IoU bars, best/worst images")
     evaluate.add_argument(
@@ -126,26 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     split.set_defaults(handler=run_split)
 
     add_service_commands(commands)
+    add_campaign_command(commands)
 
     demo = commands.add_parser("demo", help="synthetic dataset -> train -> predict -> eval")
     demo.add_argument("--out", default="demo", help="folder for everything the demo writes")
     demo.add_argument("--epochs", type=int, default=8)
     demo.set_defaults(handler=run_demo)
     return parser
-
-
-def _dataset_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--background-class",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="an image-level class that never gets a mask (repeatable), e.g. a defect-free class",
-    )
-    parser.add_argument(
-        "--split", help="split file from `camsam split`: train uses 'train', eval uses 'test'"
-    )
-    parser.add_argument("--image-root", help="where a Label Studio export's images live")
 
 
 def _pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -188,24 +177,6 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--version", help="model version to use (default: the current one)")
     parser.add_argument("--device", default="auto")
-
-
-def load_split(path: str | None, part: str) -> list[str] | None:
-    if not path:
-        return None
-    try:
-        return json.loads(Path(path).read_text())[part]
-    except (OSError, json.JSONDecodeError, KeyError) as error:
-        raise CamsamError(f"cannot read part {part!r} of split file {path}: {error}") from error
-
-
-def read_dataset(args: argparse.Namespace, part: str):
-    from worker.data.dataset import load_dataset
-
-    extra = {"image_root": args.image_root} if str(args.data).endswith(".json") else {}
-    dataset = load_dataset(args.data, args.background_class, **extra)
-    keys = load_split(args.split, part)
-    return dataset.subset(keys) if keys is not None else dataset
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -280,18 +251,19 @@ def build_pipeline(args: argparse.Namespace):
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worker.contract.defaults import MAX_WORK_SIDE
     from worker.contract.label_config import load_label_config
+    from worker.contract.settings import Settings
     from worker.data.images import read_image
     from worker.evaluation.overlays import draw_overlay, save_png
     from worker.labelstudio.results import to_prediction
 
     config = load_label_config(args.label_config) if args.label_config else None
+    work_side = Settings.from_env().max_work_side  # as the backend would (MAX_WORK_SIDE)
     files = image_files(args.inputs)
     pipeline = build_pipeline(args)
     tasks = []
     for path in tqdm(files, desc="predict", unit="img"):
-        image = read_image(path, max_side=MAX_WORK_SIDE)
+        image = read_image(path, max_side=work_side)
         result = pipeline.run(image.pixels)
         prediction = to_prediction(result, pipeline.version, config, image.size)
         key = config.image_key if config else "image"

@@ -64,6 +64,8 @@ class Settings:
     basic_auth_pass: str = ""
 
     def __post_init__(self) -> None:
+        if self.max_work_side < 0:
+            raise ValueError(f"MAX_WORK_SIDE={self.max_work_side}: set 0 (full size) or a side")
         if self.setup_credentials not in SETUP_TRUST:
             raise ValueError(
                 f"SETUP_CREDENTIALS={self.setup_credentials!r}: set it to one of "

@@ -129,13 +129,23 @@ class ModelDir:
         if self.redis is not None:
             self.redis.set(self.redis_key, version)
 
+    def discard(self, version: str) -> None:
+        """Delete ``version``, which must not be the current one.
+
+        Raises:
+            CheckpointError: it is the current version.
+        """
+        if version == self.current_version():
+            raise CheckpointError(f"{version} is current: roll back before discarding it")
+        self.path(version).unlink(missing_ok=True)
+        self.info_path(version).unlink(missing_ok=True)
+
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest ``keep`` versions (never the current one)."""
         current = self.current_version()
         old = [v for v in self.versions()[:-keep] if v != current] if keep > 0 else []
         for version in old:
-            self.path(version).unlink(missing_ok=True)
-            self.info_path(version).unlink(missing_ok=True)
+            self.discard(version)
         return old
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import io
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,15 +81,20 @@ def read_image(source: str | Path | bytes, max_pixels: int = 0, max_side: int = 
                 _return_freed_memory()
         else:
             image = _reduced(image, target)
+        pixels = to_rgb8(ImageOps.exif_transpose(image))
     except FileNotFoundError as error:
         raise ImageError(f"image not found: {source}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot decode image {name}: {error}") from error
-    pixels = to_rgb8(ImageOps.exif_transpose(image))
-    # The transposition may have swapped the sides: the image's own size follows the pixels.
+    # A quarter turn (EXIF orientation 5 to 8) shows the pixels' shape turned: the image's own
+    # size turns with it (a copy of a non-square image is never square, so this always shows).
     if pixels.shape[:2] != (image.height, image.width):
         width, height = height, width
     return WorkImage(pixels, width, height)
+
+
+# What Pillow raises on a malformed file, its EXIF included.
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error)
 
 
 def _return_freed_memory() -> None:
@@ -119,7 +125,13 @@ def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     longest = max(size)
     if not max_side or longest <= max_side:
         return size
-    return tuple(max(1, round(side * max_side / longest)) for side in size)
+    width, height = (max(1, round(side * max_side / longest)) for side in size)
+    if width == height and size[0] != size[1]:  # keep it non-square: a turn must stay visible
+        if size[0] < size[1]:
+            width -= 1
+        else:
+            height -= 1
+    return max(1, width), max(1, height)
 
 
 def _reduced(image: Image.Image, target: tuple[int, int]) -> Image.Image:
@@ -164,7 +176,7 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     try:
         with Image.open(path) as image:
             array = np.asarray(ImageOps.exif_transpose(image).convert("L"))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+    except _DECODE_ERRORS as error:
         raise ImageError(f"cannot read mask {path}: {error}") from error
     if shape is not None and array.shape != tuple(shape):
         raise ImageError(

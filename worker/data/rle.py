@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from worker.contract.defaults import MAX_IMAGE_PIXELS
 from worker.contract.errors import MaskError
 
 WORD_BITS = 8
 RUN_SIZES = (3, 4, 8, 16)  # bits of a run length, chosen by two bits per group
 MAX_RUN = 1 << RUN_SIZES[-1]
 BAND_PIXELS = 1 << 20  # full-size pixels expanded at once
+PACK_GROUPS = 1 << 16  # groups turned into bits at once
+MAX_RUNS = 2_000_000
+"""More runs than this is noise, not a mask anyone would keep: several MB of RLE to delete."""
 
 
 def encode(mask: np.ndarray, width: int | None = None, height: int | None = None) -> list[int]:
@@ -27,6 +31,9 @@ def encode(mask: np.ndarray, width: int | None = None, height: int | None = None
 
     A smaller mask is scaled up by the nearest pixel; the output is byte-for-byte what
     label-studio-sdk's ``mask2rle`` gives for the full-size mask.
+
+    Raises:
+        MaskError: the mask has more than ``MAX_RUNS`` runs at that size.
     """
     small_h, small_w = mask.shape
     width, height = width or small_w, height or small_h
@@ -36,12 +43,21 @@ def encode(mask: np.ndarray, width: int | None = None, height: int | None = None
     return _pack(values, lengths * 4, width * height * 4)
 
 
-def decode(rle: list[int], width: int, height: int) -> np.ndarray:
+def decode(
+    rle: list[int], width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """The boolean (height, width) mask of a brush region: its alpha channel >= 128.
 
     Raises:
-        MaskError: the RLE is malformed, or its byte count is not ``width * height * 4``.
+        MaskError: the RLE is malformed, its byte count is not ``width * height * 4``, or the
+            region is larger than ``max_pixels``.
     """
+    if not (isinstance(width, int) and isinstance(height, int)) or width < 1 or height < 1:
+        raise MaskError(f"a brush region of {width!r} x {height!r} pixels is not an image size")
+    if width * height > max_pixels:
+        raise MaskError(
+            f"a brush region of {width}x{height} pixels is above MAX_IMAGE_PIXELS={max_pixels}"
+        )
     try:
         data = np.asarray(rle, dtype=np.int64)
     except (TypeError, ValueError, OverflowError) as error:
@@ -102,9 +118,13 @@ def _runs(mask: np.ndarray, columns: np.ndarray, rows: np.ndarray) -> tuple[np.n
     band = max(1, BAND_PIXELS // len(columns))
     values: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
+    runs = 0
     for start in range(0, len(rows), band):
         flat = mask[rows[start : start + band]][:, columns].ravel()
         edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs += len(edges) + 1
+        if runs > MAX_RUNS:
+            raise MaskError(f"the mask breaks into more than {MAX_RUNS} runs: noise, not sent")
         starts = np.concatenate(([0], edges))
         values.append(flat[starts])
         lengths.append(np.diff(np.concatenate((starts, [flat.size]))))
@@ -134,10 +154,9 @@ def _pack(values: np.ndarray, lengths: np.ndarray, count: int) -> list[int]:
     for k, bits in enumerate(RUN_SIZES):
         header |= (bits - 1) << (12 - 4 * k)
     chunks = [_bits_of(np.array([header], np.uint64), np.array([53]))]
-    for start in range(0, len(code), BAND_PIXELS):
-        chunks.append(
-            _bits_of(code[start : start + BAND_PIXELS], widths[start : start + BAND_PIXELS])
-        )
+    for start in range(0, len(code), PACK_GROUPS):
+        end = start + PACK_GROUPS
+        chunks.append(_bits_of(code[start:end], widths[start:end]))
     bits = np.concatenate(chunks)
     # Padded to whole bytes, with a whole zero byte when already whole, as mask2rle does.
     padding = np.zeros(8 - bits.size % 8, np.uint8)

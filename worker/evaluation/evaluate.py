@@ -31,6 +31,7 @@ class ImageScore:
     iou_given: dict[str, float] = field(default_factory=dict)
     dice: dict[str, float] = field(default_factory=dict)
     false_mask: bool = False
+    score: float = 1.0  # the prediction score Label Studio sorts by: low means label next
     seconds: float = 0.0
 
 
@@ -62,13 +63,17 @@ def score_image(pipeline: Pipeline, sample: Sample) -> ImageScore:
     shape = image.shape[:2]
     mask_classes = pipeline.classifier.spec.mask_classes
     truth = [c for c in sample.classes if c in mask_classes and sample.has_mask(c)]
-    prediction = pipeline.classifier.predict([image])[0]
-    wanted = list(dict.fromkeys([*prediction.classes, *truth]))
+    result = pipeline.run(image)  # what the backend pre-annotates
+    prediction = result.prediction
+    masks = list(result.masks)
+    missed = [c for c in truth if c not in prediction.classes]
+    if missed:  # the masks the annotator would get with the class given
+        masks += pipeline.run(image, labels=missed).masks
     empty = np.zeros(shape, dtype=bool)
     by_label: dict[str, np.ndarray] = {}
-    for mask in pipeline.run(image, labels=wanted).masks:  # instances of a class are one mask
+    for mask in masks:  # instances of a class are one mask
         by_label[mask.label] = by_label.get(mask.label, empty) | mask.mask
-    score = ImageScore(sample.key, sample.classes, prediction.classes)
+    score = ImageScore(sample.key, sample.classes, prediction.classes, score=result.score)
     for label in truth:
         ground = sample.mask(label, shape)
         predicted = by_label.get(label, empty) if label in prediction.classes else empty
@@ -101,15 +106,9 @@ def summarise(
             }
     objects = [s for s in scores if s.iou]
     backgrounds = [s for s in scores if not any(c in mask_classes for c in s.true_classes)]
-    accepted = sum(all(v >= ACCEPT_IOU for v in s.iou.values()) for s in objects)
     accepted_given = sum(all(v >= ACCEPT_IOU for v in s.iou_given.values()) for s in objects)
-    false_masks = sum(s.false_mask for s in backgrounds)
-    hand = len(objects) * minutes_manual
-    assisted = (
-        len(objects) * minutes_review
-        + (len(objects) - accepted) * minutes_manual
-        + false_masks * minutes_review
-    )
+    cost = labelling_cost(scores, mask_classes, minutes_manual, minutes_review)
+    actions = cost["actions"]
     return {
         "images": len(scores),
         "accuracy": accuracy,
@@ -118,21 +117,58 @@ def summarise(
         "dice": _mean(v["dice"] for v in per_class.values()),
         "per_class": per_class,
         "object_images": len(objects),
-        "accept_rate": accepted / len(objects) if objects else 0.0,
+        "accept_rate": actions["accepted"] / len(objects) if objects else 0.0,
         "accept_rate_given_class": accepted_given / len(objects) if objects else 0.0,
         "background_images": len(backgrounds),
-        "false_mask_rate": false_masks / len(backgrounds) if backgrounds else 0.0,
-        "labelling_minutes": {
-            "by_hand": hand,
-            "with_camsam": assisted,
-            "saved_share": 1.0 - assisted / hand if hand else 0.0,
-            "minutes_per_mask_by_hand": minutes_manual,
-            "minutes_per_review": minutes_review,
-        },
+        "false_mask_rate": actions["deleted"] / len(backgrounds) if backgrounds else 0.0,
+        "labelling_minutes": cost,
         "seconds_per_image_median": float(np.median([s.seconds for s in scores]))
         if scores
         else 0.0,
         "images_detail": [vars(s) for s in scores],
+    }
+
+
+def labelling_cost(
+    scores: list[ImageScore],
+    mask_classes: tuple[str, ...],
+    minutes_manual: float,
+    minutes_review: float,
+    minutes_relabel: float = 0.0,
+) -> dict:
+    """What labelling these images costs by hand and with camsam's pre-annotations.
+
+    By hand, each image with objects costs ``minutes_manual`` to paint. With camsam each is
+    reviewed (``minutes_review``) and accepted when every mask reaches IoU ``ACCEPT_IOU`` with the
+    ground truth, else redrawn (``minutes_manual`` more); a false mask on a background image is
+    reviewed and deleted; a wrong class is relabelled (``minutes_relabel``: choosing the class is
+    part of labelling by hand too, so 0 by default).
+    """
+    objects = [s for s in scores if s.iou]
+    accepted = sum(all(v >= ACCEPT_IOU for v in s.iou.values()) for s in objects)
+    backgrounds = [s for s in scores if not any(c in mask_classes for c in s.true_classes)]
+    deleted = sum(s.false_mask for s in backgrounds)
+    relabelled = sum(set(s.true_classes) != set(s.predicted_classes) for s in scores)
+    hand = len(objects) * minutes_manual
+    assisted = (
+        len(objects) * minutes_review
+        + (len(objects) - accepted) * minutes_manual
+        + deleted * minutes_review
+        + relabelled * minutes_relabel
+    )
+    return {
+        "by_hand": hand,
+        "with_camsam": assisted,
+        "saved_share": 1.0 - assisted / hand if hand else 0.0,
+        "minutes_per_mask_by_hand": minutes_manual,
+        "minutes_per_review": minutes_review,
+        "minutes_per_relabel": minutes_relabel,
+        "actions": {
+            "accepted": accepted,
+            "redrawn": len(objects) - accepted,
+            "relabelled": relabelled,
+            "deleted": deleted,
+        },
     }
 
 

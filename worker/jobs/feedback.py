@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from worker.contract.errors import MaskError
 from worker.contract.live import record
 from worker.contract.settings import Settings
 from worker.contract.store import project_model_dir
@@ -71,7 +72,11 @@ def masks_by_label(result: list[dict]) -> dict[str, np.ndarray]:
         value = region.get("value") or {}
         if region.get("type") != "brushlabels" or value.get("format") != "rle":
             continue
-        mask = decode_mask(value["rle"], region["original_width"], region["original_height"])
+        try:
+            mask = decode_mask(value["rle"], region["original_width"], region["original_height"])
+        except (MaskError, KeyError) as error:
+            log.warning("a brush region is not scored: %s", error)
+            continue
         for label in value.get("brushlabels") or []:
             masks[label] = masks[label] | mask if label in masks else mask
     return masks

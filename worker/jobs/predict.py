@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from worker.contract.errors import CamsamError, CheckpointError, ImageError
+from worker.contract.errors import CamsamError, CheckpointError, ImageError, MaskError
 from worker.contract.label_config import parse_label_config
 from worker.contract.settings import Settings
 from worker.contract.store import UNTRAINED, project_model_dir
@@ -108,7 +108,10 @@ def interactive(payload: dict) -> dict:
     if prompt["box"] is not None:
         box = np.array(prompt["box"], np.float32) * np.tile(scale, 2)
     mask = pipeline.segment_prompted(image.pixels, prompt["label"], Prompts(points, labels, box))
-    regions = [] if mask is None else [brush_region(mask, *image.size, project.config)]
+    try:
+        regions = [] if mask is None else [brush_region(mask, *image.size, project.config)]
+    except MaskError as error:
+        return {"error": f"no mask for this prompt: {error}"}
     score = 0.0 if mask is None else mask.score
     result = {"result": regions, "score": score, "model_version": project.version}
     return {

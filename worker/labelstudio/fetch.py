@@ -162,8 +162,9 @@ class ImageFetcher:
                 self._check_listed(url, target)
                 if origin(target) == self._own:
                     prepared.headers.update(self._auth())
-            # A redirect (from the presign endpoint) may not lead to this machine's own services.
-            loopback = hop == 0 or self._listed(target)
+            # A redirect (from the presign endpoint) may not lead to this machine's own services
+            # (the first hop is Label Studio's host or listed, so always may).
+            loopback = self._listed(target)
             check_address(target, loopback)
             deadline.peer_rule = functools.partial(check_peer, loopback=loopback)
             remaining = deadline.remaining()

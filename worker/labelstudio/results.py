@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import numpy as np
 
+from worker.contract.errors import MaskError
 from worker.contract.label_config import LabelConfig
 from worker.data import rle
 from worker.pipeline.pipeline import ImageResult
 from worker.pipeline.segmenters.base import MaskResult
+
+log = logging.getLogger(__name__)
 
 # The names used in the repository's label_config.xml (a test keeps them in step).
 DEFAULT_IMAGE_NAME = "image"
@@ -49,16 +53,24 @@ def to_prediction(
         )
     for mask in result.masks:
         if config is None or mask.label in config.mask_labels:
-            regions.append(brush_region(mask, width, height, config))
+            try:
+                regions.append(brush_region(mask, width, height, config))
+            except MaskError as error:
+                log.warning("a %s mask is left out: %s", mask.label, error)
     return {"model_version": model_version, "score": result.score, "result": regions}
 
 
 def brush_region(mask: MaskResult, width: int, height: int, config: LabelConfig | None) -> dict:
     """One ``brushlabels`` region of a ``width`` x ``height`` image (a smaller mask is scaled up);
-    ``meta`` says which segmenter made it and from what prompts."""
+    ``meta`` says which segmenter made it and from what prompts, in the image's pixels.
+
+    Raises:
+        MaskError: the mask is too fragmented to send (``worker.data.rle.MAX_RUNS``).
+    """
     meta = {"segmenter": mask.segmenter, **mask.details}
     if mask.prompts is not None:
-        meta["prompts"] = mask.prompts.to_dict()
+        scale = (width / mask.mask.shape[1], height / mask.mask.shape[0])
+        meta["prompts"] = mask.prompts.scaled(*scale).to_dict()
     return {
         "id": _region_id(),
         "from_name": config.brush.name if config else DEFAULT_BRUSH_NAME,

@@ -34,6 +34,12 @@ class Prompts:
     def negatives(self) -> np.ndarray:
         return self.points[self.labels == 0]
 
+    def scaled(self, x: float, y: float) -> Prompts:
+        """The same prompts on the image scaled by ``x`` across and ``y`` down."""
+        factor = np.array([x, y], np.float32)
+        box = None if self.box is None else self.box * np.tile(factor, 2)
+        return Prompts(self.points * factor, self.labels, box)
+
     def to_dict(self) -> dict:
         return {
             "points": self.points.round(1).tolist(),

@@ -74,8 +74,6 @@ def _record(models: ModelDir, project: str, outcome: dict) -> dict:
 
 
 def _train(project: str, settings: Settings, models: ModelDir) -> dict:
-    from worker.training.classifier import TrainConfig, train
-
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
     xml = project_config(client, project)
     config = parse_label_config(xml)
@@ -93,6 +91,24 @@ def _train(project: str, settings: Settings, models: ModelDir) -> dict:
             "reason": f"classes need {settings.min_per_class} labelled images each; have {short}",
             "counts": dataset.counts(),
         }
+    lineage = {
+        "snapshot": snapshot,
+        "label_config_sha256": hashlib.sha256(xml.encode()).hexdigest(),
+    }
+    return train_version(dataset, settings, models, lineage)
+
+
+def train_version(
+    dataset: Dataset, settings: Settings, models: ModelDir, lineage: dict | None = None
+) -> dict:
+    """Train a candidate on ``dataset`` with the ``TRAIN_*`` recipe (fine-tuned from the current
+    version when it knows the same classes), and publish it unless the publish rule keeps the
+    current one. ``lineage`` adds to what the version records of its making. Returns the outcome
+    (``published``, with ``version``, or ``kept``, with the reason)."""
+    from worker.training.classifier import TrainConfig, train
+
+    current = models.current_version()
+    info = models.info(current) if current else None
     seed = len(models.versions())
     recipe = TrainConfig(
         arch=settings.train_arch or TrainConfig.arch,
@@ -104,10 +120,10 @@ def _train(project: str, settings: Settings, models: ModelDir) -> dict:
         pretrained=_start_from(models, current, info, dataset, settings),
         progress=False,
     )
+    started = time.perf_counter()
     result = train(dataset, recipe)
     lineage = {
-        "snapshot": snapshot,
-        "label_config_sha256": hashlib.sha256(xml.encode()).hexdigest(),
+        **(lineage or {}),
         "seed": seed,
         "code_version": __version__,
         "started_from": recipe.pretrained,
@@ -116,8 +132,15 @@ def _train(project: str, settings: Settings, models: ModelDir) -> dict:
     spec = replace(result.spec, lineage=lineage)
     reason = _reason_to_keep(models, current, info, dataset, spec, recipe, settings)
     metrics = spec.metrics
+    seconds = time.perf_counter() - started
     if reason:
-        return {"outcome": "kept", "reason": reason, "current": current, "candidate": metrics}
+        return {
+            "outcome": "kept",
+            "reason": reason,
+            "current": current,
+            "candidate": metrics,
+            "seconds": seconds,
+        }
     published = publish(models, spec, result.state_dict)
     models.prune(settings.keep_versions)
     return {
@@ -126,6 +149,7 @@ def _train(project: str, settings: Settings, models: ModelDir) -> dict:
         "reason": f"{len(dataset.samples)} labelled images, val accuracy "
         f"{metrics['val_accuracy']:.3f}",
         "metrics": metrics,
+        "seconds": seconds,
     }
 
 

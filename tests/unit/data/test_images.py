@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -344,3 +345,23 @@ def test_an_image_within_the_work_side_is_read_as_it_is():
     image = read_image(_encoded(Image.fromarray(rgb), "PNG"), max_side=100)
     np.testing.assert_array_equal(image.pixels, rgb)
     assert image.size == (60, 40)
+
+
+def test_a_quarter_turned_image_keeps_its_own_size_even_when_its_copy_is_square():
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    encoded = _encoded(Image.new("RGB", (2001, 2000)), "JPEG", exif=exif.tobytes())
+    image = read_image(encoded, max_side=1000)
+    assert image.pixels.shape[:2] == (1000, 999) and image.size == (2000, 2001)
+
+
+def test_a_malformed_exif_block_is_an_image_error_not_a_crash():
+    png = _encoded(Image.new("RGB", (8, 8)), "PNG")
+    chunk = b"eXIf" + b"MM\x00*\x00\x00\x00\x08\xff\xff" + b"\x00" * 6
+    crc = zlib.crc32(chunk).to_bytes(4, "big")
+    broken = png[:33] + len(chunk[4:]).to_bytes(4, "big") + chunk + crc + png[33:]
+    try:
+        image = read_image(broken, max_side=4)
+    except ImageError:
+        return
+    assert image.size == (8, 8)

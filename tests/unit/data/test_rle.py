@@ -61,3 +61,20 @@ def test_encoding_at_a_large_size_works_in_bands(monkeypatch):
 def test_a_malformed_rle_is_refused(encoded, message):
     with pytest.raises(MaskError, match=message):
         rle.decode(encoded, 5, 4)
+
+
+def test_a_region_larger_than_the_pixel_limit_is_refused_before_decoding():
+    encoded = rle.encode(np.ones((2, 2), bool), 3000, 3000)  # 9 Mpx declared in 60 bytes
+    with pytest.raises(MaskError, match="above MAX_IMAGE_PIXELS=1000000"):
+        rle.decode(encoded, 3000, 3000, max_pixels=1_000_000)
+    with pytest.raises(MaskError, match="not an image size"):
+        rle.decode(encoded, 0, 3000)
+
+
+def test_a_mask_of_noise_is_refused_rather_than_encoded_at_any_size(monkeypatch):
+    stripes = np.zeros((40, 40), bool)
+    stripes[:, ::2] = True  # 40 runs a row
+    monkeypatch.setattr(rle, "MAX_RUNS", 2000)
+    assert rle.encode(stripes)  # 1600 runs at its own size
+    with pytest.raises(MaskError, match="more than 2000 runs"):
+        rle.encode(stripes, 400, 400)

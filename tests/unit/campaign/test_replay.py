@@ -1,0 +1,102 @@
+"""A tiny campaign on synthetic data: the report adds up, and a cut-off run resumes the same."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import worker.campaign.replay as replay
+from worker.campaign.plot import plot_campaign
+from worker.campaign.replay import CampaignOptions, run_campaign
+from worker.contract.errors import CamsamError
+from worker.contract.settings import Settings
+from worker.contract.store import ModelDir
+from worker.data.dataset import load_dataset
+from worker.data.synthetic import write_dataset
+
+OPTIONS = CampaignOptions(start=2, batch=5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = write_dataset(tmp_path_factory.mktemp("tiny"), per_class=6, seed=1)
+    return load_dataset(root, background_classes=["Clean"])
+
+
+def settings(tmp_path) -> Settings:
+    return Settings(
+        model_dir=str(tmp_path / "models"),
+        train_epochs=1,
+        train_image_size=48,
+        train_input="flat",
+        device="cpu",
+    )
+
+
+def test_a_campaign_labels_every_image_once_and_its_totals_add_up(tiny, tmp_path):
+    out = tmp_path / "campaign.json"
+    report = run_campaign(tiny, ["random", "score"], settings(tmp_path), OPTIONS, out, False, False)
+    assert json.loads(out.read_text()) == report
+    for state in report["orders"].values():
+        rounds, totals = state["rounds"], state["totals"]
+        assert sorted(state["labelled"]) == sorted(s.key for s in tiny.samples)
+        assert [r["labelled"] for r in rounds[1:]] == [6, 11, 16]  # 2 a class, then 5 a round
+        assert sum(r["batch"]["images"] for r in rounds) == len(tiny.samples)
+        assert totals["minutes_by_hand"] == sum(r["batch"]["minutes_by_hand"] for r in rounds)
+        assert totals["minutes_by_hand"] == 12.0  # the 12 images with a mask, a minute each
+        for row in rounds[1:]:
+            actions = row["batch"]["actions"]
+            masked = row["batch"]["minutes_by_hand"]  # a minute per image with a mask
+            assert actions["accepted"] + actions["redrawn"] == masked
+            assert row["minutes_with_camsam"] == pytest.approx(
+                0.2 * masked + actions["redrawn"] + 0.2 * actions["deleted"]
+            )
+            assert 0.0 <= row["accuracy"] <= 1.0 and row["version"].startswith("v")
+    # One start and one first version for every order: their first rounds see the same model.
+    first = [state["rounds"][1] for state in report["orders"].values()]
+    assert first[0]["accuracy"] == first[1]["accuracy"]
+    assert report["target_accuracy"] == report["orders"]["random"]["rounds"][-1]["accuracy"]
+    plot_campaign(report, tmp_path / "campaign.png")
+    assert (tmp_path / "campaign.png").stat().st_size > 10_000
+
+
+def test_a_campaign_cut_off_in_training_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):
+    straight = settings(tmp_path / "whole")
+    whole = run_campaign(tiny, ["score"], straight, OPTIONS, tmp_path / "whole.json", False, False)
+    real, calls = replay.train_version, []
+
+    def cut_off(*args, **kwargs):
+        outcome = real(*args, **kwargs)  # publishes, then the machine goes down
+        calls.append(outcome)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return outcome
+
+    monkeypatch.setattr(replay, "train_version", cut_off)
+    out, cut = tmp_path / "cut.json", settings(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(tiny, ["score"], cut, OPTIONS, out, False, False)
+    assert len(json.loads(out.read_text())["orders"]["score"]["rounds"]) == 2
+    monkeypatch.setattr(replay, "train_version", real)
+    resumed = run_campaign(tiny, ["score"], cut, OPTIONS, out, True, False)
+
+    def outline(report):
+        return [
+            (r["labelled"], r.get("version"), r.get("accuracy"), r["batch"]["images"])
+            for r in report["orders"]["score"]["rounds"]
+        ]
+
+    assert outline(resumed) == outline(whole)  # the cut-off run's version was discarded
+    versions = [ModelDir(Path(s.model_dir) / "score").versions() for s in (cut, straight)]
+    assert versions[0] == versions[1]
+    assert resumed["orders"]["score"]["labelled"] == whole["orders"]["score"]["labelled"]
+    other = CampaignOptions(start=3, batch=5)
+    with pytest.raises(CamsamError, match="other options"):
+        run_campaign(tiny, ["score"], cut, other, out, True, False)
+
+
+def test_an_unknown_order_is_refused_with_the_choices(tiny, tmp_path):
+    with pytest.raises(CamsamError, match="random, score, arrival, balance"):
+        run_campaign(tiny, ["best"], settings(tmp_path), OPTIONS, tmp_path / "c.json")

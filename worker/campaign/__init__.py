@@ -1,0 +1,1 @@
+"""``camsam campaign``: a labelling project replayed on a dataset with ground truth."""

@@ -1,0 +1,87 @@
+"""The orders in which a campaign's annotators take the next images.
+
+An order picks the next ``batch`` keys of the unlabelled pool from this round's predictions
+(``ImageScore`` per key: its prediction score and predicted classes). Each is a small function,
+named in ``ORDERS``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+
+from worker.data.dataset import Sample, group_by_pattern
+from worker.evaluation.evaluate import ImageScore
+
+Order = Callable[[list[str], dict[str, ImageScore], int, "OrderContext"], list[str]]
+
+
+class OrderContext:
+    """What orders may need besides the round's predictions: the samples and a fixed shuffle."""
+
+    def __init__(self, samples: Sequence[Sample], seed: int, group: str | None) -> None:
+        keys = [s.key for s in samples]
+        self.shuffled = {k: n for n, k in enumerate(random.Random(seed).sample(keys, len(keys)))}
+        by_name = sorted(samples, key=lambda s: (_natural(s.image.name), s.key))
+        self.arrival = {s.key: n for n, s in enumerate(by_name)}
+        self.group_of = group_by_pattern(group) if group else None
+        self.samples = {s.key: s for s in samples}
+
+
+def _natural(name: str) -> list:
+    """``name`` for sorting with its numbers compared as numbers (img_9 before img_10)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(name)]
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def by_random(pool: list[str], scores: dict[str, ImageScore], batch: int, ctx: OrderContext):
+    """A fixed shuffle (seeded): the campaign without camsam's say."""
+    return sorted(pool, key=ctx.shuffled.__getitem__)[:batch]
+
+
+def by_score(pool: list[str], scores: dict[str, ImageScore], batch: int, ctx: OrderContext):
+    """camsam's prediction score, lowest first: the order the README tells users to label in."""
+    return sorted(pool, key=lambda k: (scores[k].score, ctx.shuffled[k]))[:batch]
+
+
+def by_arrival(pool: list[str], scores: dict[str, ImageScore], batch: int, ctx: OrderContext):
+    """File-name order (numbers as numbers: images taken one after another arrive together);
+    with a group pattern, whole groups at a time (new parts arriving), so a
+    batch may run over ``batch`` to finish its last group."""
+    ordered = sorted(pool, key=ctx.arrival.__getitem__)
+    if ctx.group_of is None:
+        return ordered[:batch]
+    groups: dict[str, list[str]] = {}
+    for key in ordered:
+        groups.setdefault(ctx.group_of(ctx.samples[key]), []).append(key)
+    chosen: list[str] = []
+    for members in groups.values():
+        if len(chosen) >= batch:
+            break
+        chosen += members
+    return chosen
+
+
+def by_balance(pool: list[str], scores: dict[str, ImageScore], batch: int, ctx: OrderContext):
+    """Lowest score first within each predicted class set, the sets taken in turn, so no class
+    is starved of labels by a score that favours another."""
+    queues: dict[tuple, list[str]] = {}
+    for key in sorted(pool, key=lambda k: (scores[k].score, ctx.shuffled[k])):
+        queues.setdefault(tuple(sorted(scores[key].predicted_classes)), []).append(key)
+    chosen: list[str] = []
+    while len(chosen) < batch and any(queues.values()):
+        for members in queues.values():
+            if members and len(chosen) < batch:
+                chosen.append(members.pop(0))
+    return chosen
+
+
+ORDERS: dict[str, Order] = {
+    "random": by_random,
+    "score": by_score,
+    "arrival": by_arrival,
+    "balance": by_balance,
+}

@@ -1,0 +1,288 @@
+"""A labelling campaign replayed: what a project costs by hand and with camsam, round by round.
+
+A few images per class are labelled by hand and the first version trained. Then, each round,
+the backend's pipeline pre-annotates the unlabelled pool, the next batch is taken in the chosen
+order, the annotator's work on it is replayed with ``camsam eval``'s cost model, the batch joins
+the labelled set (with its true classes and masks, as the annotator submits them) and the
+backend's training step runs: fine-tuned from the current version, published only if the publish
+rule lets it. Training, prediction and scoring are the backend's and ``camsam eval``'s own code
+(:func:`worker.training.job.train_version`, :func:`worker.jobs.predict.load_pipeline`,
+:func:`worker.evaluation.evaluate.score_image`).
+
+The state is written after every round, so ``resume`` carries on from the last finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from worker.campaign.orders import ORDERS, OrderContext
+from worker.contract.errors import CamsamError
+from worker.contract.settings import Settings
+from worker.contract.store import ModelDir, atomic_write
+from worker.data.dataset import Dataset
+from worker.evaluation.evaluate import labelling_cost, score_image, summarise
+from worker.jobs.predict import load_pipeline
+from worker.pipeline.checkpoint import rollback
+from worker.training.job import train_version
+
+
+@dataclass(frozen=True)
+class CampaignOptions:
+    start: int = 5  # images per class labelled by hand before the first version
+    batch: int = 50  # images labelled per round
+    rounds: int = 0  # rounds after the first version (0: until the pool is empty)
+    seed: int = 0
+    group: str | None = None  # ``arrival`` takes whole groups (file-name pattern)
+    minutes_manual: float = 1.0
+    minutes_review: float = 0.2
+    minutes_relabel: float = 0.0
+    target_accuracy: float = 0.0  # labels needed to reach it (0: what random ends with)
+
+
+def run_campaign(
+    dataset: Dataset,
+    orders: list[str],
+    settings: Settings,
+    options: CampaignOptions,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Replay the campaign once per order; models go under ``settings.model_dir/<order>``.
+
+    Returns the report also written to ``out`` after every round.
+
+    Raises:
+        CamsamError: an unknown order, a start that leaves no pool, or a state to resume from
+            that was made with other options.
+    """
+    unknown = [o for o in orders if o not in ORDERS]
+    if unknown:
+        raise CamsamError(f"unknown order(s) {unknown}: choose from {', '.join(ORDERS)}")
+    report = _start_report(dataset, orders, settings, options, out, resume)
+    for order in orders:
+        _Replay(dataset, order, settings, options, report, out, progress).run()
+    _totals(report, options)
+    _save(report, out)
+    return report
+
+
+def _start_report(dataset, orders, settings, options, out: Path, resume: bool) -> dict:
+    fresh = {
+        "dataset": {"images": len(dataset.samples), "counts": dataset.counts()},
+        "options": asdict(options),
+        "recipe": {
+            "arch": settings.train_arch or "(default)",
+            "input": settings.train_input,
+            "image_size": settings.train_image_size,
+            "epochs": settings.train_epochs,
+        },
+        "orders": {},
+    }
+    if not (resume and out.is_file()):
+        return fresh
+    report = json.loads(out.read_text())
+    if report.get("options") != fresh["options"] or report.get("recipe") != fresh["recipe"]:
+        raise CamsamError(
+            f"{out} was written by a campaign with other options or recipe: resume with the "
+            "same ones, or write to another --out"
+        )
+    return report
+
+
+class _Replay:
+    """One order's campaign, carried on from ``report["orders"][order]`` where it stopped."""
+
+    def __init__(self, dataset, order, settings, options, report, out, progress) -> None:
+        self.dataset, self.order, self.options = dataset, order, options
+        self.samples = {s.key: s for s in dataset.samples}
+        self.models = ModelDir(Path(settings.model_dir) / order)
+        self.settings = settings
+        self.report, self.out, self.progress = report, out, progress
+        self.state = report["orders"].setdefault(order, {"rounds": [], "labelled": []})
+        self.context = OrderContext(dataset.samples, options.seed, options.group)
+
+    def run(self) -> None:
+        if not self.state["rounds"]:
+            self._first_version()
+        else:
+            self._back_to_last_round()
+        while self._pool() and self._more_rounds():
+            self._round()
+
+    def _pool(self) -> list[str]:
+        labelled = set(self.state["labelled"])
+        return [s.key for s in self.dataset.samples if s.key not in labelled]
+
+    def _more_rounds(self) -> bool:
+        return not self.options.rounds or len(self.state["rounds"]) <= self.options.rounds
+
+    def _first_version(self) -> None:
+        start = self._start_keys()
+        if len(start) >= len(self.samples):
+            raise CamsamError(
+                f"--start {self.options.start} per class labels every image: nothing is left "
+                "for camsam to pre-annotate"
+            )
+        minutes = self._by_hand(start)
+        self.state["labelled"] = start
+        outcome = self._train()
+        self._record(
+            {
+                "round": 0,
+                "labelled": 0,
+                "batch": {"images": len(start), "minutes_by_hand": minutes},
+                "minutes_with_camsam": minutes,  # no model yet: all by hand
+                **outcome,
+            }
+        )
+
+    def _start_keys(self) -> list[str]:
+        """``start`` images per class, seeded; an image counts for each of its classes."""
+        rng = random.Random(self.options.seed)
+        chosen: dict[str, None] = {}
+        for label in self.dataset.classes:
+            having = [s.key for s in self.dataset.samples if label in s.classes]
+            have = sum(1 for k in chosen if label in self.samples[k].classes)
+            for key in rng.sample(having, len(having)):
+                if have >= self.options.start:
+                    break
+                if key not in chosen:
+                    chosen[key] = None
+                    have += 1
+        return list(chosen)
+
+    def _by_hand(self, keys: list[str]) -> float:
+        """Minutes to paint ``keys``' masks by hand (images with no mask class cost none)."""
+        masked = set(self.dataset.classes) - set(self.dataset.background_classes)
+        objects = [k for k in keys if masked & set(self.samples[k].classes)]
+        return len(objects) * self.options.minutes_manual
+
+    def _back_to_last_round(self) -> None:
+        """A run cut off during training may have published a version no round used: it is
+        discarded, and the campaign carries on from the version its last finished round left
+        current, as if the cut had not happened (version names and training seeds included)."""
+        version = self.state["rounds"][-1].get("current")
+        if not version:
+            return
+        if self.models.current_version() != version:
+            rollback(self.models, version)
+        versions = self.models.versions()
+        for newer in versions[versions.index(version) + 1 :]:
+            self.models.discard(newer)
+
+    def _round(self) -> None:
+        pool = self._pool()
+        number = len(self.state["rounds"])
+        version = self.models.current_version()
+        pipeline = load_pipeline(self.models, version, self.settings)
+        scores = {
+            key: score_image(pipeline, self.samples[key])
+            for key in tqdm(
+                pool,
+                desc=f"{self.order} round {number}",
+                unit="img",
+                disable=not self.progress,
+                leave=False,
+            )
+        }
+        options = self.options
+        mask_classes = pipeline.classifier.spec.mask_classes
+        on_pool = summarise(
+            list(scores.values()), mask_classes, options.minutes_manual, options.minutes_review
+        )
+        chosen = ORDERS[self.order](pool, scores, options.batch, self.context)
+        cost = labelling_cost(
+            [scores[k] for k in chosen],
+            mask_classes,
+            options.minutes_manual,
+            options.minutes_review,
+            options.minutes_relabel,
+        )
+        labelled = len(self.state["labelled"])
+        self.state["labelled"] = self.state["labelled"] + chosen
+        outcome = self._train() if len(chosen) < len(pool) else {"current": version}
+        self._record(
+            {
+                "round": number,
+                "labelled": labelled,
+                "version": version,
+                "pool": len(pool),
+                "accuracy": on_pool["accuracy"],
+                # None where the pool holds no image of that kind to judge by
+                "accept_rate": on_pool["accept_rate"] if on_pool["object_images"] else None,
+                "false_mask_rate": (
+                    on_pool["false_mask_rate"] if on_pool["background_images"] else None
+                ),
+                "batch": {
+                    "images": len(chosen),
+                    "actions": cost["actions"],
+                    "minutes_by_hand": cost["by_hand"],
+                    "minutes_with_camsam": cost["with_camsam"],
+                },
+                "minutes_with_camsam": cost["with_camsam"],
+                **outcome,
+            }
+        )
+
+    def _train(self) -> dict:
+        """The backend's training step on the labelled set; what it did and how long it took."""
+        started = time.perf_counter()
+        outcome = train_version(
+            self.dataset.subset(self.state["labelled"]),
+            self.settings,
+            self.models,
+            {"campaign_order": self.order},
+        )
+        return {
+            "training": outcome["outcome"],
+            "training_seconds": time.perf_counter() - started,
+            "current": self.models.current_version(),
+        }
+
+    def _record(self, row: dict) -> None:
+        self.state["rounds"].append(row)
+        if self.progress:
+            shown = {k: row[k] for k in ("accuracy", "accept_rate") if row.get(k) is not None}
+            print(
+                f"{self.order} round {row['round']}: {len(self.state['labelled'])} labelled, "
+                + ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+                + f" -> {row.get('current')}",
+                flush=True,
+            )
+        _save(self.report, self.out)
+
+
+def _totals(report: dict, options: CampaignOptions) -> None:
+    """Per order: minutes by hand and with camsam over the whole campaign, and the labels it
+    took to reach the target accuracy (by default, what ``random`` ends with)."""
+    target = options.target_accuracy
+    if not target and "random" in report["orders"]:
+        measured = [r for r in report["orders"]["random"]["rounds"] if "accuracy" in r]
+        target = measured[-1]["accuracy"] if measured else 0.0
+    report["target_accuracy"] = target
+    for state in report["orders"].values():
+        rounds = state["rounds"]
+        hand = sum(r["batch"]["minutes_by_hand"] for r in rounds)
+        assisted = sum(r["minutes_with_camsam"] for r in rounds)
+        reached = [r["labelled"] for r in rounds if r.get("accuracy", -1.0) >= target]
+        state["totals"] = {
+            "images_labelled": len(state["labelled"]),
+            "minutes_by_hand": hand,
+            "minutes_with_camsam": assisted,
+            "saved_fraction": 1.0 - assisted / hand if hand else 0.0,
+            "labels_to_reach_target": reached[0] if reached and target else None,
+            "training_seconds": sum(r.get("training_seconds", 0.0) for r in rounds),
+        }
+
+
+def _save(report: dict, out: Path) -> None:
+    text = json.dumps(report, indent=1).encode()
+    atomic_write(out, lambda f: f.write(text))
