@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
+from worker.campaign.options import CampaignOptions
 from worker.campaign.orders import ORDERS, OrderContext
 from worker.contract.errors import CamsamError
 from worker.contract.settings import Settings
@@ -31,19 +32,6 @@ from worker.evaluation.evaluate import labelling_cost, score_image, summarise
 from worker.jobs.predict import load_pipeline
 from worker.pipeline.checkpoint import rollback
 from worker.training.job import train_version
-
-
-@dataclass(frozen=True)
-class CampaignOptions:
-    start: int = 5  # images per class labelled by hand before the first version
-    batch: int = 50  # images labelled per round
-    rounds: int = 0  # rounds after the first version (0: until the pool is empty)
-    seed: int = 0
-    group: str | None = None  # ``arrival`` takes whole groups (file-name pattern)
-    minutes_manual: float = 1.0
-    minutes_review: float = 0.2
-    minutes_relabel: float = 0.0
-    target_accuracy: float = 0.0  # labels needed to reach it (0: what random ends with)
 
 
 def run_campaign(

@@ -8,8 +8,7 @@ from pathlib import Path
 
 
 def add_campaign_command(commands) -> None:
-    from worker.campaign.orders import ORDERS
-    from worker.campaign.replay import CampaignOptions
+    from worker.campaign.options import ORDER_NAMES, CampaignOptions
     from worker.cli.datasets import dataset_options
     from worker.contract import defaults
 
@@ -34,7 +33,7 @@ def add_campaign_command(commands) -> None:
     campaign.add_argument(
         "--order",
         default="random,score",
-        help=f"comma-separated, compared side by side: {', '.join(ORDERS)}",
+        help=f"comma-separated, compared side by side: {', '.join(ORDER_NAMES)}",
     )
     campaign.add_argument(
         "--group",
@@ -69,8 +68,9 @@ def add_campaign_command(commands) -> None:
 
 
 def run_campaign_command(args: argparse.Namespace) -> int:
+    from worker.campaign.options import CampaignOptions
     from worker.campaign.plot import plot_campaign
-    from worker.campaign.replay import CampaignOptions, run_campaign
+    from worker.campaign.replay import run_campaign
     from worker.cli.datasets import read_dataset
     from worker.contract.settings import Settings
     from worker.pipeline.classifier import resolve_device

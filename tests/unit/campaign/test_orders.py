@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.campaign.orders import OrderContext, by_arrival, by_balance, by_random, by_score
+from worker.campaign.options import ORDER_NAMES
+from worker.campaign.orders import (
+    ORDERS,
+    OrderContext,
+    by_arrival,
+    by_balance,
+    by_random,
+    by_score,
+)
 from worker.data.dataset import Sample
 from worker.evaluation.evaluate import ImageScore
 
@@ -70,3 +78,7 @@ def test_arrival_compares_the_numbers_in_file_names_as_numbers():
 def test_balance_takes_each_predicted_class_set_in_turn():
     chosen = by_balance(POOL, SCORES, 4, OrderContext(SAMPLES, 0, None))
     assert chosen == ["tile1_b", "tile1_a", "tile2_b", "tile3_b"]
+
+
+def test_the_parser_offers_exactly_the_registered_orders():
+    assert tuple(ORDERS) == ORDER_NAMES

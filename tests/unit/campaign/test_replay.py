@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import worker.campaign.replay as replay
+from worker.campaign.options import CampaignOptions
 from worker.campaign.plot import plot_campaign
-from worker.campaign.replay import CampaignOptions, run_campaign
+from worker.campaign.replay import run_campaign
 from worker.contract.errors import CamsamError
 from worker.contract.settings import Settings
 from worker.contract.store import ModelDir

@@ -1,0 +1,21 @@
+"""A campaign's options and the names of its orders: torch-free, so the command line's parser
+can offer them without loading the models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ORDER_NAMES = ("random", "score", "arrival", "balance")  # worker.campaign.orders.ORDERS
+
+
+@dataclass(frozen=True)
+class CampaignOptions:
+    start: int = 5  # images per class labelled by hand before the first version
+    batch: int = 50  # images labelled per round
+    rounds: int = 0  # rounds after the first version (0: until the pool is empty)
+    seed: int = 0
+    group: str | None = None  # ``arrival`` takes whole groups (file-name pattern)
+    minutes_manual: float = 1.0
+    minutes_review: float = 0.2
+    minutes_relabel: float = 0.0
+    target_accuracy: float = 0.0  # labels needed to reach it (0: what random ends with)
