@@ -202,6 +202,7 @@ class _Replay:
                 "round": number,
                 "labelled": labelled,
                 "version": version,
+                "gate": pipeline.classifier.spec.gate,  # what the version pre-annotates
                 "pool": len(pool),
                 "accuracy": on_pool["accuracy"],
                 # None where the pool holds no image of that kind to judge by

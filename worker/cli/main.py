@@ -175,6 +175,11 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="classify on the image alone, not on it and its mirror image (one pass fewer)",
     )
+    parser.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="every mask, not only those above the threshold training chose per class",
+    )
     parser.add_argument("--version", help="model version to use (default: the current one)")
     parser.add_argument("--device", default="auto")
 
@@ -233,6 +238,7 @@ def build_pipeline(args: argparse.Namespace):
         cam_stages=args.cam_stages,
         prompt_strategy=args.prompts,
         instances=args.instances,
+        gate=not args.no_gate,
     )
     return Pipeline.build(
         path,

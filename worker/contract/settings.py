@@ -33,6 +33,7 @@ class Settings:
     sam2_hub_id: str = ""
     cam_refiner: str = ""  # the cam segmenter's refiner for every class ("": as training chose)
     classifier_mirror: int = 1  # 1: classify on the image and its mirror image; 0: the image alone
+    mask_gate: int = 1  # 1: a class's masks only above the threshold training chose; 0: always
     predict_timeout: float = 90.0
     predict_batch_size: int = defaults.PREDICT_BATCH_SIZE
     predict_inline_max_tasks: int = 0

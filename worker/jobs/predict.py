@@ -260,9 +260,16 @@ def empty(version: str | None) -> dict:
 def load_pipeline(model_dir, version: str, settings: Settings):
     """The warm pipeline for this model version, built on first use."""
     from worker.pipeline.classifier import resolve_device
-    from worker.pipeline.pipeline import Pipeline
+    from worker.pipeline.pipeline import Pipeline, PipelineOptions
 
-    names = ("sam2_config", "sam2_checkpoint", "sam2_hub_id", "cam_refiner", "classifier_mirror")
+    names = (
+        "sam2_config",
+        "sam2_checkpoint",
+        "sam2_hub_id",
+        "cam_refiner",
+        "classifier_mirror",
+        "mask_gate",
+    )
     options = tuple(getattr(settings, k) for k in names)  # what builds differently
     key = (str(model_dir.root), version, options, settings.device)
     with _lock:
@@ -274,6 +281,7 @@ def load_pipeline(model_dir, version: str, settings: Settings):
                 sam2_hub_id=settings.sam2_hub_id or None,
                 refiner=settings.cam_refiner or None,
                 mirror=bool(settings.classifier_mirror),
+                options=PipelineOptions(gate=bool(settings.mask_gate)),
                 device=resolve_device(settings.device),
             )
             for old in [k for k in _pipelines if k[0] == key[0] and k[1] != version]:

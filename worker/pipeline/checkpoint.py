@@ -36,6 +36,7 @@ class ClassifierSpec:
     output_stride: int = 32
     exclusive: bool = False
     refine: dict = field(default_factory=dict)
+    gate: dict = field(default_factory=dict)  # mask class -> evidence threshold (pipeline.gate)
     version: str = ""
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)

@@ -14,6 +14,7 @@ import numpy as np
 
 from worker.pipeline.cam.base import CamMap, cam_method, compute_cams
 from worker.pipeline.classifier import Classifier, Prediction
+from worker.pipeline.gate import passes
 from worker.pipeline.prompts import Prompts, make_prompts, seed_cam
 from worker.pipeline.segmenters.base import (
     MaskResult,
@@ -30,6 +31,7 @@ class PipelineOptions:
     prompt_strategy: str = "peaks+box"
     instances: bool = False
     min_instance_area: float = 0.0005
+    gate: bool = True  # show a class's mask only above the threshold training chose for it
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Pipeline:
         if not images:
             return []
         mask_classes = self.classifier.spec.mask_classes
+        gate = self.classifier.spec.gate if self.options.gate else {}
         options = self.options
 
         def wanted(predictions: Sequence[Prediction]) -> list[list[str]]:
@@ -137,6 +140,8 @@ class Pipeline:
             images, predictions, cams, masks, strict=True
         ):
             kept = [m for m in image_masks if m.mask.any()]
+            if labels is None and gate:  # classes an annotator chose are never gated
+                kept = [m for m in kept if passes(gate, prediction, m)]
             if options.instances:
                 area = options.min_instance_area
                 kept = [part for m in kept for part in split_instances(m, area)]

@@ -33,6 +33,7 @@ from worker.pipeline.classifier import (
 )
 from worker.pipeline.refiners.base import RefineParams, to_plain
 from worker.pipeline.refiners.learned import LearnedRefiner
+from worker.training.gate import calibrate_gate
 from worker.training.learned_refiner import fit_learned_refiner
 from worker.training.tune_refiners import tune_refiners
 
@@ -45,6 +46,7 @@ class TrainConfig(defaults.Recipe):
 
     pretrained: str | None = None
     tune_masks: bool = True
+    gate: bool = True  # calibrate the mask gate on the validation share (pipeline.gate)
     device: str = "cpu"
     progress: bool = True
 
@@ -108,13 +110,19 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         "class_counts": dataset.counts(),
     }
     state = {k: v.cpu() for k, v in best_state.items()}
-    refine = {}
+    model.load_state_dict(best_state)
+    refine, extras = {}, {}
     if config.tune_masks:
-        model.load_state_dict(best_state)
         refine, extras, quality = _fit_masks(Classifier(spec, model), dataset.samples, config)
         state.update(extras)
         summary.update(quality)
     spec = ClassifierSpec(**{**asdict(spec), "metrics": summary, "refine": refine})
+    if config.gate and spec.mask_classes:
+        # Calibrated on the validation share, which the weights did not learn from (with no
+        # share to spare, nothing is known yet: every class abstains).
+        held_out = val_samples if val_samples is not train_samples else []
+        gate = calibrate_gate(Classifier(spec, model, extras), held_out)
+        spec = ClassifierSpec(**{**asdict(spec), "gate": gate})
     return TrainResult(spec, state, history)
 
 

@@ -1,0 +1,66 @@
+"""The mask gate: a class's mask is shown only above the threshold its training chose."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from worker.pipeline.classifier import Prediction
+from worker.pipeline.gate import best_threshold, evidence, passes
+from worker.pipeline.pipeline import Pipeline, PipelineOptions
+from worker.pipeline.segmenters.base import MaskResult
+
+
+def _mask(label: str, score: float) -> MaskResult:
+    return MaskResult(label, np.ones((2, 2), bool), score, "cam")
+
+
+PREDICTION = Prediction({"Crack": 0.8, "Spot": 0.5}, ("Crack",), 0.8)
+
+
+def test_evidence_is_the_class_probability_times_the_mask_score():
+    assert evidence(PREDICTION, _mask("Crack", 0.5)) == pytest.approx(0.4)
+    assert evidence(PREDICTION, _mask("Dent", 0.9)) == 0.0
+
+
+def test_a_mask_passes_above_its_class_threshold_never_when_abstaining_always_ungated():
+    gate = {"Crack": 0.3, "Spot": None}
+    assert passes(gate, PREDICTION, _mask("Crack", 0.5))
+    assert not passes(gate, PREDICTION, _mask("Crack", 0.25))
+    assert not passes(gate, PREDICTION, _mask("Spot", 1.0))
+    assert passes(gate, PREDICTION, _mask("Dent", 0.1))  # not gated: an older checkpoint
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([], None),  # nothing seen: abstain
+        ([(0.9, False), (0.4, False)], None),  # every mask shown would have been deleted
+        ([(0.9, True), (0.6, True)], 0.3),  # all accepted: open down to half the lowest
+        ([(0.9, True), (0.8, True), (0.5, False), (0.3, False)], 0.65),  # cut between
+        ([(0.9, False), (0.8, True), (0.7, True), (0.2, False)], 0.45),  # one miss is paid for
+    ],
+)
+def test_the_threshold_saves_the_most_minutes(rows, expected):
+    found = best_threshold(rows, saved=0.8, lost=0.2)
+    assert found == (None if expected is None else pytest.approx(expected))
+
+
+def test_the_pipeline_gates_masks_it_chose_but_not_classes_an_annotator_chose(trained_model_dir):
+    from worker.contract.store import ModelDir
+    from worker.data.synthetic import make_image
+
+    pipeline = Pipeline.build(ModelDir(trained_model_dir).current_path())
+    image, _ = make_image(np.random.default_rng(3), "Scratch", (96, 96))
+    labels = pipeline.classifier.spec.mask_classes
+    open_gate = replace(pipeline.classifier.spec, gate={})
+    pipeline.classifier.spec = open_gate
+    shown = pipeline.run(image)
+    assert shown.masks  # ungated, the model masks its Scratch
+    pipeline.classifier.spec = replace(open_gate, gate=dict.fromkeys(labels))
+    assert pipeline.run(image).masks == ()  # every class abstains
+    assert pipeline.run(image, labels=["Scratch"]).masks  # the class given: never gated
+    ungated = Pipeline(pipeline.classifier, pipeline.segmenter, PipelineOptions(gate=False))
+    assert ungated.run(image).masks

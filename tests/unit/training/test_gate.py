@@ -1,0 +1,30 @@
+"""Calibrating the gate on held-out images: thresholds where masks were accepted, abstention
+where nothing was seen or every mask shown would have been deleted."""
+
+from __future__ import annotations
+
+from worker.contract.store import ModelDir
+from worker.data.dataset import Dataset
+from worker.pipeline.classifier import Classifier
+from worker.training.gate import calibrate_gate
+
+
+def test_a_class_with_nothing_held_out_abstains(trained_model_dir):
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    gate = calibrate_gate(classifier, [])
+    assert gate == dict.fromkeys(classifier.spec.mask_classes)
+
+
+def test_masks_accepted_on_held_out_images_open_the_gate(trained_model_dir, synthetic_dataset):
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    held_out = [s for s in synthetic_dataset.samples if "Scratch" in s.classes][:6]
+    gate = calibrate_gate(classifier, held_out)
+    assert gate["Scratch"] is not None and 0.0 <= gate["Scratch"] < 1.0
+    assert gate["Spot"] is None  # no Spot image held out: nothing earned yet
+
+
+def test_masks_on_background_images_alone_close_the_gate(trained_model_dir, synthetic_dataset):
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    backgrounds = [s for s in synthetic_dataset.samples if s.classes == ("Clean",)]
+    assert isinstance(synthetic_dataset, Dataset)
+    assert calibrate_gate(classifier, backgrounds) == dict.fromkeys(classifier.spec.mask_classes)

@@ -1,0 +1,43 @@
+"""The mask gate: pre-annotate a class's mask only where it is expected to save time.
+
+A wrong mask costs an annotator a review and a delete (or a redraw); no mask costs nothing over
+painting by hand. So each class has a threshold on the mask's evidence (the classifier's
+probability for the class times the mask's own score), chosen by training on images the model
+did not learn from (:func:`worker.training.gate.calibrate_gate`), and a mask below it is not
+shown. ``None`` for a class means abstain: no threshold was seen to save time yet, so its masks
+are not shown until a version earns it. A checkpoint without a gate (older ones) shows every
+mask.
+"""
+
+from __future__ import annotations
+
+from worker.pipeline.classifier import Prediction
+from worker.pipeline.segmenters.base import MaskResult
+
+
+def evidence(prediction: Prediction, mask: MaskResult) -> float:
+    """How sure camsam is of this mask: class probability times the mask's own score."""
+    return float(prediction.probabilities.get(mask.label, 0.0)) * float(mask.score)
+
+
+def passes(gate: dict, prediction: Prediction, mask: MaskResult) -> bool:
+    """Whether ``mask`` is shown under ``gate`` (class -> threshold, None: abstain)."""
+    if mask.label not in gate:
+        return True
+    threshold = gate[mask.label]
+    return threshold is not None and evidence(prediction, mask) >= threshold
+
+
+def best_threshold(rows: list[tuple[float, bool]], saved: float, lost: float) -> float | None:
+    """The evidence threshold that saves the most minutes on ``rows`` ((evidence, accepted) per
+    mask shown): ``saved`` minutes for each accepted mask above it, ``lost`` for each other.
+    The cut lies halfway to the next lower row (0 below the lowest); None when no threshold
+    saves anything (the class abstains)."""
+    ordered = sorted(rows, key=lambda row: row[0], reverse=True)
+    best, chosen, total = 0.0, None, 0.0
+    for index, (value, accepted) in enumerate(ordered):
+        total += saved if accepted else -lost
+        if total > best + 1e-9:
+            below = ordered[index + 1][0] if index + 1 < len(ordered) else 0.0
+            best, chosen = total, (value + below) / 2
+    return chosen

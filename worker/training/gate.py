@@ -1,0 +1,42 @@
+"""Calibrating the mask gate (:mod:`worker.pipeline.gate`) on images the model did not learn
+from, against ``camsam eval``'s cost model: an accepted mask saves painting it (minus the
+review), any other mask shown costs the review."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.contract.defaults import ACCEPT_IOU
+from worker.data.dataset import Sample
+from worker.data.images import load_image
+from worker.pipeline.classifier import Classifier
+from worker.pipeline.gate import best_threshold, evidence
+from worker.pipeline.masks import iou
+from worker.pipeline.pipeline import Pipeline
+from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
+
+MINUTES_MANUAL = 1.0  # camsam eval's defaults: only their ratio matters here
+MINUTES_REVIEW = 0.2
+
+
+def calibrate_gate(classifier: Classifier, held_out: Sequence[Sample]) -> dict:
+    """Per mask class, the threshold that saves the most on ``held_out`` (None: abstain).
+
+    Images whose classes include a mask class without a ground-truth mask cannot judge masks
+    and are left out. Masks are made by the ``cam`` segmenter with the refinement training
+    chose (what the backend uses without SAM2).
+    """
+    pipeline = Pipeline(classifier, build_segmenter("cam", SegmenterOptions(), classifier))
+    mask_classes = classifier.spec.mask_classes
+    rows: dict[str, list[tuple[float, bool]]] = {label: [] for label in mask_classes}
+    for sample in held_out:
+        if any(c in mask_classes and not sample.has_mask(c) for c in sample.classes):
+            continue
+        image = load_image(sample.image)
+        result = pipeline.run(image)
+        for mask in result.masks:
+            truth = sample.mask(mask.label, image.shape[:2])
+            accepted = mask.label in sample.classes and iou(mask.mask, truth) >= ACCEPT_IOU
+            rows[mask.label].append((evidence(result.prediction, mask), accepted))
+    saved, lost = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW
+    return {label: best_threshold(rows[label], saved, lost) for label in mask_classes}
