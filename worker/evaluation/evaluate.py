@@ -31,6 +31,7 @@ class ImageScore:
     iou_given: dict[str, float] = field(default_factory=dict)
     dice: dict[str, float] = field(default_factory=dict)
     false_mask: bool = False
+    shown: bool = False  # camsam pre-annotated a mask on it (the gate let one through)
     score: float = 1.0  # the prediction score Label Studio sorts by: low means label next
     seconds: float = 0.0
 
@@ -73,7 +74,9 @@ def score_image(pipeline: Pipeline, sample: Sample) -> ImageScore:
     by_label: dict[str, np.ndarray] = {}
     for mask in masks:  # instances of a class are one mask
         by_label[mask.label] = by_label.get(mask.label, empty) | mask.mask
-    score = ImageScore(sample.key, sample.classes, prediction.classes, score=result.score)
+    score = ImageScore(
+        sample.key, sample.classes, prediction.classes, shown=bool(result.masks), score=result.score
+    )
     for label in truth:
         ground = sample.mask(label, shape)
         predicted = by_label.get(label, empty) if label in prediction.classes else empty
@@ -138,20 +141,22 @@ def labelling_cost(
 ) -> dict:
     """What labelling these images costs by hand and with camsam's pre-annotations.
 
-    By hand, each image with objects costs ``minutes_manual`` to paint. With camsam each is
-    reviewed (``minutes_review``) and accepted when every mask reaches IoU ``ACCEPT_IOU`` with the
-    ground truth, else redrawn (``minutes_manual`` more); a false mask on a background image is
-    reviewed and deleted; a wrong class is relabelled (``minutes_relabel``: choosing the class is
-    part of labelling by hand too, so 0 by default).
+    By hand, each image with objects costs ``minutes_manual`` to paint. With camsam, an image
+    it pre-annotated with a mask is reviewed (``minutes_review``) and accepted when every mask
+    reaches IoU ``ACCEPT_IOU`` with the ground truth, else redrawn (``minutes_manual`` more); one
+    it gave no mask is painted as by hand; a false mask on a background image is reviewed and
+    deleted; a wrong class is relabelled (``minutes_relabel``: choosing the class is part of
+    labelling by hand too, so 0 by default).
     """
     objects = [s for s in scores if s.iou]
-    accepted = sum(all(v >= ACCEPT_IOU for v in s.iou.values()) for s in objects)
+    shown = sum(s.shown for s in objects)
+    accepted = sum(s.shown and all(v >= ACCEPT_IOU for v in s.iou.values()) for s in objects)
     backgrounds = [s for s in scores if not any(c in mask_classes for c in s.true_classes)]
     deleted = sum(s.false_mask for s in backgrounds)
     relabelled = sum(set(s.true_classes) != set(s.predicted_classes) for s in scores)
     hand = len(objects) * minutes_manual
     assisted = (
-        len(objects) * minutes_review
+        shown * minutes_review
         + (len(objects) - accepted) * minutes_manual
         + deleted * minutes_review
         + relabelled * minutes_relabel
@@ -165,7 +170,8 @@ def labelling_cost(
         "minutes_per_relabel": minutes_relabel,
         "actions": {
             "accepted": accepted,
-            "redrawn": len(objects) - accepted,
+            "redrawn": shown - accepted,
+            "painted": len(objects) - shown,  # no mask shown: by hand
             "relabelled": relabelled,
             "deleted": deleted,
         },

@@ -11,9 +11,12 @@ from worker.evaluation.evaluate import ImageScore, summarise
 MASK_CLASSES = ("Crack", "Uneven", "Fray")  # "Free" is the background class; no Fray image
 
 
-def _score(key, true, predicted, iou=None, iou_given=None, false_mask=False, seconds=1.0):
+def _score(
+    key, true, predicted, iou=None, iou_given=None, false_mask=False, seconds=1.0, shown=None
+):
     iou = iou or {}
     return ImageScore(
+        shown=any(v > 0 for v in iou.values()) if shown is None else shown,
         key=key,
         true_classes=true,
         predicted_classes=predicted,
@@ -109,6 +112,24 @@ def test_labelling_minutes(scores):
     assert minutes["saved_share"] == pytest.approx(1 - 7.0 / 10.0)
     assert minutes["minutes_per_mask_by_hand"] == 2.0
     assert minutes["minutes_per_review"] == 0.5
+
+
+def test_an_image_given_no_mask_is_painted_as_by_hand_not_reviewed(scores):
+    hidden = [
+        _score("a", ("Crack",), ("Crack",), {"Crack": 0.0}, shown=False),  # the gate held it back
+        _score("b", ("Crack",), ("Crack",), {"Crack": 0.9}),
+    ]
+    minutes = summarise(hidden, MASK_CLASSES, minutes_manual=2.0, minutes_review=0.5)[
+        "labelling_minutes"
+    ]
+    assert minutes["with_camsam"] == pytest.approx(2.0 + 0.5)
+    assert minutes["actions"] == {
+        "accepted": 1,
+        "redrawn": 0,
+        "painted": 1,
+        "relabelled": 0,
+        "deleted": 0,
+    }
 
 
 def test_median_seconds_and_details(scores):
