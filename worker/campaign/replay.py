@@ -54,6 +54,8 @@ def run_campaign(
     unknown = [o for o in orders if o not in ORDERS]
     if unknown:
         raise CamsamError(f"unknown order(s) {unknown}: choose from {', '.join(ORDERS)}")
+    if options.start < 1 or options.batch < 1:
+        raise CamsamError("--start and --batch must be at least 1 image")
     report = _start_report(dataset, orders, settings, options, out, resume)
     for order in orders:
         _Replay(dataset, order, settings, options, report, out, progress).run()
@@ -71,6 +73,10 @@ def _start_report(dataset, orders, settings, options, out: Path, resume: bool) -
             "input": settings.train_input,
             "image_size": settings.train_image_size,
             "epochs": settings.train_epochs,
+            "output_stride": settings.train_output_stride,
+            "pretrained": settings.train_pretrained,
+            "sam2": settings.sam2_checkpoint or settings.sam2_hub_id,
+            "mask_gate": settings.mask_gate,
         },
         "orders": {},
     }
@@ -99,6 +105,11 @@ class _Replay:
 
     def run(self) -> None:
         if not self.state["rounds"]:
+            if self.models.versions():  # another campaign's (or a cut-off first round's)
+                raise CamsamError(
+                    f"{self.models.root} holds model versions no round of this campaign "
+                    "recorded: remove it, or choose another --model-dir"
+                )
             self._first_version()
         else:
             self._back_to_last_round()

@@ -58,6 +58,9 @@ def add_campaign_command(commands) -> None:
     campaign.add_argument("--pretrained", default="", help="a local weights file to start from")
     campaign.add_argument("--sam2-config", default="")
     campaign.add_argument("--sam2-checkpoint", default="")
+    campaign.add_argument(
+        "--no-gate", action="store_true", help="show every mask (MASK_GATE=0 in the backend)"
+    )
     campaign.add_argument("--device", default="auto")
     campaign.add_argument("--out", default="campaign.json")
     campaign.add_argument("--plot", help="PNG of minutes and accuracy against labels")
@@ -87,6 +90,7 @@ def run_campaign_command(args: argparse.Namespace) -> int:
         sam2_config=args.sam2_config,
         sam2_checkpoint=args.sam2_checkpoint,
         device=resolve_device(args.device),
+        mask_gate=0 if args.no_gate else 1,
     )
     options = CampaignOptions(
         start=args.start,

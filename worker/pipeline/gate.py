@@ -16,7 +16,9 @@ from worker.pipeline.segmenters.base import MaskResult
 
 
 def evidence(prediction: Prediction, mask: MaskResult) -> float:
-    """How sure camsam is of this mask: class probability times the mask's own score."""
+    """How sure camsam is of this mask: class probability times the mask's own score (SAM2's
+    predicted IoU; the ``cam`` segmenter scores a mask by the class probability, so there the
+    evidence is the probability squared)."""
     return float(prediction.probabilities.get(mask.label, 0.0)) * float(mask.score)
 
 
@@ -37,7 +39,7 @@ def best_threshold(rows: list[tuple[float, bool]], saved: float, lost: float) ->
     best, chosen, total = 0.0, None, 0.0
     for index, (value, accepted) in enumerate(ordered):
         total += saved if accepted else -lost
-        if total > best + 1e-9:
-            below = ordered[index + 1][0] if index + 1 < len(ordered) else 0.0
+        below = ordered[index + 1][0] if index + 1 < len(ordered) else 0.0
+        if below < value and total > best + 1e-9:  # a cut can only fall between two values
             best, chosen = total, (value + below) / 2
     return chosen

@@ -43,6 +43,7 @@ class ImageResult:
     prediction: Prediction
     masks: tuple[MaskResult, ...]
     cams: tuple[CamMap, ...]
+    held_back: tuple[MaskResult, ...] = ()  # masks the gate did not show (they still score)
 
     @property
     def score(self) -> float:
@@ -53,7 +54,8 @@ class ImageResult:
         diffuse CAM marks an image the model has not understood yet).
         """
         focus = {c.label: c.cam for c in self.cams}
-        mask_scores = [m.score * cam_contrast(focus.get(m.label), m.mask) for m in self.masks]
+        masks = self.masks + self.held_back  # a held-back mask marks an image to label next
+        mask_scores = [m.score * cam_contrast(focus.get(m.label), m.mask) for m in masks]
         return float(self.prediction.score * min(mask_scores, default=1.0))
 
 
@@ -140,13 +142,17 @@ class Pipeline:
             images, predictions, cams, masks, strict=True
         ):
             kept = [m for m in image_masks if m.mask.any()]
+            held: list[MaskResult] = []
             if labels is None and gate:  # classes an annotator chose are never gated
+                held = [m for m in kept if not passes(gate, prediction, m)]
                 kept = [m for m in kept if passes(gate, prediction, m)]
             if options.instances:
                 area = options.min_instance_area
                 kept = [part for m in kept for part in split_instances(m, area)]
             height, width = image.shape[:2]
-            results.append(ImageResult(width, height, prediction, tuple(kept), tuple(image_cams)))
+            results.append(
+                ImageResult(width, height, prediction, tuple(kept), tuple(image_cams), tuple(held))
+            )
         return results
 
     def segment_prompted(

@@ -121,7 +121,8 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         # Calibrated on the validation share, which the weights did not learn from (with no
         # share to spare, nothing is known yet: every class abstains).
         held_out = val_samples if val_samples is not train_samples else []
-        gate = calibrate_gate(Classifier(spec, model, extras), held_out)
+        # Mirrored, as the backend classifies by default (CLASSIFIER_MIRROR=1).
+        gate = calibrate_gate(Classifier(spec, model, extras, mirror=True), held_out)
         spec = ClassifierSpec(**{**asdict(spec), "gate": gate})
     return TrainResult(spec, state, history)
 

@@ -99,6 +99,16 @@ def test_a_campaign_cut_off_in_training_resumes_where_it_stopped(tiny, tmp_path,
         run_campaign(tiny, ["score"], cut, other, out, True, False)
 
 
-def test_an_unknown_order_is_refused_with_the_choices(tiny, tmp_path):
+def test_an_unknown_order_or_an_empty_batch_is_refused(tiny, tmp_path):
     with pytest.raises(CamsamError, match="random, score, arrival, balance"):
         run_campaign(tiny, ["best"], settings(tmp_path), OPTIONS, tmp_path / "c.json")
+    with pytest.raises(CamsamError, match="at least 1"):
+        run_campaign(tiny, ["score"], settings(tmp_path), CampaignOptions(batch=0), tmp_path / "c")
+
+
+def test_a_new_campaign_never_starts_from_another_campaigns_models(tiny, tmp_path):
+    old = tmp_path / "models" / "score" / "versions"
+    old.mkdir(parents=True)
+    (old / "v0001.pt").write_bytes(b"a version another campaign left")
+    with pytest.raises(CamsamError, match="holds model versions no round of this campaign"):
+        run_campaign(tiny, ["score"], settings(tmp_path), OPTIONS, tmp_path / "c.json")

@@ -41,6 +41,7 @@ def test_a_mask_passes_above_its_class_threshold_never_when_abstaining_always_un
         ([(0.9, True), (0.6, True)], 0.3),  # all accepted: open down to half the lowest
         ([(0.9, True), (0.8, True), (0.5, False), (0.3, False)], 0.65),  # cut between
         ([(0.9, False), (0.8, True), (0.7, True), (0.2, False)], 0.45),  # one miss is paid for
+        ([(1.0, True)] + [(1.0, False)] * 6 + [(0.3, False)], None),  # ties are cut together
     ],
 )
 def test_the_threshold_saves_the_most_minutes(rows, expected):
@@ -60,7 +61,9 @@ def test_the_pipeline_gates_masks_it_chose_but_not_classes_an_annotator_chose(tr
     shown = pipeline.run(image)
     assert shown.masks  # ungated, the model masks its Scratch
     pipeline.classifier.spec = replace(open_gate, gate=dict.fromkeys(labels))
-    assert pipeline.run(image).masks == ()  # every class abstains
+    held = pipeline.run(image)
+    assert held.masks == () and held.held_back  # every class abstains
+    assert held.score == pytest.approx(shown.score)  # held back, the mask still scores
     assert pipeline.run(image, labels=["Scratch"]).masks  # the class given: never gated
     ungated = Pipeline(pipeline.classifier, pipeline.segmenter, PipelineOptions(gate=False))
     assert ungated.run(image).masks
