@@ -8,6 +8,10 @@ each class's images.
 
     python scripts/tile_split.py ../shared/data/magnetic-tile splits/magnetic-tile-tiles.json
     python scripts/tile_split.py DATA OUT --folds 5 --fold 2   # cross-validation by tile
+    python scripts/tile_split.py DATA OUT --arrival tiles.json  # and the tiles in capture order
+
+``--arrival`` writes the training side's tiles for ``camsam campaign --arrival``: one list of
+images per tile, tiles in the order of their lowest number (the order they were photographed).
 """
 
 from __future__ import annotations
@@ -22,9 +26,17 @@ GAP = 100
 FRACTION = 0.2
 
 
-def main(root: str, out: str, folds: int | None = None, fold: int = 0, seed: int = 0) -> None:
+def main(
+    root: str,
+    out: str,
+    folds: int | None = None,
+    fold: int = 0,
+    seed: int = 0,
+    arrival: str | None = None,
+) -> None:
     rng = random.Random(seed)
     split = {"train": [], "test": []}
+    tiles = []
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
         images = sorted(folder.glob("*.jpg"), key=lambda p: _number(p))
         groups, last = [], None
@@ -34,6 +46,8 @@ def main(root: str, out: str, folds: int | None = None, fold: int = 0, seed: int
                 groups.append([])
             groups[-1].append(f"{folder.name}/{image.name}")
             last = number
+            if len(groups[-1]) == 1:
+                tiles.append((number, groups[-1]))
         rng.shuffle(groups)
         if folds:  # each group to the fold with the fewest of this class's images so far
             sizes = [0] * folds
@@ -51,6 +65,11 @@ def main(root: str, out: str, folds: int | None = None, fold: int = 0, seed: int
         side.sort()
     Path(out).write_text(json.dumps(split, indent=1) + "\n")
     print({k: len(v) for k, v in split.items()})
+    if arrival:
+        training = set(split["train"])
+        stream = [group for _, group in sorted(tiles) if group[0] in training]
+        Path(arrival).write_text(json.dumps(stream, indent=1) + "\n")
+        print(f"{len(stream)} tiles in the order photographed")
 
 
 def _number(path: Path) -> int:
@@ -63,5 +82,6 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--folds", type=int)
     parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--arrival", help="also write the training side's tiles in order")
     args = parser.parse_args()
-    main(args.data, args.out, args.folds, args.fold)
+    main(args.data, args.out, args.folds, args.fold, arrival=args.arrival)

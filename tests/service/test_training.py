@@ -136,7 +136,7 @@ def test_training_reads_label_studio_publishes_and_records_lineage(
     )
     tasks.append({"id": 500, "data": {"image": "/data/upload/x.png"}, "annotations": []})
     label_studio.tasks = tasks
-    settings = worker_settings(tmp_path, label_studio)
+    settings = worker_settings(tmp_path, label_studio, train_finetune_epochs=2)
     outcome = train_project("12", Settings.from_payload(settings))
     assert outcome["outcome"] == "published" and outcome["version"] == "v0001", outcome
     models = ModelDir(tmp_path / "models" / "12")
@@ -154,6 +154,8 @@ def test_training_reads_label_studio_publishes_and_records_lineage(
     second = train_project("12", Settings.from_payload(settings))
     assert second["outcome"] == "published" and second["version"] == "v0002", second
     assert models.info("v0002")["lineage"]["started_from"].endswith("v0001.pt")
+    # A fine-tune runs TRAIN_FINETUNE_EPOCHS; a first version, TRAIN_EPOCHS.
+    assert [models.info(v)["recipe"]["epochs"] for v in ("v0001", "v0002")] == [4, 2]
 
 
 def test_training_waits_for_every_class_and_says_which(synthetic_dir, label_studio, tmp_path):

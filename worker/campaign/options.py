@@ -15,6 +15,7 @@ class CampaignOptions:
     rounds: int = 0  # rounds after the first version (0: until the pool is empty)
     seed: int = 0
     group: str | None = None  # ``arrival`` takes whole groups (file-name pattern)
+    arrival: str | None = None  # a JSON file: the order images (or groups of them) arrived in
     minutes_manual: float = 1.0
     minutes_review: float = 0.2
     minutes_relabel: float = 0.0

@@ -7,10 +7,13 @@ named in ``ORDERS``.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from worker.contract.errors import CamsamError
 from worker.data.dataset import Sample, group_by_pattern
 from worker.evaluation.evaluate import ImageScore
 
@@ -18,15 +21,45 @@ Order = Callable[[list[str], dict[str, ImageScore], int, "OrderContext"], list[s
 
 
 class OrderContext:
-    """What orders may need besides the round's predictions: the samples and a fixed shuffle."""
+    """What orders may need besides the round's predictions: the samples, a fixed shuffle and
+    the order of arrival (file names, or ``arrival``: groups of keys in the order they came)."""
 
-    def __init__(self, samples: Sequence[Sample], seed: int, group: str | None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        seed: int,
+        group: str | None,
+        arrival: list[list[str]] | None = None,
+    ) -> None:
         keys = [s.key for s in samples]
         self.shuffled = {k: n for n, k in enumerate(random.Random(seed).sample(keys, len(keys)))}
         by_name = sorted(samples, key=lambda s: (_natural(s.image.name), s.key))
-        self.arrival = {s.key: n for n, s in enumerate(by_name)}
         self.group_of = group_by_pattern(group) if group else None
+        if arrival is not None:  # listed groups first, in their order; the rest by name after
+            listed = {key: n for n, members in enumerate(arrival) for key in members}
+            by_name.sort(key=lambda s: listed.get(s.key, len(arrival)))
+            self.group_of = lambda s: listed.get(s.key, f"\0{s.key}")
+        self.arrival = {s.key: n for n, s in enumerate(by_name)}
         self.samples = {s.key: s for s in samples}
+
+
+def read_arrival(path: str) -> list[list[str]]:
+    """An arrival file: a JSON list whose items are image keys (as a split file names them) or
+    lists of keys that arrived together (one part, batch or patient).
+
+    Raises:
+        CamsamError: the file cannot be read or is not such a list.
+    """
+    try:
+        items = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise CamsamError(f"cannot read arrival file {path}: {error}") from error
+    if not isinstance(items, list):
+        raise CamsamError(f"arrival file {path}: expected a list of keys or of lists of keys")
+    groups = [item if isinstance(item, list) else [item] for item in items]
+    if not all(isinstance(key, str) for members in groups for key in members):
+        raise CamsamError(f"arrival file {path}: every key must be a string")
+    return groups
 
 
 def _natural(name: str) -> list:
@@ -48,9 +81,9 @@ def by_score(pool: list[str], scores: dict[str, ImageScore], batch: int, ctx: Or
 
 
 def by_arrival(pool: list[str], scores: dict[str, ImageScore], batch: int, ctx: OrderContext):
-    """File-name order (numbers as numbers: images taken one after another arrive together);
-    with a group pattern, whole groups at a time (new parts arriving), so a
-    batch may run over ``batch`` to finish its last group."""
+    """File-name order (numbers as numbers: images taken one after another arrive together),
+    or an arrival file's; with groups (a pattern's, or the file's), whole groups at a time (new
+    parts arriving), so a batch may run over ``batch`` to finish its last group."""
     ordered = sorted(pool, key=ctx.arrival.__getitem__)
     if ctx.group_of is None:
         return ordered[:batch]

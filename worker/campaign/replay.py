@@ -7,7 +7,7 @@ the labelled set (with its true classes and masks, as the annotator submits them
 backend's training step runs: fine-tuned from the current version, published only if the publish
 rule lets it. Training, prediction and scoring are the backend's and ``camsam eval``'s own code
 (:func:`worker.training.job.train_version`, :func:`worker.jobs.predict.load_pipeline`,
-:func:`worker.evaluation.evaluate.score_image`).
+:func:`worker.evaluation.evaluate.score_all`).
 
 The state is written after every round, so ``resume`` carries on from the last finished one.
 """
@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from tqdm import tqdm
-
 from worker.campaign.options import CampaignOptions
-from worker.campaign.orders import ORDERS, OrderContext
+from worker.campaign.orders import ORDERS, OrderContext, read_arrival
 from worker.contract.errors import CamsamError
 from worker.contract.settings import Settings
 from worker.contract.store import ModelDir, atomic_write
 from worker.data.dataset import Dataset
-from worker.evaluation.evaluate import labelling_cost, score_image, summarise
+from worker.evaluation.evaluate import labelling_cost, score_all, summarise
 from worker.jobs.predict import load_pipeline
 from worker.pipeline.checkpoint import rollback
 from worker.training.job import train_version
@@ -42,8 +41,11 @@ def run_campaign(
     out: Path,
     resume: bool = False,
     progress: bool = True,
+    held_out: Dataset | None = None,
 ) -> dict:
     """Replay the campaign once per order; models go under ``settings.model_dir/<order>``.
+    With ``held_out`` (images no order ever labels), every round's version is also judged
+    there: a measure that does not change with what each order has taken from the pool.
 
     Returns the report also written to ``out`` after every round.
 
@@ -56,23 +58,27 @@ def run_campaign(
         raise CamsamError(f"unknown order(s) {unknown}: choose from {', '.join(ORDERS)}")
     if options.start < 1 or options.batch < 1:
         raise CamsamError("--start and --batch must be at least 1 image")
-    report = _start_report(dataset, orders, settings, options, out, resume)
+    report = _start_report(dataset, orders, settings, options, out, resume, held_out)
     for order in orders:
-        _Replay(dataset, order, settings, options, report, out, progress).run()
+        _Replay(dataset, order, settings, options, report, out, progress, held_out).run()
     _totals(report, options)
     _save(report, out)
     return report
 
 
-def _start_report(dataset, orders, settings, options, out: Path, resume: bool) -> dict:
+def _start_report(dataset, orders, settings, options, out: Path, resume: bool, held_out) -> dict:
     fresh = {
         "dataset": {"images": len(dataset.samples), "counts": dataset.counts()},
+        "held_out": (
+            {"images": len(held_out.samples), "counts": held_out.counts()} if held_out else None
+        ),
         "options": asdict(options),
         "recipe": {
             "arch": settings.train_arch or "(default)",
             "input": settings.train_input,
             "image_size": settings.train_image_size,
             "epochs": settings.train_epochs,
+            "finetune_epochs": settings.train_finetune_epochs,
             "output_stride": settings.train_output_stride,
             "pretrained": settings.train_pretrained,
             "sam2": settings.sam2_checkpoint or settings.sam2_hub_id,
@@ -83,7 +89,7 @@ def _start_report(dataset, orders, settings, options, out: Path, resume: bool) -
     if not (resume and out.is_file()):
         return fresh
     report = json.loads(out.read_text())
-    if report.get("options") != fresh["options"] or report.get("recipe") != fresh["recipe"]:
+    if any(report.get(k) != fresh[k] for k in ("options", "recipe", "held_out")):
         raise CamsamError(
             f"{out} was written by a campaign with other options or recipe: resume with the "
             "same ones, or write to another --out"
@@ -94,14 +100,16 @@ def _start_report(dataset, orders, settings, options, out: Path, resume: bool) -
 class _Replay:
     """One order's campaign, carried on from ``report["orders"][order]`` where it stopped."""
 
-    def __init__(self, dataset, order, settings, options, report, out, progress) -> None:
+    def __init__(self, dataset, order, settings, options, report, out, progress, held_out) -> None:
         self.dataset, self.order, self.options = dataset, order, options
+        self.held_out = held_out
         self.samples = {s.key: s for s in dataset.samples}
         self.models = ModelDir(Path(settings.model_dir) / order)
         self.settings = settings
         self.report, self.out, self.progress = report, out, progress
         self.state = report["orders"].setdefault(order, {"rounds": [], "labelled": []})
-        self.context = OrderContext(dataset.samples, options.seed, options.group)
+        arrival = read_arrival(options.arrival) if options.arrival else None
+        self.context = OrderContext(dataset.samples, options.seed, options.group, arrival)
 
     def run(self) -> None:
         if not self.state["rounds"]:
@@ -132,7 +140,7 @@ class _Replay:
             )
         minutes = self._by_hand(start)
         self.state["labelled"] = start
-        outcome = self._train()
+        outcome = self._first_of_another_order() or self._train()
         self._record(
             {
                 "round": 0,
@@ -142,6 +150,27 @@ class _Replay:
                 **outcome,
             }
         )
+
+    def _first_of_another_order(self) -> dict | None:
+        """Every order starts from the same images with the same seed, so the first version one
+        order trained is copied rather than trained again; None when no order has one yet."""
+        for order, state in self.report["orders"].items():
+            first = state["rounds"][0] if state["rounds"] and order != self.order else {}
+            version = first.get("current")
+            source = ModelDir(self.models.root.parent / order)
+            if not version or not source.path(version).is_file():
+                continue
+            self.models.versions_dir.mkdir(parents=True, exist_ok=True)
+            for path in (source.path(version), source.info_path(version)):
+                shutil.copyfile(path, self.models.versions_dir / path.name)
+            rollback(self.models, version)
+            return {
+                "training": first["training"],
+                "training_seconds": first["training_seconds"],
+                "current": version,
+                "copied_from": order,
+            }
+        return None
 
     def _start_keys(self) -> list[str]:
         """``start`` images per class, seeded; an image counts for each of its classes."""
@@ -182,21 +211,15 @@ class _Replay:
         number = len(self.state["rounds"])
         version = self.models.current_version()
         pipeline = load_pipeline(self.models, version, self.settings)
-        scores = {
-            key: score_image(pipeline, self.samples[key])
-            for key in tqdm(
-                pool,
-                desc=f"{self.order} round {number}",
-                unit="img",
-                disable=not self.progress,
-                leave=False,
-            )
-        }
+        judged = [self.samples[k] for k in pool] + list(
+            self.held_out.samples if self.held_out else []
+        )
+        scored = score_all(pipeline, judged, f"{self.order} round {number}", self.progress)
+        scores = {s.key: s for s in scored[: len(pool)]}
         options = self.options
         mask_classes = pipeline.classifier.spec.mask_classes
-        on_pool = summarise(
-            list(scores.values()), mask_classes, options.minutes_manual, options.minutes_review
-        )
+        on_pool = _judged(scored[: len(pool)], mask_classes, options)
+        on_held_out = _judged(scored[len(pool) :], mask_classes, options) if self.held_out else None
         chosen = ORDERS[self.order](pool, scores, options.batch, self.context)
         cost = labelling_cost(
             [scores[k] for k in chosen],
@@ -215,12 +238,8 @@ class _Replay:
                 "version": version,
                 "gate": pipeline.classifier.spec.gate,  # what the version pre-annotates
                 "pool": len(pool),
-                "accuracy": on_pool["accuracy"],
-                # None where the pool holds no image of that kind to judge by
-                "accept_rate": on_pool["accept_rate"] if on_pool["object_images"] else None,
-                "false_mask_rate": (
-                    on_pool["false_mask_rate"] if on_pool["background_images"] else None
-                ),
+                **on_pool,
+                "held_out": on_held_out,
                 "batch": {
                     "images": len(chosen),
                     "actions": cost["actions"],
@@ -260,19 +279,40 @@ class _Replay:
         _save(self.report, self.out)
 
 
+def _judged(scores, mask_classes, options: CampaignOptions) -> dict:
+    """Accuracy, accept rate and false-mask rate of a version on ``scores``' images (a rate is
+    None where they hold no image of that kind to judge by)."""
+    figures = summarise(scores, mask_classes, options.minutes_manual, options.minutes_review)
+    return {
+        "accuracy": figures["accuracy"],
+        "accept_rate": figures["accept_rate"] if figures["object_images"] else None,
+        "false_mask_rate": figures["false_mask_rate"] if figures["background_images"] else None,
+    }
+
+
 def _totals(report: dict, options: CampaignOptions) -> None:
     """Per order: minutes by hand and with camsam over the whole campaign, and the labels it
-    took to reach the target accuracy (by default, what ``random`` ends with)."""
+    took to reach the target accuracy (by default, what ``random`` ends with), judged on the
+    held-out images where there are some, else on the pool."""
+    judge = "held_out" if report.get("held_out") else "pool"
+    report["accuracy_on"] = judge
+
+    def accuracy(row: dict) -> float | None:
+        figures = row.get("held_out") if judge == "held_out" else row
+        return (figures or {}).get("accuracy")
+
     target = options.target_accuracy
     if not target and "random" in report["orders"]:
-        measured = [r for r in report["orders"]["random"]["rounds"] if "accuracy" in r]
-        target = measured[-1]["accuracy"] if measured else 0.0
+        measured = [
+            a for r in report["orders"]["random"]["rounds"] if (a := accuracy(r)) is not None
+        ]
+        target = measured[-1] if measured else 0.0
     report["target_accuracy"] = target
     for state in report["orders"].values():
         rounds = state["rounds"]
         hand = sum(r["batch"]["minutes_by_hand"] for r in rounds)
         assisted = sum(r["minutes_with_camsam"] for r in rounds)
-        reached = [r["labelled"] for r in rounds if r.get("accuracy", -1.0) >= target]
+        reached = [r["labelled"] for r in rounds if (accuracy(r) or -1.0) >= target]
         state["totals"] = {
             "images_labelled": len(state["labelled"]),
             "minutes_by_hand": hand,

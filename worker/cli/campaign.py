@@ -40,6 +40,12 @@ def add_campaign_command(commands) -> None:
         metavar="REGEX",
         help="arrival takes whole groups of images whose file names share this pattern's match",
     )
+    campaign.add_argument(
+        "--arrival",
+        metavar="FILE",
+        help="arrival takes images in this JSON list's order: keys, or lists of keys that "
+        "arrived together (whole groups at a time)",
+    )
     campaign.add_argument("--seed", type=int, default=0)
     campaign.add_argument("--minutes-per-mask", type=float, default=defaults_.minutes_manual)
     campaign.add_argument("--minutes-per-review", type=float, default=defaults_.minutes_review)
@@ -52,6 +58,13 @@ def add_campaign_command(commands) -> None:
     )
     campaign.add_argument("--arch", default="", help=f"timm architecture (default {recipe.arch})")
     campaign.add_argument("--epochs", type=int, default=recipe.epochs)
+    campaign.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=defaults.FINETUNE_EPOCHS,
+        help="epochs of a version fine-tuned from the current one (TRAIN_FINETUNE_EPOCHS; "
+        "0: as --epochs)",
+    )
     campaign.add_argument("--image-size", type=int, default=recipe.image_size)
     campaign.add_argument("--input", choices=defaults.INPUTS, default=recipe.input)
     campaign.add_argument("--output-stride", type=int, default=recipe.output_stride)
@@ -79,10 +92,13 @@ def run_campaign_command(args: argparse.Namespace) -> int:
     from worker.pipeline.classifier import resolve_device
 
     dataset = read_dataset(args, "train")
+    # With a split, its test part is held out: every round's version is also judged there.
+    held_out = read_dataset(args, "test") if args.split else None
     settings = Settings(
         model_dir=args.model_dir,
         train_arch=args.arch,
         train_epochs=args.epochs,
+        train_finetune_epochs=args.finetune_epochs,
         train_image_size=args.image_size,
         train_input=args.input,
         train_output_stride=args.output_stride,
@@ -98,6 +114,7 @@ def run_campaign_command(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         seed=args.seed,
         group=args.group,
+        arrival=args.arrival,
         minutes_manual=args.minutes_per_mask,
         minutes_review=args.minutes_per_review,
         minutes_relabel=args.minutes_per_relabel,
@@ -105,7 +122,9 @@ def run_campaign_command(args: argparse.Namespace) -> int:
     )
     orders = [o.strip() for o in args.order.split(",") if o.strip()]
     started = time.perf_counter()
-    report = run_campaign(dataset, orders, settings, options, Path(args.out), args.resume)
+    report = run_campaign(
+        dataset, orders, settings, options, Path(args.out), args.resume, held_out=held_out
+    )
     for order, state in report["orders"].items():
         totals = state["totals"]
         reached = totals["labels_to_reach_target"]

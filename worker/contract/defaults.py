@@ -32,6 +32,11 @@ class Recipe:
     seed: int = 0
 
 
+FINETUNE_EPOCHS = 20
+"""Epochs of a version fine-tuned from the current one (which already knows the classes): the
+backend retrains after every batch of labels, and a full run each time would grow with the
+project. ``camsam campaign`` measures the difference (docs/campaign.md)."""
+
 INPUTS = ("rgb", "flat")
 """The input encodings a classifier can be trained on."""
 

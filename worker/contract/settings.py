@@ -45,6 +45,7 @@ class Settings:
     train_lease: int = defaults.TRAIN_LEASE
     train_arch: str = ""
     train_epochs: int = defaults.Recipe.epochs
+    train_finetune_epochs: int = defaults.FINETUNE_EPOCHS  # 0: as many as TRAIN_EPOCHS
     train_image_size: int = defaults.Recipe.image_size
     train_input: str = defaults.Recipe.input
     train_output_stride: int = defaults.Recipe.output_stride

@@ -8,12 +8,13 @@ and once with the true classes given, as when an annotator has already chosen th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
-from worker.contract.defaults import ACCEPT_IOU
+from worker.contract.defaults import ACCEPT_IOU, PREDICT_BATCH_SIZE
 from worker.data.dataset import Dataset, Sample
 from worker.data.images import load_image
 from worker.pipeline.masks import iou
@@ -45,10 +46,7 @@ def evaluate(
 ) -> dict:
     """Run the pipeline over ``dataset`` and return the report (see ``summarise``)."""
     started = time.process_time()
-    scores = [
-        score_image(pipeline, sample)
-        for sample in tqdm(dataset.samples, desc="eval", unit="img", disable=not progress)
-    ]
+    scores = score_all(pipeline, dataset.samples, "eval", progress)
     report = summarise(
         scores, pipeline.classifier.spec.mask_classes, minutes_manual, minutes_review
     )
@@ -58,18 +56,51 @@ def evaluate(
     return report
 
 
+def score_all(
+    pipeline: Pipeline, samples: Sequence[Sample], desc: str, progress: bool
+) -> list[ImageScore]:
+    """Every sample scored, in batches of the backend's size, with a progress bar."""
+    scores: list[ImageScore] = []
+    with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for i in range(0, len(samples), PREDICT_BATCH_SIZE):
+            scores += score_batch(pipeline, samples[i : i + PREDICT_BATCH_SIZE])
+            bar.update(len(scores) - bar.n)
+    return scores
+
+
 def score_image(pipeline: Pipeline, sample: Sample) -> ImageScore:
+    return score_batch(pipeline, [sample])[0]
+
+
+def score_batch(pipeline: Pipeline, samples: Sequence[Sample]) -> list[ImageScore]:
+    """Score ``samples`` with one pipeline pass, as the backend predicts a batch; an image whose
+    true classes the classifier missed is run again with them given (one more pass for all)."""
     started = time.perf_counter()
-    image = load_image(sample.image)
-    shape = image.shape[:2]
+    images = [load_image(sample.image) for sample in samples]
     mask_classes = pipeline.classifier.spec.mask_classes
-    truth = [c for c in sample.classes if c in mask_classes and sample.has_mask(c)]
-    result = pipeline.run(image)  # what the backend pre-annotates
+    truths = [[c for c in s.classes if c in mask_classes and s.has_mask(c)] for s in samples]
+    results = pipeline.run_batch(images)  # what the backend pre-annotates
+    masks = [list(result.masks) for result in results]
+    missed = [
+        [c for c in truth if c not in result.prediction.classes]
+        for truth, result in zip(truths, results, strict=True)
+    ]
+    again = [i for i, labels in enumerate(missed) if labels]
+    if again:  # the masks the annotator would get with the class given
+        given = pipeline.run_batch([images[i] for i in again], [missed[i] for i in again])
+        for i, result in zip(again, given, strict=True):
+            masks[i] += result.masks
+    seconds = (time.perf_counter() - started) / max(len(samples), 1)
+    return [
+        _score(sample, image.shape[:2], truth, result, image_masks, mask_classes, seconds)
+        for sample, image, truth, result, image_masks in zip(
+            samples, images, truths, results, masks, strict=True
+        )
+    ]
+
+
+def _score(sample, shape, truth, result, masks, mask_classes, seconds) -> ImageScore:
     prediction = result.prediction
-    masks = list(result.masks)
-    missed = [c for c in truth if c not in prediction.classes]
-    if missed:  # the masks the annotator would get with the class given
-        masks += pipeline.run(image, labels=missed).masks
     empty = np.zeros(shape, dtype=bool)
     by_label: dict[str, np.ndarray] = {}
     for mask in masks:  # instances of a class are one mask
@@ -86,7 +117,7 @@ def score_image(pipeline: Pipeline, sample: Sample) -> ImageScore:
         score.dice[label] = float(2 * (predicted & ground).sum() / total) if total else 1.0
     if not any(c in mask_classes for c in sample.classes):
         score.false_mask = any(label in prediction.classes for label in by_label)
-    score.seconds = time.perf_counter() - started
+    score.seconds = seconds
     return score
 
 

@@ -102,22 +102,28 @@ def train_version(
     dataset: Dataset, settings: Settings, models: ModelDir, lineage: dict | None = None
 ) -> dict:
     """Train a candidate on ``dataset`` with the ``TRAIN_*`` recipe (fine-tuned from the current
-    version when it knows the same classes), and publish it unless the publish rule keeps the
-    current one. ``lineage`` adds to what the version records of its making. Returns the outcome
-    (``published``, with ``version``, or ``kept``, with the reason)."""
+    version, for ``TRAIN_FINETUNE_EPOCHS``, when it knows the same classes), and publish it
+    unless the publish rule keeps the current one. ``lineage`` adds to what the version records
+    of its making. Returns the outcome (``published``, with ``version``, or ``kept``, with the
+    reason)."""
     from worker.training.classifier import TrainConfig, train
 
     current = models.current_version()
     info = models.info(current) if current else None
     seed = len(models.versions())
+    start = _start_from(models, current, info, dataset, settings)
+    fine_tune = current is not None and start == str(models.path(current))
+    epochs = settings.train_epochs
+    if fine_tune and settings.train_finetune_epochs:
+        epochs = min(settings.train_finetune_epochs, epochs)
     recipe = TrainConfig(
         arch=settings.train_arch or TrainConfig.arch,
         image_size=settings.train_image_size,
         input=settings.train_input,
         output_stride=settings.train_output_stride or TrainConfig.output_stride,
-        epochs=settings.train_epochs,
+        epochs=epochs,
         seed=seed,
-        pretrained=_start_from(models, current, info, dataset, settings),
+        pretrained=start,
         progress=False,
     )
     started = time.perf_counter()

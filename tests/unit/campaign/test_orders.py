@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from worker.campaign.options import ORDER_NAMES
 from worker.campaign.orders import (
@@ -12,7 +15,9 @@ from worker.campaign.orders import (
     by_balance,
     by_random,
     by_score,
+    read_arrival,
 )
+from worker.contract.errors import CamsamError
 from worker.data.dataset import Sample
 from worker.evaluation.evaluate import ImageScore
 
@@ -73,6 +78,25 @@ def test_arrival_compares_the_numbers_in_file_names_as_numbers():
     samples = _samples([("num_10", ("Free",)), ("num_9", ("Free",)), ("num_100", ("Free",))])
     context = OrderContext(samples, 0, None)
     assert by_arrival([s.key for s in samples], {}, 3, context) == ["num_9", "num_10", "num_100"]
+
+
+def test_an_arrival_file_sets_the_order_and_its_lists_are_groups(tmp_path):
+    path = tmp_path / "arrival.json"
+    path.write_text(json.dumps([["tile3_b", "tile1_a"], "tile2_b", ["tile2_a", "tile3_a"]]))
+    context = OrderContext(SAMPLES, 0, None, read_arrival(str(path)))
+    # tile1_b is not listed: it comes last; a batch of 1 still takes its whole first group
+    # (within a group, by name).
+    assert by_arrival(POOL, SCORES, 1, context) == ["tile1_a", "tile3_b"]
+    assert by_arrival(POOL, SCORES, 3, context) == ["tile1_a", "tile3_b", "tile2_b"]
+    assert by_arrival(POOL, SCORES, 6, context)[-1] == "tile1_b"
+    path.write_text(json.dumps({"tile1_a": 1}))
+    with pytest.raises(CamsamError, match="a list of keys"):
+        read_arrival(str(path))
+    path.write_text("[[1, 2]]")
+    with pytest.raises(CamsamError, match="must be a string"):
+        read_arrival(str(path))
+    with pytest.raises(CamsamError, match="cannot read arrival file"):
+        read_arrival(str(tmp_path / "missing.json"))
 
 
 def test_balance_takes_each_predicted_class_set_in_turn():

@@ -59,9 +59,30 @@ def test_a_campaign_labels_every_image_once_and_its_totals_add_up(tiny, tmp_path
     # One start and one first version for every order: their first rounds see the same model.
     first = [state["rounds"][1] for state in report["orders"].values()]
     assert first[0]["accuracy"] == first[1]["accuracy"]
+    assert report["orders"]["score"]["rounds"][0]["copied_from"] == "random"  # not retrained
     assert report["target_accuracy"] == report["orders"]["random"]["rounds"][-1]["accuracy"]
     plot_campaign(report, tmp_path / "campaign.png")
     assert (tmp_path / "campaign.png").stat().st_size > 10_000
+
+
+def test_held_out_images_judge_every_round_and_set_the_target(tiny, tmp_path):
+    keys = [s.key for s in tiny.samples]
+    held_out = tiny.subset(keys[::3])
+    pool = tiny.subset([k for k in keys if k not in set(keys[::3])])
+    report = run_campaign(
+        pool, ["random"], settings(tmp_path), OPTIONS, tmp_path / "c.json", False, False, held_out
+    )
+    assert report["held_out"]["images"] == len(held_out.samples) == 6
+    assert report["accuracy_on"] == "held_out"
+    rounds = report["orders"]["random"]["rounds"][1:]
+    assert all(0.0 <= r["held_out"]["accuracy"] <= 1.0 for r in rounds)
+    assert report["target_accuracy"] == rounds[-1]["held_out"]["accuracy"]
+    target = report["target_accuracy"]
+    reached = [r["labelled"] for r in rounds if r["held_out"]["accuracy"] >= target]
+    expected = reached[0] if target else None  # a target of 0 is no target
+    assert report["orders"]["random"]["totals"]["labels_to_reach_target"] == expected
+    labelled = set(report["orders"]["random"]["labelled"])
+    assert labelled == {s.key for s in pool.samples}  # held-out images are never labelled
 
 
 def test_a_campaign_cut_off_in_training_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):

@@ -154,3 +154,28 @@ def test_only_background_images():
     assert report["false_mask_rate"] == pytest.approx(0.5)
     assert report["labelling_minutes"]["by_hand"] == 0.0
     assert report["labelling_minutes"]["saved_share"] == 0.0
+
+
+def test_scoring_in_batches_scores_each_image_as_alone(trained_model_dir, synthetic_dataset):
+    from worker.contract.settings import Settings
+    from worker.contract.store import ModelDir
+    from worker.evaluation.evaluate import score_all, score_image
+    from worker.jobs.predict import load_pipeline
+
+    models = ModelDir(trained_model_dir)
+    settings = Settings(model_dir=str(trained_model_dir), device="cpu")
+    pipeline = load_pipeline(models, models.current_version(), settings)
+    samples = synthetic_dataset.samples[::6]  # every class; a full batch of 8 and a part one
+    batched = score_all(pipeline, samples, "eval", progress=False)
+    alone = [score_image(pipeline, sample) for sample in samples]
+    assert [s.key for s in batched] == [s.key for s in samples]
+    for a, b in zip(batched, alone, strict=True):
+        assert (a.predicted_classes, a.shown, a.false_mask) == (
+            b.predicted_classes,
+            b.shown,
+            b.false_mask,
+        )
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert a.iou == pytest.approx(b.iou, abs=1e-3)
+        assert a.iou_given == pytest.approx(b.iou_given, abs=1e-3)
+    assert any(s.iou_given for s in batched)  # masks were judged, not only classes
