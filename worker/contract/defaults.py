@@ -47,6 +47,11 @@ AUGMENTATIONS = ("none", "flip", "flip+rot", "full")
 ACCEPT_IOU = 0.5
 """An annotator accepts a mask whose IoU with what they would have drawn reaches this."""
 
+GATE_MIN_ACCEPTED = 3
+"""Accepted masks a class needs among the held-out images above its threshold before the mask
+gate opens for it: a first version trained on 30 images has ~6 to be judged on, where one lucky
+mask opened a class whose masks then cost more than painting by hand (docs/campaign.md)."""
+
 # The service ----------------------------------------------------------------------------------
 
 TRAIN_LEASE = 300

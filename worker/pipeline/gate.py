@@ -11,6 +11,7 @@ mask.
 
 from __future__ import annotations
 
+from worker.contract.defaults import GATE_MIN_ACCEPTED
 from worker.pipeline.classifier import Prediction
 from worker.pipeline.segmenters.base import MaskResult
 
@@ -30,16 +31,24 @@ def passes(gate: dict, prediction: Prediction, mask: MaskResult) -> bool:
     return threshold is not None and evidence(prediction, mask) >= threshold
 
 
-def best_threshold(rows: list[tuple[float, bool]], saved: float, lost: float) -> float | None:
+def best_threshold(
+    rows: list[tuple[float, bool]],
+    saved: float,
+    lost: float,
+    min_accepted: int = GATE_MIN_ACCEPTED,
+) -> float | None:
     """The evidence threshold that saves the most minutes on ``rows`` ((evidence, accepted) per
     mask shown): ``saved`` minutes for each accepted mask above it, ``lost`` for each other.
-    The cut lies halfway to the next lower row (0 below the lowest); None when no threshold
-    saves anything (the class abstains)."""
+    The cut lies halfway to the next lower row (0 below the lowest); only a cut with at least
+    ``min_accepted`` accepted masks above it counts. None when no threshold saves anything
+    (the class abstains)."""
     ordered = sorted(rows, key=lambda row: row[0], reverse=True)
-    best, chosen, total = 0.0, None, 0.0
+    best, chosen, total, accepted_above = 0.0, None, 0.0, 0
     for index, (value, accepted) in enumerate(ordered):
         total += saved if accepted else -lost
+        accepted_above += accepted
         below = ordered[index + 1][0] if index + 1 < len(ordered) else 0.0
-        if below < value and total > best + 1e-9:  # a cut can only fall between two values
+        # A cut can only fall between two values, and one lucky mask is no evidence.
+        if below < value and accepted_above >= min_accepted and total > best + 1e-9:
             best, chosen = total, (value + below) / 2
     return chosen

@@ -12,7 +12,7 @@ from worker.data.images import load_image
 from worker.pipeline.classifier import Classifier
 from worker.pipeline.gate import best_threshold, evidence
 from worker.pipeline.masks import iou
-from worker.pipeline.pipeline import Pipeline
+from worker.pipeline.pipeline import Pipeline, PipelineOptions
 from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
 
 MINUTES_MANUAL = 1.0  # camsam eval's defaults: only their ratio matters here
@@ -26,7 +26,9 @@ def calibrate_gate(classifier: Classifier, held_out: Sequence[Sample]) -> dict:
     and are left out. Masks are made by the ``cam`` segmenter with the refinement training
     chose (what the backend uses without SAM2).
     """
-    pipeline = Pipeline(classifier, build_segmenter("cam", SegmenterOptions(), classifier))
+    segmenter = build_segmenter("cam", SegmenterOptions(), classifier)
+    # Every mask is judged: a gate the classifier already carries must not hide any.
+    pipeline = Pipeline(classifier, segmenter, PipelineOptions(gate=False))
     mask_classes = classifier.spec.mask_classes
     rows: dict[str, list[tuple[float, bool]]] = {label: [] for label in mask_classes}
     for sample in held_out:

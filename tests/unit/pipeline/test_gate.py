@@ -45,8 +45,16 @@ def test_a_mask_passes_above_its_class_threshold_never_when_abstaining_always_un
     ],
 )
 def test_the_threshold_saves_the_most_minutes(rows, expected):
-    found = best_threshold(rows, saved=0.8, lost=0.2)
+    found = best_threshold(rows, saved=0.8, lost=0.2, min_accepted=1)
     assert found == (None if expected is None else pytest.approx(expected))
+
+
+def test_a_class_opens_only_on_enough_accepted_masks():
+    rows = [(0.9, True), (0.8, False), (0.7, True), (0.6, True), (0.2, False)]
+    assert best_threshold(rows[:1], saved=0.8, lost=0.2) is None  # one lucky mask: abstain
+    assert best_threshold(rows[:3], saved=0.8, lost=0.2) is None  # two
+    # The cut that saves the most once three are above it (not the 0.85 the best ratio gives).
+    assert best_threshold(rows, saved=0.8, lost=0.2) == pytest.approx(0.4)
 
 
 def test_the_pipeline_gates_masks_it_chose_but_not_classes_an_annotator_chose(trained_model_dir):

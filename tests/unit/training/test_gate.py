@@ -28,3 +28,17 @@ def test_masks_on_background_images_alone_close_the_gate(trained_model_dir, synt
     backgrounds = [s for s in synthetic_dataset.samples if s.classes == ("Clean",)]
     assert isinstance(synthetic_dataset, Dataset)
     assert calibrate_gate(classifier, backgrounds) == dict.fromkeys(classifier.spec.mask_classes)
+
+
+def test_a_gate_the_classifier_carries_hides_no_mask_from_calibration(
+    trained_model_dir, synthetic_dataset
+):
+    from dataclasses import replace
+
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    held_out = [s for s in synthetic_dataset.samples if "Scratch" in s.classes][:6]
+    classifier.spec = replace(classifier.spec, gate={})
+    ungated = calibrate_gate(classifier, held_out)
+    classifier.spec = replace(classifier.spec, gate=dict.fromkeys(classifier.spec.mask_classes))
+    assert calibrate_gate(classifier, held_out) == ungated  # recalibrating a closed version
+    assert ungated["Scratch"] is not None
