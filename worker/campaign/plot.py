@@ -1,5 +1,6 @@
 """The campaign's picture: cumulative minutes against images labelled, and how the model's
-accuracy and accept rate on the rest of the pool grow with the labels, one colour per order."""
+accuracy and accept rate grow with the labels (on the held-out images where the campaign has
+some, else on the rest of the pool), one colour per order."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ def plot_campaign(report: dict, path: str | Path) -> None:
 
     figure, (cost, quality) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    held_out = bool(report.get("held_out"))
+
+    def judged_on(row: dict) -> dict | None:
+        return row.get("held_out") if held_out else (row if "accuracy" in row else None)
+
     for colour, (order, state) in zip(colours, report["orders"].items(), strict=False):
         rounds = state["rounds"]
         labelled = list(accumulate(r["batch"]["images"] for r in rounds))
@@ -22,15 +28,17 @@ def plot_campaign(report: dict, path: str | Path) -> None:
         assisted = list(accumulate(r["minutes_with_camsam"] for r in rounds))
         cost.plot(labelled, hand, color=colour, linestyle="--", label=f"{order}: by hand")
         cost.plot(labelled, assisted, color=colour, label=f"{order}: with camsam")
-        measured = [r for r in rounds if "accuracy" in r]
-        labels = [r["labelled"] for r in measured]
+        measured = [(r["labelled"], f) for r in rounds if (f := judged_on(r))]
         quality.plot(
-            labels, [r["accuracy"] for r in measured], color=colour, label=f"{order}: accuracy"
+            [n for n, _ in measured],
+            [f["accuracy"] for _, f in measured],
+            color=colour,
+            label=f"{order}: accuracy",
         )
-        judged = [r for r in measured if r["accept_rate"] is not None]
+        judged = [(n, f) for n, f in measured if f["accept_rate"] is not None]
         quality.plot(
-            [r["labelled"] for r in judged],
-            [r["accept_rate"] for r in judged],
+            [n for n, _ in judged],
+            [f["accept_rate"] for _, f in judged],
             color=colour,
             linestyle=":",
             label=f"{order}: accept rate",
@@ -38,7 +46,7 @@ def plot_campaign(report: dict, path: str | Path) -> None:
     cost.set(xlabel="images labelled", ylabel="cumulative minutes", title="Labelling time")
     quality.set(
         xlabel="labelled images the model learnt from",
-        ylabel="on the unlabelled rest",
+        ylabel="on the held-out images" if held_out else "on the unlabelled rest",
         ylim=(0, 1),
         title="Model",
     )

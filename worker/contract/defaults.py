@@ -35,7 +35,8 @@ class Recipe:
 FINETUNE_EPOCHS = 20
 """Epochs of a version fine-tuned from the current one (which already knows the classes): the
 backend retrains after every batch of labels, and a full run each time would grow with the
-project. ``camsam campaign`` measures the difference (docs/campaign.md)."""
+project. A choice for time: what it costs in accuracy against full runs is not yet measured
+(``camsam campaign --finetune-epochs 0`` replays full runs; docs/campaign.md)."""
 
 INPUTS = ("rgb", "flat")
 """The input encodings a classifier can be trained on."""

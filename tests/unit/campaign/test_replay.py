@@ -83,6 +83,8 @@ def test_held_out_images_judge_every_round_and_set_the_target(tiny, tmp_path):
     assert report["orders"]["random"]["totals"]["labels_to_reach_target"] == expected
     labelled = set(report["orders"]["random"]["labelled"])
     assert labelled == {s.key for s in pool.samples}  # held-out images are never labelled
+    plot_campaign(report, tmp_path / "held-out.png")
+    assert (tmp_path / "held-out.png").stat().st_size > 10_000
 
 
 def test_a_campaign_cut_off_in_training_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):
