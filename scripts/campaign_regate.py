@@ -38,7 +38,12 @@ def main(report_path: str, data: str, model_dir: str, background: list[str], out
         for number, row in enumerate(state["rounds"][1:], start=1):
             version = row["version"]
             info = models.info(version)
-            learnt = state["labelled"][: sum(sizes[:number])]
+            if info is None:
+                raise SystemExit(f"{order}: {version} is no longer in {models.root}")
+            # What the version learnt from (a round whose training was kept left an older one).
+            metrics = info["metrics"]
+            count = min(metrics["train_images"] + metrics["val_images"], sum(sizes[:number]))
+            learnt = state["labelled"][:count]
             recipe = info["recipe"]
             _, val = stratified_split(
                 dataset.subset(learnt).samples, recipe["val_fraction"], recipe["seed"]

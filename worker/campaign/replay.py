@@ -18,7 +18,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from worker.campaign.options import CampaignOptions
@@ -105,7 +105,8 @@ class _Replay:
         self.held_out = held_out
         self.samples = {s.key: s for s in dataset.samples}
         self.models = ModelDir(Path(settings.model_dir) / order)
-        self.settings = settings
+        # Every version stays: resume rolls back to them, and later orders copy the first.
+        self.settings = replace(settings, keep_versions=0)
         self.report, self.out, self.progress = report, out, progress
         self.state = report["orders"].setdefault(order, {"rounds": [], "labelled": []})
         arrival = read_arrival(options.arrival) if options.arrival else None
