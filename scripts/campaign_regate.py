@@ -16,6 +16,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from worker.contract.defaults import Recipe
 from worker.contract.settings import Settings
 from worker.contract.store import ModelDir
 from worker.data.dataset import load_dataset, stratified_split
@@ -45,9 +46,7 @@ def main(report_path: str, data: str, model_dir: str, background: list[str], out
             count = min(metrics["train_images"] + metrics["val_images"], sum(sizes[:number]))
             learnt = state["labelled"][:count]
             recipe = info["recipe"]
-            _, val = stratified_split(
-                dataset.subset(learnt).samples, recipe["val_fraction"], recipe["seed"]
-            )
+            _, val = _validation(dataset.subset(learnt).samples, recipe)
             pipeline = load_pipeline(models, version, settings)
             classifier = pipeline.classifier
             classifier.spec = replace(classifier.spec, gate=calibrate_gate(classifier, val))
@@ -86,6 +85,18 @@ def main(report_path: str, data: str, model_dir: str, background: list[str], out
         }
         print(order, regated["orders"][order]["totals"], flush=True)
     Path(out).write_text(json.dumps(regated, indent=1) + "\n")
+
+
+def _validation(samples, recipe: dict):
+    """The version's own validation share: by groups where its recipe names them, else the
+    seeded random share versions made before groups existed."""
+    if "groups" not in recipe:
+        return stratified_split(samples, recipe["val_fraction"], recipe["seed"])
+    from worker.training.classifier import validation_split
+
+    known = {k: v for k, v in recipe.items() if k in Recipe.__dataclass_fields__}
+    rest, held, _ = validation_split(samples, Recipe(**known))
+    return rest, held
 
 
 if __name__ == "__main__":

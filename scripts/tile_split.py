@@ -37,17 +37,9 @@ def main(
     rng = random.Random(seed)
     split = {"train": [], "test": []}
     tiles = []
-    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        images = sorted(folder.glob("*.jpg"), key=lambda p: _number(p))
-        groups, last = [], None
-        for image in images:
-            number = _number(image)
-            if last is None or number - last >= GAP:
-                groups.append([])
-            groups[-1].append(f"{folder.name}/{image.name}")
-            last = number
-            if len(groups[-1]) == 1:
-                tiles.append((number, groups[-1]))
+    for groups in tile_groups(root).values():
+        count = sum(len(group) for group in groups)
+        tiles += [(_number(Path(group[0])), group) for group in groups]
         rng.shuffle(groups)
         if folds:  # each group to the fold with the fewest of this class's images so far
             sizes = [0] * folds
@@ -58,7 +50,7 @@ def main(
             continue
         held = 0
         for group in groups:
-            side = "test" if held < FRACTION * len(images) else "train"
+            side = "test" if held < FRACTION * count else "train"
             split[side].extend(group)
             held += len(group) if side == "test" else 0
     for side in split.values():
@@ -70,6 +62,23 @@ def main(
         stream = [group for _, group in sorted(tiles) if group[0] in training]
         Path(arrival).write_text(json.dumps(stream, indent=1) + "\n")
         print(f"{len(stream)} tiles in the order photographed")
+
+
+def tile_groups(root: str | Path) -> dict[str, list[list[str]]]:
+    """Per class folder, its tiles: lists of ``Class/name.jpg`` keys, each tile's numbers less
+    than ``GAP`` apart, in the order they were photographed."""
+    tiles = {}
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        images = sorted(folder.glob("*.jpg"), key=lambda p: _number(p))
+        groups, last = [], None
+        for image in images:
+            number = _number(image)
+            if last is None or number - last >= GAP:
+                groups.append([])
+            groups[-1].append(f"{folder.name}/{image.name}")
+            last = number
+        tiles[folder.name] = groups
+    return tiles
 
 
 def _number(path: Path) -> int:

@@ -28,6 +28,7 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
         return {key.rsplit("_", 1)[1].split(".")[0] for key in keys}
 
     assert together["test"] and not numbers(together["train"]) & numbers(together["test"])
+    assert "groups among 72 images" in capsys.readouterr().out
 
     common = ["--model-dir", str(models)]
     train = [
@@ -49,7 +50,9 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
     ]
     assert main(train) == 0
     assert ModelDir(models).current_version() == "v0001"
-    assert "version v0001 is current" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "version v0001 is current" in said
+    assert "groups of near-duplicates found" in said  # the validation share's groups
 
     out = tmp_path / "tasks.json"
     overlays = tmp_path / "overlays"

@@ -37,6 +37,13 @@ class OrderContext:
         self.group_of = group_by_pattern(group) if group else None
         if arrival is not None:  # listed groups first, in their order; the rest by name after
             listed = {key: n for n, members in enumerate(arrival) for key in members}
+            unknown = sorted(set(listed) - set(keys))
+            if unknown:
+                raise CamsamError(
+                    f"the arrival file names {len(unknown)} images that are not in the "
+                    f"campaign's pool, e.g. {unknown[:3]}: name them as a split file does "
+                    f"(e.g. {keys[0]!r}), and only images of the pool (a split's train part)"
+                )
             by_name.sort(key=lambda s: listed.get(s.key, len(arrival)))
             self.group_of = lambda s: listed.get(s.key, f"\0{s.key}")
         self.arrival = {s.key: n for n, s in enumerate(by_name)}

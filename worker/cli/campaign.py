@@ -68,7 +68,12 @@ def add_campaign_command(commands) -> None:
     campaign.add_argument("--image-size", type=int, default=recipe.image_size)
     campaign.add_argument("--input", choices=defaults.INPUTS, default=recipe.input)
     campaign.add_argument("--output-stride", type=int, default=recipe.output_stride)
-    campaign.add_argument("--pretrained", default="", help="a local weights file to start from")
+    campaign.add_argument(
+        "--pretrained",
+        default="",
+        help="the first version's start: a weights file, 'hub' or 'none' (default: the hub's "
+        "weights when they can be had, as the backend's TRAIN_PRETRAINED)",
+    )
     campaign.add_argument("--sam2-config", default="")
     campaign.add_argument("--sam2-checkpoint", default="")
     campaign.add_argument(

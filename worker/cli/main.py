@@ -14,6 +14,12 @@ from worker.cli.datasets import dataset_options, read_dataset
 from worker.cli.service import add_service_commands
 from worker.contract.errors import CamsamError
 
+GROUP_HELP = (
+    "what stays on one side of the split: auto (default) finds near-duplicate images, the same "
+    "object under another light or crop; a REGEX keeps images whose file names share its match "
+    "(its first group if it has one): a part, a batch, a tile; none splits image by image"
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -61,10 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="16 or 8: dilated last stages, a 2x or 4x finer CAM for small defects (slower)",
     )
     train.add_argument("--val-fraction", type=float, default=recipe.val_fraction)
+    train.add_argument(
+        "--group",
+        dest="groups",
+        metavar="auto|none|REGEX",
+        default=recipe.groups,
+        help=GROUP_HELP + " in the validation share",
+    )
     train.add_argument("--seed", type=int, default=recipe.seed)
     train.add_argument(
         "--pretrained",
-        help="start from a local weights file (timm or camsam checkpoint), or 'hub' to download",
+        help="a local weights file (timm's or a camsam checkpoint), 'hub' (download, or fail), or "
+        "'none' (from scratch); by default the architecture's ImageNet weights when they can be "
+        f"had within {defaults.PRETRAINED_TIMEOUT:.0f} s, else from scratch",
     )
     train.add_argument(
         "--no-tune-masks",
@@ -121,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--fold", type=int, default=0, help="which fold is the test part (0-based)")
     split.add_argument(
         "--group",
-        metavar="REGEX",
-        help="keep images whose file names share this pattern's match (its first group if it "
-        "has one) on the same side: a part, a batch, a tile photographed several times",
+        metavar="auto|none|REGEX",
+        default=defaults.Recipe.groups,
+        help=GROUP_HELP,
     )
     split.set_defaults(handler=run_split)
 
@@ -211,10 +226,19 @@ def run_train(args: argparse.Namespace) -> int:
     metrics = spec.metrics
     print(
         f"version {spec.version} is current in {args.model_dir}: validation accuracy "
-        f"{metrics['val_accuracy']:.3f} (epoch {metrics['best_epoch']}), "
+        f"{metrics['val_accuracy']:.3f} (epoch {metrics['best_epoch']}) on "
+        f"{metrics['val_images']} images, {_grouped(metrics['val_groups'])}; "
         f"{time.perf_counter() - started:.0f} s"
     )
     return 0
+
+
+def _grouped(groups: dict) -> str:
+    if groups["by"] == "none":
+        return "split image by image"
+    if groups["by"] == "near-duplicates":
+        return f"split by {groups['groups']} groups of near-duplicates found"
+    return f"split by {groups['groups']} groups of --group {groups['by']!r}"
 
 
 def build_pipeline(args: argparse.Namespace):
@@ -360,15 +384,13 @@ def format_report(report: dict) -> str:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from worker.data.dataset import (
-        group_by_pattern,
-        load_dataset,
-        stratified_folds,
-        stratified_split,
-    )
+    from worker.data.dataset import load_dataset, stratified_folds, stratified_split
+    from worker.data.groups import groups_for
 
     dataset = load_dataset(args.data)
-    group = group_by_pattern(args.group) if args.group else None
+    groups = groups_for(dataset.samples, args.group)
+    group = groups.grouping
+    print(f"{groups.count} groups among {len(dataset.samples)} images ({groups.by})")
     if args.folds:
         if not 0 <= args.fold < args.folds:
             raise CamsamError(f"--fold must be between 0 and {args.folds - 1}")

@@ -29,14 +29,35 @@ class Recipe:
     weight_decay: float = 0.05
     val_fraction: float = 0.15  # held out to pick the best epoch and to decide publishing
     augment: str = "flip"  # flips both ways beat heavier augmentation (docs/quality.md)
+    groups: str = "auto"  # what the validation share keeps together: near-duplicates found,
+    # "none", or a pattern over file names (worker.data.groups)
     seed: int = 0
 
+
+PRETRAINED_TIMEOUT = 10.0
+"""Seconds training waits for the model hub to answer before it starts from scratch instead
+(``worker.pipeline.pretrained``): long enough for a slow network, short for none at all."""
 
 FINETUNE_EPOCHS = 20
 """Epochs of a version fine-tuned from the current one (which already knows the classes): the
 backend retrains after every batch of labels, and a full run each time would grow with the
 project. A choice for time: what it costs in accuracy against full runs is not yet measured
 (``camsam campaign --finetune-epochs 0`` replays full runs; docs/campaign.md)."""
+
+GROUP_SIMILARITY = 0.88
+"""Two images whose fingerprints (a 16x16 gray thumbnail less its shading, brightness and
+contrast) are at least this alike (cosine) are candidates for one group. Chosen on magnetic-tile,
+where it and ``GROUP_LINKAGE`` cut the share of validation images whose tile is also in training
+from 0.87 (a random split) to 0.32, and on synthetic surfaces, where no two distinct images join
+(docs/groups.md)."""
+
+GROUP_LINKAGE = 0.85
+"""Two candidate groups join only if their images are this alike on average: one chance look-alike
+does not chain two objects (and all their other photographs) together."""
+
+GROUP_MAX_SHARE = 0.1
+"""No group found grows past this share of the images, so a validation share (15%) can still be
+drawn by whole groups."""
 
 INPUTS = ("rgb", "flat")
 """The input encodings a classifier can be trained on."""

@@ -50,6 +50,7 @@ class Settings:
     train_input: str = defaults.Recipe.input
     train_output_stride: int = defaults.Recipe.output_stride
     train_pretrained: str = ""
+    train_groups: str = defaults.Recipe.groups  # the validation share's groups: auto, none, REGEX
     image_hosts: str = ""
     fetch_timeout: float = defaults.FETCH_TIMEOUT
     max_image_bytes: int = defaults.MAX_IMAGE_BYTES

@@ -11,6 +11,7 @@ regions (an image with a "Crack" mask is a Crack image) and ground-truth masks f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -225,6 +226,42 @@ def stratified_split(
             taken += wanted
             held_images += len(unit) if wanted else 0
     return rest, held
+
+
+def stable_split(
+    samples: Sequence[Sample], fraction: float, group: Grouping | None = None
+) -> tuple[list[Sample], list[Sample]]:
+    """Split into (rest, held_out) so that an image, once trained on, stays out of the held-out
+    part as the set grows: a unit (a group, or an image alone) is held out when its name's hash
+    falls below ``fraction``. A class with two units or more has one on each side: the lowest
+    hash held where none falls below, the highest kept where all do (only then can a unit move
+    into the held-out part later). A version fine-tuned from the last is so judged on images
+    neither learnt from.
+    """
+    units: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        units[group(sample) if group else sample.key].append(sample)
+    share = {name: _share(name) for name in units}
+    held = {name for name in units if share[name] < fraction} if fraction > 0 else set()
+    for label in sorted({c for s in samples for c in s.classes}) if fraction > 0 else ():
+        having = sorted(
+            (n for n, unit in units.items() if any(label in s.classes for s in unit)),
+            key=share.__getitem__,
+        )
+        if len(having) >= 2 and not held.intersection(having):
+            held.add(having[0])
+        if len(having) >= 2 and held.issuperset(having):
+            held.discard(having[-1])
+    parts: tuple[list[Sample], list[Sample]] = ([], [])
+    for name, unit in units.items():
+        parts[name in held].extend(unit)
+    return parts
+
+
+def _share(name: str) -> float:
+    """A fixed point in [0, 1) for ``name``, the same in every process and version."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def stratified_folds(

@@ -27,6 +27,7 @@ import torch
 from worker.contract import defaults
 from worker.contract.errors import CheckpointError
 from worker.pipeline.checkpoint import ClassifierSpec, load_checkpoint, load_state_strict
+from worker.pipeline.pretrained import resolve_start
 from worker.pipeline.refiners.learned import split_state
 from worker.pipeline.signals import texture_residual
 
@@ -46,12 +47,13 @@ def create_model(
     pool: str = "avg",
     output_stride: int = 32,
 ) -> torch.nn.Module:
-    """Build a timm model; ``pretrained`` is a local weights file, or ``"hub"`` to download.
-
-    The hub is only asked when the user says so: camsam never probes the network by default.
+    """Build a timm model; ``pretrained`` is a local weights file (a camsam checkpoint, a state
+    dict, or timm's ``.safetensors``), or ``"hub"`` to download the architecture's weights
+    (``worker.pipeline.pretrained``, which training asks first).
 
     Raises:
-        CheckpointError: the architecture is unknown or the pretrained file does not fit it.
+        CheckpointError: the architecture is unknown, the pretrained file does not fit it, or
+            the hub's weights cannot be had.
     """
     if arch not in timm.list_models():
         example = defaults.Recipe.arch
@@ -65,8 +67,15 @@ def create_model(
     if output_stride != 32:
         # Dilated last stages: the same receptive field on a finer grid, so a finer CAM.
         options["output_stride"] = output_stride
-    model = timm.create_model(arch, pretrained=pretrained == "hub", **options)
-    if pretrained not in (None, "hub"):
+    if pretrained == "hub":
+        pretrained = resolve_start(arch, "hub").file
+    if pretrained is not None and Path(pretrained).suffix == ".safetensors":
+        # timm's own loader: it adapts the file to the architecture and drops the 1000-class head.
+        overlay = {"file": str(pretrained)}
+        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **options)
+        return model.to(device)
+    model = timm.create_model(arch, **options)
+    if pretrained is not None:
         load_backbone(model, Path(pretrained))
     return model.to(device)
 

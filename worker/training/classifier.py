@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -20,7 +21,8 @@ from tqdm import tqdm
 
 from worker.contract import defaults
 from worker.contract.errors import DatasetError
-from worker.data.dataset import Dataset, Sample, stratified_split
+from worker.data.dataset import Dataset, Sample, stable_split
+from worker.data.groups import Groups, groups_for
 from worker.data.images import load_image
 from worker.pipeline.checkpoint import ClassifierSpec
 from worker.pipeline.classifier import (
@@ -31,6 +33,7 @@ from worker.pipeline.classifier import (
     prepare,
     to_probabilities,
 )
+from worker.pipeline.pretrained import resolve_start
 from worker.pipeline.refiners.base import RefineParams, to_plain
 from worker.pipeline.refiners.learned import LearnedRefiner
 from worker.training.gate import calibrate_gate
@@ -44,7 +47,8 @@ MIN_STEPS_PER_EPOCH = 8
 class TrainConfig(defaults.Recipe):
     """The recipe (``worker.contract.defaults.Recipe``) and how this run goes about it."""
 
-    pretrained: str | None = None
+    pretrained: str | None = None  # a weights file, "hub", "none", or None/"auto": the hub's if
+    # they can be had (worker.pipeline.pretrained)
     tune_masks: bool = True
     gate: bool = True  # calibrate the mask gate on the validation share (pipeline.gate)
     device: str = "cpu"
@@ -59,7 +63,8 @@ class TrainResult:
 
 
 def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
-    """Train a classifier on ``dataset``; validation share held out stratified by class set.
+    """Train a classifier on ``dataset``; validation share held out stratified by class set, by
+    whole groups (near-duplicates found, unless the recipe names a pattern or none).
 
     Raises:
         DatasetError: a class has no image to learn from.
@@ -68,10 +73,15 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
     if empty:
         raise DatasetError(f"classes {empty} have no images: add examples or drop the class")
     seed_everything(config.seed)
-    train_samples, val_samples = stratified_split(dataset.samples, config.val_fraction, config.seed)
+    train_samples, val_samples, groups = validation_split(dataset.samples, config)
     if not val_samples:
         val_samples = train_samples
     classes = dataset.classes
+    start = resolve_start(config.arch, config.pretrained)
+    if start.note:
+        print(
+            f"camsam: no pretrained weights, training from scratch: {start.note}", file=sys.stderr
+        )
     spec = ClassifierSpec(
         arch=config.arch,
         classes=classes,
@@ -81,14 +91,17 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         pool=config.pool,
         output_stride=config.output_stride,
         exclusive=all(len(s.classes) == 1 for s in dataset.samples),
-        recipe={k: v for k, v in asdict(config).items() if k not in ("device", "progress")},
+        recipe={
+            **{k: v for k, v in asdict(config).items() if k not in ("device", "progress")},
+            "start": start.record(),
+        },
     )
     train_x, train_y = _tensors(train_samples, spec, config.progress)
     val_x, val_y = _tensors(val_samples, spec, config.progress)
     model = create_model(
         config.arch,
         len(classes),
-        config.pretrained,
+        start.pretrained,
         config.device,
         config.pool,
         config.output_stride,
@@ -107,6 +120,7 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         "per_class_f1": best["per_class_f1"],
         "train_images": len(train_samples),
         "val_images": len(val_samples),
+        "val_groups": groups.summary(),
         "class_counts": dataset.counts(),
     }
     state = {k: v.cpu() for k, v in best_state.items()}
@@ -125,6 +139,22 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         gate = calibrate_gate(Classifier(spec, model, extras, mirror=True), held_out)
         spec = ClassifierSpec(**{**asdict(spec), "gate": gate})
     return TrainResult(spec, state, history)
+
+
+def validation_split(
+    samples: Sequence[Sample], recipe: defaults.Recipe
+) -> tuple[list[Sample], list[Sample], Groups]:
+    """(training, validation, the grouping): the share that picks the best epoch, calibrates the
+    gate and decides publishing. It holds no other photograph of an object in training, and
+    stays put as labels arrive, so a version fine-tuned from the last is judged on images
+    neither of them learnt from.
+
+    Raises:
+        DatasetError: the recipe's ``groups`` is not ``auto``, ``none`` or a pattern.
+    """
+    groups = groups_for(samples, recipe.groups)
+    rest, held = stable_split(samples, recipe.val_fraction, groups.grouping)
+    return rest, held, groups
 
 
 def _fit(

@@ -27,7 +27,6 @@ from worker.data.dataset import (
     Sample,
     newest_annotation,
     read_annotation,
-    stratified_split,
 )
 from worker.labelstudio.client import connect, labelled_tasks, project_config
 from worker.labelstudio.fetch import FetchLimits, ImageFetcher
@@ -121,6 +120,7 @@ def train_version(
         image_size=settings.train_image_size,
         input=settings.train_input,
         output_stride=settings.train_output_stride or TrainConfig.output_stride,
+        groups=settings.train_groups,
         epochs=epochs,
         seed=seed,
         pretrained=start,
@@ -133,6 +133,7 @@ def train_version(
         "seed": seed,
         "code_version": __version__,
         "started_from": recipe.pretrained,
+        "start": result.spec.recipe.get("start", {}),
         "trained_at": time.time(),
     }
     spec = replace(result.spec, lineage=lineage)
@@ -220,9 +221,9 @@ def _reason_to_keep(models, current, info, dataset, spec, recipe, settings) -> s
     if tuple(info["classes"]) != dataset.classes:
         return None  # the labels changed: the current model cannot be compared, nor kept
     from worker.pipeline.classifier import Classifier
-    from worker.training.classifier import classifier_accuracy
+    from worker.training.classifier import classifier_accuracy, validation_split
 
-    _, held_out = stratified_split(dataset.samples, recipe.val_fraction, recipe.seed)
+    _, held_out, _ = validation_split(dataset.samples, recipe)
     held_out = held_out or dataset.samples
     old = classifier_accuracy(Classifier.load(models.path(current)), held_out)
     new = spec.metrics["val_accuracy"]

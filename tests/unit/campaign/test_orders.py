@@ -97,6 +97,8 @@ def test_an_arrival_file_sets_the_order_and_its_lists_are_groups(tmp_path):
         read_arrival(str(path))
     with pytest.raises(CamsamError, match="cannot read arrival file"):
         read_arrival(str(tmp_path / "missing.json"))
+    with pytest.raises(CamsamError, match=r"2 images that are not in the campaign's pool"):
+        OrderContext(SAMPLES, 0, None, [["tile1_a", "Tile1_B"], ["held/out.png"]])
 
 
 def test_balance_takes_each_predicted_class_set_in_turn():

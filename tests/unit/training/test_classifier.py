@@ -17,6 +17,9 @@ def test_trained_checkpoint_describes_itself(trained_model_dir):
     assert spec.exclusive  # every synthetic image has one class
     assert spec.metrics["val_accuracy"] >= 0.8
     assert spec.metrics["train_images"] + spec.metrics["val_images"] == 72
+    # The validation share by near-duplicate groups (the synthetic images are all distinct).
+    assert spec.recipe["groups"] == "auto"
+    assert spec.metrics["val_groups"] == {"by": "near-duplicates", "groups": 72}
     assert spec.recipe["arch"] == "resnet10t" and spec.recipe["image_size"] == 96
     # Each mask class got its refinement chosen on the training masks.
     assert set(spec.refine) == {"Scratch", "Spot"}
