@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# No test asks the model hub, nor finds weights a download left on this machine: training's
+# default start (the hub's weights when they can be had) falls back at once; test_pretrained.py
+# covers both ways with stand-ins. Set before anything imports huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="camsam-hf-")
+
 import base64
 import json
-import os
 import re
 import shutil
 import socket
@@ -18,10 +26,6 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import torch
-
-# No test asks the model hub: training's default start (the hub's weights when they can be had)
-# falls back at once; tests/unit/pipeline/test_pretrained.py covers both ways with stand-ins.
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 from worker.contract.store import ModelDir
 from worker.data.dataset import load_dataset

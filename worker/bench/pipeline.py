@@ -311,8 +311,14 @@ def _training_figures(work: Path, device: str) -> dict:
     data = load_dataset(write_dataset(work / "train", per_class=32), background_classes=["Clean"])
     timings = {}
     for epochs in (1, 2):
-        config = TrainConfig(
-            image_size=128, epochs=epochs, device=device, progress=False, tune_masks=False
+        config = TrainConfig(  # no hub probe or grouping: set-up the second run would skip
+            image_size=128,
+            epochs=epochs,
+            device=device,
+            progress=False,
+            tune_masks=False,
+            pretrained="none",
+            groups="none",
         )
         started = time.perf_counter()
         result = train(data, config)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worker.contract.errors import CamsamError
-from worker.data.dataset import Sample, group_by_pattern
+from worker.data.dataset import Sample, group_by_pattern, natural_key
 from worker.evaluation.evaluate import ImageScore
 
 Order = Callable[[list[str], dict[str, ImageScore], int, "OrderContext"], list[str]]
@@ -33,7 +32,7 @@ class OrderContext:
     ) -> None:
         keys = [s.key for s in samples]
         self.shuffled = {k: n for n, k in enumerate(random.Random(seed).sample(keys, len(keys)))}
-        by_name = sorted(samples, key=lambda s: (_natural(s.image.name), s.key))
+        by_name = sorted(samples, key=lambda s: (natural_key(s.image.name), s.key))
         self.group_of = group_by_pattern(group) if group else None
         if arrival is not None:  # listed groups first, in their order; the rest by name after
             listed = {key: n for n, members in enumerate(arrival) for key in members}
@@ -42,7 +41,7 @@ class OrderContext:
                 raise CamsamError(
                     f"the arrival file names {len(unknown)} images that are not in the "
                     f"campaign's pool, e.g. {unknown[:3]}: name them as a split file does "
-                    f"(e.g. {keys[0]!r}), and only images of the pool (a split's train part)"
+                    f"(e.g. {keys[:1]}), and only images of the pool (a split's train part)"
                 )
             by_name.sort(key=lambda s: listed.get(s.key, len(arrival)))
             self.group_of = lambda s: listed.get(s.key, f"\0{s.key}")
@@ -67,14 +66,6 @@ def read_arrival(path: str) -> list[list[str]]:
     if not all(isinstance(key, str) for members in groups for key in members):
         raise CamsamError(f"arrival file {path}: every key must be a string")
     return groups
-
-
-def _natural(name: str) -> list:
-    """``name`` for sorting with its numbers compared as numbers (img_9 before img_10)."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(name)]
-
-
-_DIGITS = re.compile(r"(\d+)")
 
 
 def by_random(pool: list[str], scores: dict[str, ImageScore], batch: int, ctx: OrderContext):

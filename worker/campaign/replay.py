@@ -81,6 +81,7 @@ def _start_report(dataset, orders, settings, options, out: Path, resume: bool, h
             "finetune_epochs": settings.train_finetune_epochs,
             "output_stride": settings.train_output_stride,
             "pretrained": settings.train_pretrained,
+            "groups": settings.train_groups,
             "sam2": settings.sam2_checkpoint or settings.sam2_hub_id,
             "mask_gate": settings.mask_gate,
         },

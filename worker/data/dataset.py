@@ -233,32 +233,48 @@ def stable_split(
 ) -> tuple[list[Sample], list[Sample]]:
     """Split into (rest, held_out) so that an image, once trained on, stays out of the held-out
     part as the set grows: a unit (a group, or an image alone) is held out when its name's hash
-    falls below ``fraction``. A class with two units or more has one on each side: the lowest
-    hash held where none falls below, the highest kept where all do (only then can a unit move
-    into the held-out part later). A version fine-tuned from the last is so judged on images
-    neither learnt from.
+    falls below ``fraction``. Not stratified by class set; instead a class with two units or
+    more has one on each side (the lowest hash held where none falls below, the highest kept
+    where all do: only then can a unit move into the held-out part later), and a class with one
+    unit is only trained on. A version fine-tuned from the last is so judged on images neither
+    learnt from (``worker.data.groups`` names found groups to keep that so).
     """
     units: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         units[group(sample) if group else sample.key].append(sample)
-    share = {name: _share(name) for name in units}
+    share = {name: share_of(name) for name in units}
     held = {name for name in units if share[name] < fraction} if fraction > 0 else set()
-    for label in sorted({c for s in samples for c in s.classes}) if fraction > 0 else ():
-        having = sorted(
+    labels = sorted({c for s in samples for c in s.classes})
+    having = {
+        label: sorted(
             (n for n, unit in units.items() if any(label in s.classes for s in unit)),
             key=share.__getitem__,
         )
-        if len(having) >= 2 and not held.intersection(having):
-            held.add(having[0])
-        if len(having) >= 2 and held.issuperset(having):
-            held.discard(having[-1])
+        for label in labels
+    }
+    for label in labels if fraction > 0 else ():
+        if len(having[label]) >= 2 and not held.intersection(having[label]):
+            held.add(having[label][0])
+    for label in labels:  # last, so that no class is left without a unit to learn from
+        if held.issuperset(having[label]):
+            held.discard(having[label][-1])
+    if held.issuperset(units):
+        held.discard(max(units, key=share.__getitem__))
     parts: tuple[list[Sample], list[Sample]] = ([], [])
     for name, unit in units.items():
         parts[name in held].extend(unit)
     return parts
 
 
-def _share(name: str) -> float:
+def natural_key(name: str) -> list:
+    """``name`` for sorting with its numbers compared as numbers (img_9 before img_10)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(name)]
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def share_of(name: str) -> float:
     """A fixed point in [0, 1) for ``name``, the same in every process and version."""
     digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64

@@ -24,13 +24,14 @@ from PIL import Image
 
 from worker.contract import defaults
 from worker.contract.errors import DatasetError
-from worker.data.dataset import Grouping, Sample, group_by_pattern
+from worker.data.dataset import Grouping, Sample, group_by_pattern, natural_key
 from worker.data.images import read_image
 
 FINGERPRINT_SIDE = 16  # the fingerprint is this many cells a side
 POOL = 4  # pixels a cell averages, on a side
 SHADING_SIGMA = 8.0  # the blur (in pixels of the 64-pixel copy) that is taken as shading
 BLOCK = 1024  # rows of the similarity matrix held at once
+NEIGHBOURS = 32  # the closest images of each that may join it (more than any object's photographs)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def groups_for(samples: Sequence[Sample], spec: str) -> Groups:
     Raises:
         DatasetError: ``spec`` is neither ``auto``, ``none`` nor a regular expression.
     """
-    if spec == "none":
+    if spec in ("none", ""):
         return Groups("none", None, len(samples))
     if spec == "auto":
         return find_groups(samples)
@@ -72,17 +73,22 @@ def find_groups(
     the joined group holds at most ``max_share`` of the images (and at least 2).
 
     Raises:
-        ImageError: an image cannot be read.
+        DatasetError: an image is missing.
+        ImageError: an image cannot be decoded.
     """
     if not samples:
         return Groups("near-duplicates", None, 0)
     prints = np.stack([fingerprint(s.image) for s in samples])
     owner = _join(prints, similarity, linkage, max(2, math.floor(max_share * len(samples))))
-    # Named by the smallest key among its images: the same name as the set grows around it.
+    # Named after its first image (numbers in keys compared as numbers: task 11 before 100), so
+    # a group keeps its name, and its side of worker.data.dataset.stable_split, as later images
+    # join it.
     first: dict[int, str] = {}
     for i, sample in enumerate(samples):
-        first[owner[i]] = min(first.get(owner[i], sample.key), sample.key)
-    names = {sample.key: f"near:{first[owner[i]]}" for i, sample in enumerate(samples)}
+        here = first.get(owner[i])
+        if here is None or natural_key(sample.key) < natural_key(here):
+            first[owner[i]] = sample.key
+    names = {sample.key: first[owner[i]] for i, sample in enumerate(samples)}
     return Groups("near-duplicates", lambda s: names.get(s.key, s.key), len(set(owner)))
 
 
@@ -112,22 +118,25 @@ def _fingerprint(path: str, stamp: int) -> np.ndarray:
 
 
 def _join(prints: np.ndarray, similarity: float, linkage: float, cap: int) -> list[int]:
-    """Each fingerprint's group (the index of one member), joined closest pair first."""
-    pairs = []
+    """Each fingerprint's group (the index of one member), joined closest pair first; each
+    image's ``NEIGHBOURS`` closest at most (memory stays linear where every image looks alike)."""
+    pairs: dict[tuple[int, int], float] = {}
     for start in range(0, len(prints), BLOCK):
         block = prints[start : start + BLOCK] @ prints.T
-        rows, cols = np.nonzero(block >= similarity)
-        rows = rows + start
-        keep = cols > rows
-        pairs.append((block[rows[keep] - start, cols[keep]], rows[keep], cols[keep]))
-    scores = np.concatenate([p[0] for p in pairs])
-    order = np.argsort(-scores, kind="stable")
-    firsts = np.concatenate([p[1] for p in pairs])[order]
-    seconds = np.concatenate([p[2] for p in pairs])[order]
+        for row in range(len(block)):
+            block[row, start + row] = -np.inf  # not its own neighbour
+        nearest = min(NEIGHBOURS, len(prints) - 1)
+        if nearest <= 0:
+            break
+        columns = np.argpartition(-block, nearest - 1, axis=1)[:, :nearest]
+        for row, cols in enumerate(columns):
+            for col in cols[block[row, cols] >= similarity].tolist():
+                first, second = min(start + row, col), max(start + row, col)
+                pairs[(first, second)] = float(block[row, col])
     owner = list(range(len(prints)))
     members = {i: [i] for i in range(len(prints))}
     sums = {i: prints[i].astype(np.float64) for i in range(len(prints))}
-    for first, second in zip(firsts.tolist(), seconds.tolist(), strict=True):
+    for first, second in sorted(pairs, key=lambda pair: (-pairs[pair], pair)):
         a, b = owner[first], owner[second]
         if a == b or len(members[a]) + len(members[b]) > cap:
             continue

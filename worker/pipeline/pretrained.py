@@ -3,9 +3,9 @@
 With a few hundred labels, weights pretrained on ImageNet are the strongest start a classifier
 can have, and most users can download them. So unless told otherwise, training asks the hub
 for them (timm's weights on the Hugging Face hub, or the local copy an earlier download left).
-It waits ``defaults.PRETRAINED_TIMEOUT`` seconds at most. When they cannot be had, training
-starts from scratch and says so in one line. ``--pretrained none`` (``TRAIN_PRETRAINED=none``)
-never asks.
+It waits about ``defaults.PRETRAINED_TIMEOUT`` seconds for the hub to answer. When they cannot
+be had, training starts from scratch and says so in one line. ``--pretrained none``
+(``TRAIN_PRETRAINED=none``) never asks.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from worker.contract import defaults
 from worker.contract.errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"  # the file timm publishes each model's weights as
+PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 RETRY_SECONDS = 600.0  # a process that found the hub unreachable does not ask again for this long
 _unreachable: dict[str, tuple[float, str]] = {}  # endpoint -> (when, why)
 
@@ -82,11 +83,15 @@ def hub_weights(arch: str, timeout: float) -> tuple[str, str]:
     import timm
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
-    config = timm.models.get_pretrained_cfg(arch)
+    try:
+        config = timm.models.get_pretrained_cfg(arch)
+    except RuntimeError as error:  # a tag timm does not know
+        raise CheckpointError(f"timm has no pretrained weights for {arch}: {error}") from error
     repo = getattr(config, "hf_hub_id", None) if config is not None else None
     if not repo:
         raise CheckpointError(f"timm has no pretrained weights on the hub for {arch}")
-    cached = try_to_load_from_cache(repo, WEIGHTS_FILE)
+    name = getattr(config, "hf_hub_filename", None) or WEIGHTS_FILE
+    cached = try_to_load_from_cache(repo, name)
     if isinstance(cached, str):
         return repo, cached
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -96,16 +101,21 @@ def hub_weights(arch: str, timeout: float) -> tuple[str, str]:
     if failed and time.monotonic() - failed[0] < RETRY_SECONDS:
         raise CheckpointError(failed[1])
     try:
-        _reach(endpoint, timeout)
-        return repo, hf_hub_download(repo, WEIGHTS_FILE, etag_timeout=timeout)
-    except Exception as error:  # any way the network fails: the reason goes in the message
-        why = f"{repo} could not be downloaded from {endpoint}: {error}"
-        _unreachable[endpoint] = (time.monotonic(), why)
+        if not any(os.environ.get(v) for v in PROXIES):  # a proxy is reached by the download
+            _reach(endpoint, timeout)
+    except OSError as error:
+        why = f"{repo} could not be downloaded: {endpoint} did not answer: {error}"
+        _unreachable[endpoint] = (time.monotonic(), why)  # the same for every architecture
         raise CheckpointError(why) from error
+    try:
+        return repo, hf_hub_download(repo, name, etag_timeout=timeout)
+    except Exception as error:  # a missing or gated file, a full disk: the reason is in the text
+        raise CheckpointError(f"{repo} could not be downloaded from {endpoint}: {error}") from error
 
 
 def _reach(endpoint: str, timeout: float) -> None:
-    """Connect to the hub within ``timeout`` seconds (the download itself retries for longer).
+    """Connect to the hub within ``timeout`` seconds (the download itself retries for longer;
+    the name's lookup is the system resolver's, usually quick to fail where there is no network).
 
     Raises:
         OSError: the name does not resolve or nothing answers in time.

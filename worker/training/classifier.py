@@ -63,8 +63,8 @@ class TrainResult:
 
 
 def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
-    """Train a classifier on ``dataset``; validation share held out stratified by class set, by
-    whole groups (near-duplicates found, unless the recipe names a pattern or none).
+    """Train a classifier on ``dataset``; a validation share held out by whole groups
+    (near-duplicates found, unless the recipe names a pattern or none), each class on both sides.
 
     Raises:
         DatasetError: a class has no image to learn from.

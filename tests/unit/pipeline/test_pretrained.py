@@ -94,6 +94,8 @@ def test_a_local_file_is_a_start_of_its_own(tmp_path, no_hub):
 def test_the_hub_is_asked_briefly_and_not_again_after_failing(monkeypatch, tmp_path):
     # The real download code, against a hub that refuses connections (no network here).
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    for proxy in pretrained.PROXIES:
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(pretrained, "_unreachable", {})
@@ -109,6 +111,7 @@ def test_the_hub_is_asked_briefly_and_not_again_after_failing(monkeypatch, tmp_p
 
 
 def test_offline_or_cached(monkeypatch, tmp_path):
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
         hub_weights(ARCH, timeout=2.0)  # the tests run with HF_HUB_OFFLINE=1
     cached = tmp_path / "model.safetensors"
