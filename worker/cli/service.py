@@ -114,7 +114,7 @@ def run_preannotate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from worker.contract.settings import Settings
-    from worker.contract.store import project_model_dir
+    from worker.contract.store import models_for
     from worker.jobs.predict import preannotate
     from worker.labelstudio.client import connect, project_config, project_tasks
 
@@ -126,7 +126,7 @@ def run_preannotate(args: argparse.Namespace) -> int:
     }
     settings = replace(Settings.from_env(), **{k: v for k, v in given.items() if v})
     project = str(args.project)
-    version = project_model_dir(settings.model_dir, project, settings.redis_url).current_version()
+    version = models_for(settings, project).current_version()
     if version is None:
         raise CamsamError(f"no model for project {project} in {settings.model_dir}: train first")
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
@@ -146,15 +146,14 @@ def run_preannotate(args: argparse.Namespace) -> int:
 
 def model_dir_for(args: argparse.Namespace):
     """The model directory the command means, with the shared Redis pointer when REDIS_URL is
-    set (so web and worker processes see a rollback at once)."""
-    from worker.contract.connections import redis_connection
+    set (so web and worker processes see a rollback at once), and with MODEL_STORE=redis the
+    versions every host shares."""
     from worker.contract.settings import Settings
-    from worker.contract.store import ModelDir
+    from worker.contract.store import named_model_dir
 
     settings = Settings.from_env()
-    root = Path(args.model_dir or settings.model_dir)
-    redis = redis_connection(settings.redis_url) if settings.redis_url else None
-    return ModelDir(root / args.project if args.project else root, redis)
+    root = args.model_dir or settings.model_dir
+    return named_model_dir(root, args.project or "", settings.redis_url, settings.model_store)
 
 
 def run_versions(args: argparse.Namespace) -> int:

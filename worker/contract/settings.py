@@ -23,6 +23,7 @@ _WEB_ONLY = ("basic_auth_user", "basic_auth_pass", "auth_token", "webhook_secret
 @dataclass(frozen=True)
 class Settings:
     model_dir: str = "models"
+    model_store: str = "local"  # local: MODEL_DIR is the record; redis: versions kept in Redis
     redis_url: str = ""
     label_studio_url: str = ""
     label_studio_api_key: str = ""
@@ -68,6 +69,11 @@ class Settings:
     def __post_init__(self) -> None:
         if self.max_work_side < 0:
             raise ValueError(f"MAX_WORK_SIDE={self.max_work_side}: set 0 (full size) or a side")
+        if self.model_store not in ("local", "redis"):
+            raise ValueError(
+                f"MODEL_STORE={self.model_store!r}: set local (one MODEL_DIR, shared by every "
+                "process) or redis (versions kept in Redis for workers on other hosts)"
+            )
         if self.setup_credentials not in SETUP_TRUST:
             raise ValueError(
                 f"SETUP_CREDENTIALS={self.setup_credentials!r}: set it to one of "
@@ -124,7 +130,7 @@ class Settings:
         """
         known = {f.name: f for f in fields(cls)}
         typed = {}
-        for name, value in values.items():
+        for name, value in {**values, **_host}.items():
             if name in known and value is not None:
                 cast = _CASTS.get(known[name].type, str)
                 try:
@@ -134,6 +140,21 @@ class Settings:
                         f"setting {name}={value!r} is not a {known[name].type}"
                     ) from None
         return cls(**typed)
+
+
+# What a worker's own environment says of its host, and wins over what a job was sent.
+HOST_SETTINGS = ("model_dir",)
+_host: dict[str, str] = {}
+
+
+def use_host_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Let this process's ``MODEL_DIR`` win over the one each job carries: a worker on another
+    host keeps its models where its own disk has room (with ``MODEL_STORE=redis`` they come
+    from Redis). Called once by ``camsam worker``; returns what it took."""
+    env = os.environ if env is None else env
+    _host.clear()
+    _host.update({k: env[k.upper()] for k in HOST_SETTINGS if env.get(k.upper())})
+    return dict(_host)
 
 
 def same_origin(a: str, b: str) -> bool:

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from worker.contract.errors import CamsamError, CheckpointError, ImageError, MaskError
 from worker.contract.label_config import parse_label_config
 from worker.contract.settings import Settings
-from worker.contract.store import UNTRAINED, project_model_dir
+from worker.contract.store import UNTRAINED, models_for
 from worker.data.images import WorkImage, read_image
 from worker.labelstudio.fetch import FetchLimits, ImageFetcher
 from worker.labelstudio.results import brush_region, to_prediction
@@ -127,9 +127,7 @@ class _Project:
 
     def __init__(self, payload: dict) -> None:
         self.settings = Settings.from_payload(payload["settings"])
-        self.model_dir = project_model_dir(
-            self.settings.model_dir, payload["project"], self.settings.redis_url
-        )
+        self.model_dir = models_for(self.settings, payload["project"])
         self.version = self.model_dir.current_version()
         raw = payload["label_config"]
         self.config = parse_label_config(raw) if raw else None
@@ -275,7 +273,7 @@ def load_pipeline(model_dir, version: str, settings: Settings):
     with _lock:
         if key not in _pipelines:
             pipeline = Pipeline.build(
-                model_dir.path(version),
+                model_dir.fetch(version),
                 sam2_config=settings.sam2_config or None,
                 sam2_checkpoint=settings.sam2_checkpoint or None,
                 sam2_hub_id=settings.sam2_hub_id or None,

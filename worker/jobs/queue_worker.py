@@ -26,7 +26,7 @@ from worker.contract.queues import (
     TRAIN_QUEUE,
     own_queue,
 )
-from worker.contract.settings import Settings
+from worker.contract.settings import Settings, use_host_environment
 
 ROLES = ("predict", "train", "all")
 
@@ -39,6 +39,7 @@ def work(redis_url: str, burst: bool = False, name: str | None = None, role: str
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _name = name or f"camsam-{socket.gethostname()}-{os.getpid()}"
     connection = redis_connection(redis_url, blocking=True)
+    own = use_host_environment()  # this host's MODEL_DIR, whatever the web side's is
     names = []
     if role in ("predict", "all"):
         names += [own_queue(_name), INTERACTIVE_QUEUE, PREDICT_QUEUE]
@@ -48,7 +49,8 @@ def work(redis_url: str, burst: bool = False, name: str | None = None, role: str
         if not burst:
             reconcile_every(seconds, store_for(redis_url), submitter(redis_url))
     queues = [Queue(q, connection=connection) for q in names]
-    print(f"camsam worker {_name} on {redis_url}: queues {', '.join(names)}")
+    where = f", models in {own['model_dir']}" if own else ""
+    print(f"camsam worker {_name} on {redis_url}: queues {', '.join(names)}{where}")
     SimpleWorker(queues, connection=connection, name=_name).work(burst=burst, with_scheduler=False)
 
 
