@@ -283,7 +283,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # Tasks waiting for write-back, at most: two of the largest batches.
     backlog = 2 * (settings.max_tasks_per_request or Settings.max_tasks_per_request)
     if settings.redis_url:
-        runner = RqRunner(settings.redis_url, backlog)
+        runner = RqRunner(settings.redis_url, backlog, settings.preannotate_chunk)
     else:
         runner = EmbeddedRunner(backlog)
     backend = CamsamBackend(settings, runner, metrics)

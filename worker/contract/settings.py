@@ -38,6 +38,7 @@ class Settings:
     predict_timeout: float = 90.0
     predict_batch_size: int = defaults.PREDICT_BATCH_SIZE
     predict_inline_max_tasks: int = 0
+    preannotate_chunk: int = 64  # tasks a bulk job: pre-annotation spreads over workers by these
     min_per_class: int = 5
     train_debounce: float = 10.0
     min_publish_interval: float = 0.0
