@@ -73,6 +73,12 @@ def add_service_commands(commands) -> None:
         "LABEL_STUDIO_API_KEY and MODEL_DIR as for preannotate)",
     )
     bench.add_argument(
+        "--workers",
+        type=int,
+        help="with --project: only the many-hosts figures, with one worker and with this many "
+        "(REDIS_URL, MODEL_STORE=redis)",
+    )
+    bench.add_argument(
         "--memory",
         action="store_true",
         help="only the peak memory of large images (9000x9000 JPEG and PNG, one and eight)",
@@ -261,6 +267,14 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from worker.bench.pipeline import format_report, run_bench
 
+    if args.workers and args.project:
+        from worker.bench.hosts import hosts_figures
+
+        figures = hosts_figures(args.project, args.workers)
+        print("\n".join(f"{k}: {v}" for k, v in figures.items()))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"hosts": figures}, indent=1))
+        return 0
     if args.memory:
         from worker.bench.memory import format_rows, run_memory
 

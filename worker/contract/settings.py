@@ -144,14 +144,22 @@ class Settings:
 
 
 # What a worker's own environment says of its host, and wins over what a job was sent.
-HOST_SETTINGS = ("model_dir",)
+HOST_SETTINGS = (
+    "model_dir",
+    "label_studio_url",
+    "label_studio_api_key",
+    "local_files_document_root",
+    "device",
+)
 _host: dict[str, str] = {}
 
 
 def use_host_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Let this process's ``MODEL_DIR`` win over the one each job carries: a worker on another
+    """Let this process's ``MODEL_DIR`` (and Label Studio's address and key, the local-files
+    root, the device: ``HOST_SETTINGS``) win over those each job carries: a worker on another
     host keeps its models where its own disk has room (with ``MODEL_STORE=redis`` they come
-    from Redis). Called once by ``camsam worker``; returns what it took."""
+    from Redis) and reaches Label Studio by another name. Called once by ``camsam worker``;
+    returns what it took."""
     env = os.environ if env is None else env
     _host.clear()
     _host.update({k: env[k.upper()] for k in HOST_SETTINGS if env.get(k.upper())})

@@ -60,7 +60,7 @@ def work(redis_url: str, burst: bool = False, name: str | None = None, role: str
         if not burst:
             reconcile_every(seconds, store_for(redis_url), submitter(redis_url))
     queues = [Queue(q, connection=connection) for q in names]
-    where = f", models in {own['model_dir']}" if own else ""
+    where = f" (this host's own {', '.join(own)})" if own else ""
     print(f"camsam worker {_name} on {redis_url}: queues {', '.join(names)}{where}")
     reaper = threading.Thread(
         target=reap_abandoned, args=(redis_url, names), name="camsam-reaper", daemon=True
