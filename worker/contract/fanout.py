@@ -42,7 +42,7 @@ def enqueue_chunks(connection, payload: dict, size: int, timeout: int = 3600) ->
                 retry=Retry(max=CHUNK_RETRIES),
             )
         )
-    return queue.enqueue_many(specs)
+    return queue.enqueue_many(specs) if specs else []
 
 
 @dataclass
