@@ -23,7 +23,9 @@ from pathlib import Path
 
 from worker.contract.errors import CheckpointError
 
-CHUNK_BYTES = 4 * 1024 * 1024  # one Redis reply each: large enough to be few, small to be quick
+# One Redis reply each: few, and quick. Just under 4 MiB: a piece of exactly 4 MiB (plus its
+# header) takes the allocator's 5 MiB size, and a version 22% more memory (measured: 6% here).
+CHUNK_BYTES = 4_000_000
 
 
 class SharedModels:
