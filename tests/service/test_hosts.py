@@ -134,7 +134,7 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
     from rq.job import Job
     from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-    from worker.contract.fanout import CHUNK_RETRIES
+    from worker.contract.fanout import CHUNK_RETRIES, Ledger
 
     trainer(tmp_path, redis_url, trained_model_dir)
     label_studio.label_config = (REPO / "tests" / "data" / "synthetic_config.xml").read_text()
@@ -159,7 +159,8 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
         "MODEL_DIR": str(tmp_path / "command"),
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": "secret",
-        "PREANNOTATE_CHUNK": "12",
+        "PREANNOTATE_CHUNK": "40",
+        "PREDICT_BATCH_SIZE": "4",  # ten writes a chunk: a kill can fall between two
     }
     with (tmp_path / "command.log").open("wb") as log:
         command = subprocess.Popen(
@@ -173,13 +174,18 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
     started = StartedJobRegistry(BULK_QUEUE, connection=connection)
 
     def victim_mid_chunk() -> bool:
-        if len(label_studio.predictions) < count // 5:
-            return False
+        """host-b has written part of the chunk it is working on."""
         ids = started.get_job_ids(cleanup=False)
-        return any(j and j.worker_name == "host-b" for j in Job.fetch_many(ids, connection))
+        for job in Job.fetch_many(ids, connection):
+            if job is not None and job.worker_name == "host-b":
+                chunk = job.args[0]
+                done = Ledger(connection, chunk["batch"]).done()
+                if done & {task["id"] for task in chunk["tasks"]}:
+                    return True
+        return False
 
     try:
-        wait_for(victim_mid_chunk, "host-b working on a chunk")
+        wait_for(victim_mid_chunk, "host-b half way through a chunk")
         hosts["host-b"].send_signal(signal.SIGKILL)
         hosts["host-b"].wait(timeout=30)
         out, _ = command.communicate(timeout=WAIT)
@@ -196,6 +202,7 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
     summary = out.decode().strip().splitlines()[-1]
     written, skipped = int(summary.split()[0]), int(summary.split(", ")[1].split()[0])
     assert written + skipped == count and summary.endswith("0 tasks failed"), summary
+    assert skipped > 0  # the chunk run again left out what host-b had written of it
     finished = FinishedJobRegistry(BULK_QUEUE, connection=connection).get_job_ids()
     runs = [j.retries_left for j in Job.fetch_many(finished, connection) if j is not None]
     assert min(runs) < CHUNK_RETRIES, "no chunk was run again: the kill hit no chunk"

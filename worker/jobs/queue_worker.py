@@ -51,11 +51,8 @@ def work(redis_url: str, burst: bool = False, name: str | None = None, role: str
     _name = name or f"camsam-{socket.gethostname()}-{os.getpid()}"
     connection = redis_connection(redis_url, blocking=True)
     own = use_host_environment()  # this host's MODEL_DIR, whatever the web side's is
-    names = []
-    if role in ("predict", "all"):
-        names += [own_queue(_name), INTERACTIVE_QUEUE, PREDICT_QUEUE, BULK_QUEUE]
+    names = queue_names(_name, role)
     if role in ("train", "all"):
-        names.append(TRAIN_QUEUE)
         seconds = Settings.from_env().reconcile_seconds
         if not burst:
             reconcile_every(seconds, store_for(redis_url), submitter(redis_url))
@@ -67,6 +64,18 @@ def work(redis_url: str, burst: bool = False, name: str | None = None, role: str
     )
     reaper.start()
     BeatingWorker(queues, connection=connection, name=_name).work(burst=burst, with_scheduler=False)
+
+
+def queue_names(name: str, role: str) -> list[str]:
+    """The queues a worker serves, most urgent first: rq takes the first job of the first
+    queue that has one, so a click always goes before a batch, and a batch before a chunk of a
+    long pre-annotation."""
+    names = []
+    if role in ("predict", "all"):
+        names += [own_queue(name), INTERACTIVE_QUEUE, PREDICT_QUEUE, BULK_QUEUE]
+    if role in ("train", "all"):
+        names.append(TRAIN_QUEUE)
+    return names
 
 
 class BeatingWorker(SimpleWorker):

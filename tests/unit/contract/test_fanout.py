@@ -74,3 +74,26 @@ def test_a_chunk_run_again_leaves_out_what_its_batch_wrote(redis_url, label_stud
     assert [t["id"] for t in _unwritten(tasks, ledger, client, "v0001")] == [3, 4]
     assert ledger.in_doubt() == {2, 3} and ledger.done() == {1}
     assert _unwritten(tasks, None, client, "v0001") == tasks  # no batch: no ledger
+
+
+def test_a_worker_takes_clicks_then_batches_then_chunks(connection, monkeypatch):
+    """Chunks queued first still wait for a click and a short batch queued after them."""
+    from rq import Queue
+
+    import worker.jobs.predict
+    from worker.contract.queues import INTERACTIVE_QUEUE, PREDICT_QUEUE
+    from worker.jobs.queue_worker import BeatingWorker, queue_names
+
+    assert queue_names("w", "predict")[-1] == BULK_QUEUE
+    order = []
+    for name in ("preannotate", "predict", "interactive"):
+        monkeypatch.setattr(
+            worker.jobs.predict, name, lambda job, name=name: order.append(name) or {}
+        )
+    enqueue_chunks(connection, payload(20), 10)
+    for queue, job in ((PREDICT_QUEUE, "predict"), (INTERACTIVE_QUEUE, "interactive")):
+        Queue(queue, connection=connection).enqueue(f"worker.jobs.predict.{job}", {})
+    names = queue_names("w", "predict")
+    queues = [Queue(name, connection=connection) for name in names]
+    BeatingWorker(queues, connection=connection, name="w").work(burst=True)
+    assert order == ["interactive", "predict", "preannotate", "preannotate"]
