@@ -131,6 +131,7 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
     from collections import Counter
 
     from redis import Redis
+    from rq import Worker
     from rq.job import Job
     from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
@@ -162,6 +163,9 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
         "PREANNOTATE_CHUNK": "40",
         "PREDICT_BATCH_SIZE": "4",  # ten writes a chunk: a kill can fall between two
     }
+    connection = Redis.from_url(redis_url)
+    both = {"host-a", "host-b"}
+    wait_for(lambda: both <= {w.name for w in Worker.all(connection)}, "both workers up")
     with (tmp_path / "command.log").open("wb") as log:
         command = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "preannotate", "--project", PROJECT],
@@ -170,7 +174,6 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
             stdout=subprocess.PIPE,
             stderr=log,
         )
-    connection = Redis.from_url(redis_url)
     started = StartedJobRegistry(BULK_QUEUE, connection=connection)
 
     def victim_mid_chunk() -> bool:
