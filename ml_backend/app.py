@@ -50,7 +50,7 @@ from worker.contract.leases import remember_project, request_training, store_for
 from worker.contract.live import live_stats
 from worker.contract.queues import FEEDBACK_JOB, INTERACTIVE_JOB
 from worker.contract.settings import Settings, same_origin
-from worker.contract.store import UNTRAINED, ModelDir, project_model_dir
+from worker.contract.store import UNTRAINED, models_for, named_model_dir
 
 log = logging.getLogger(__name__)
 FEEDBACK_BACKLOG = 100  # scoring jobs waiting; beyond, a submitted annotation goes unscored
@@ -74,7 +74,7 @@ class CamsamBackend:
         self.setup_ignored = False
 
     def models(self, project: str):
-        return project_model_dir(self.settings.model_dir, project, self.settings.redis_url)
+        return models_for(self.settings, project)
 
     def model_version(self, project: str) -> str:
         return self.models(project).current_version() or UNTRAINED
@@ -186,7 +186,10 @@ class CamsamBackend:
     def model_summary(self) -> dict:
         """For /health: each project's current version; a shared model; or why none."""
         versions = {p: self.model_version(p) for p in self.projects()}
-        shared = ModelDir(self.settings.model_dir).current_version()  # serves every project
+        settings = self.settings
+        shared = named_model_dir(  # serves every project
+            settings.model_dir, "", settings.redis_url, settings.model_store
+        ).current_version()
         summary: dict = {"model_versions": versions}
         if shared:
             summary["shared_model_version"] = shared
@@ -280,7 +283,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # Tasks waiting for write-back, at most: two of the largest batches.
     backlog = 2 * (settings.max_tasks_per_request or Settings.max_tasks_per_request)
     if settings.redis_url:
-        runner = RqRunner(settings.redis_url, backlog)
+        runner = RqRunner(settings.redis_url, backlog, settings.preannotate_chunk)
     else:
         runner = EmbeddedRunner(backlog)
     backend = CamsamBackend(settings, runner, metrics)

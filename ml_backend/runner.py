@@ -10,14 +10,16 @@ import logging
 import queue
 import threading
 import time
-import uuid
 
 from ml_backend.errors import Unavailable
 from worker.contract.connections import redis_connection
+from worker.contract.fanout import enqueue_chunks
 from worker.contract.queues import (
     AFTER_JOB,
+    BULK_QUEUE,
     CACHE_STATS_KEY,
     INTERACTIVE_QUEUE,
+    PREANNOTATE_JOB,
     PREDICT_QUEUE,
     ROUTE_PREFIX,
     describe,
@@ -157,14 +159,15 @@ class RqRunner:
     mode = "redis"
     chunk = 0  # a batch is one job: the workers' queues, not chunks, put clicks first
 
-    def __init__(self, redis_url: str, backlog: int = 20_000) -> None:
+    def __init__(self, redis_url: str, backlog: int = 20_000, chunk_tasks: int = 64) -> None:
         from rq import Queue
 
         self.backlog = backlog
+        self.chunk_tasks = max(1, chunk_tasks)
         self.connection = redis_connection(redis_url)
         self.queues = {
             name: Queue(name, connection=self.connection)
-            for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE)
+            for name in (INTERACTIVE_QUEUE, PREDICT_QUEUE, BULK_QUEUE)
         }
 
     def run(self, name: str, payload: dict, timeout: float, priority: int = REQUEST) -> object:
@@ -214,8 +217,9 @@ class RqRunner:
             raise _unreachable(error) from error
         raise Unavailable(f"no worker answered within {timeout:.0f} s: is `camsam worker` running?")
 
-    def submit(self, name: str, payload: dict, timeout: float = 6 * 3600) -> None:
-        """Enqueue a long job and return; its outcome is in rq's registries and the worker log.
+    def submit(self, name: str, payload: dict, timeout: float = 3600) -> None:
+        """Enqueue a long job as chunk jobs on the bulk queue (see :mod:`worker.contract.fanout`)
+        and return; their outcome is in rq's registries and the workers' logs.
 
         Raises:
             Unavailable: ``backlog`` tasks wait in such jobs already (across every web process),
@@ -224,6 +228,7 @@ class RqRunner:
         import redis
         from redis.exceptions import LockError
 
+        assert name == PREANNOTATE_JOB, f"only pre-annotation fans out, not {name}"
         count = len(payload.get("tasks") or [])
         try:
             # One web process at a time counts and enqueues, so together they keep the bound.
@@ -231,24 +236,12 @@ class RqRunner:
                 waiting, jobs = self._waiting()
                 if waiting + count > self.backlog or jobs >= MAX_WRITE_BACK_JOBS:
                     raise Unavailable(
-                        f"{waiting} tasks in {jobs} jobs wait to be written back already: try "
-                        "again once they are done"
+                        f"{waiting} tasks in {jobs} chunk jobs wait to be written back already: "
+                        "try again once they are done"
                     )
-                job_id = uuid.uuid4().hex
-                self.connection.hset(BACKLOG_KEY, job_id, count)  # counted before it can run
-                try:
-                    self.queues[PREDICT_QUEUE].enqueue(
-                        name,
-                        payload,
-                        job_id=job_id,
-                        description=describe(name, payload),
-                        job_timeout=int(timeout),
-                        result_ttl=3600,
-                        failure_ttl=7 * 86400,
-                    )
-                except BaseException:
-                    self.connection.hdel(BACKLOG_KEY, job_id)
-                    raise
+                chunks = enqueue_chunks(self.connection, payload, self.chunk_tasks, int(timeout))
+                sizes = {job.id: len(job.args[0]["tasks"]) for job in chunks}
+                self.connection.hset(BACKLOG_KEY, mapping=sizes)
         except (redis.RedisError, LockError) as error:
             raise _unreachable(error) from error
 
@@ -304,8 +297,8 @@ class RqRunner:
             return -1
 
 
-BACKLOG_KEY = "camsam:write-back-backlog"  # job id -> tasks, for submitted jobs
-MAX_WRITE_BACK_JOBS = 100  # each submit reads their states: keep that small
+BACKLOG_KEY = "camsam:write-back-backlog"  # chunk job id -> tasks, for submitted chunks
+MAX_WRITE_BACK_JOBS = 1000  # each submit reads their states in one round trip: keep it bounded
 _OVER = ("finished", "failed", "stopped", "canceled")
 
 

@@ -138,3 +138,35 @@ def test_the_worker_image_still_installs_the_worker_side():
     installs = pip_installs("Dockerfile")
     assert ["."] in installs
     assert any("${TORCH_SPEC}" in args for args in installs)
+
+
+def test_the_worker_host_file_joins_a_stack_by_its_addresses_and_needs_them():
+    """docker-compose.worker.yml: prediction workers only, by REDIS_URL and LABEL_STUDIO_URL,
+    and a clear refusal without REDIS_URL."""
+    import os
+
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LABEL_STUDIO_URL")}
+    joined = {"REDIS_URL": "redis://first:6379/0", "LABEL_STUDIO_URL": "http://first:8080"}
+
+    def config(extra: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*command, "-f", "docker-compose.worker.yml", "config"],
+            cwd=REPO,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    resolved = config(joined)
+    assert resolved.returncode == 0, resolved.stderr
+    (worker,) = yaml.safe_load(resolved.stdout)["services"].values()
+    assert worker["command"] == ["worker"] and worker["build"].get("dockerfile", "Dockerfile")
+    assert worker["environment"]["REDIS_URL"] == joined["REDIS_URL"]
+    assert worker["environment"]["LABEL_STUDIO_URL"] == joined["LABEL_STUDIO_URL"]
+    assert worker["environment"]["MODEL_DIR"] == "/models"
+    refused = config({"LABEL_STUDIO_URL": "http://first:8080"})
+    assert refused.returncode != 0 and "REDIS_URL" in refused.stderr

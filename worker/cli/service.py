@@ -43,6 +43,14 @@ def add_service_commands(commands) -> None:
     pre.add_argument(
         "--all", action="store_true", help="also tasks that hold a prediction of this version"
     )
+    pre.add_argument(
+        "--chunk", type=int, help="tasks per job on the workers' queue (PREANNOTATE_CHUNK)"
+    )
+    pre.add_argument(
+        "--here",
+        action="store_true",
+        help="predict in this process even with REDIS_URL set (default: on every worker)",
+    )
     pre.set_defaults(handler=run_preannotate)
 
     bench = commands.add_parser(
@@ -63,6 +71,12 @@ def add_service_commands(commands) -> None:
         "--project",
         help="also time preannotate over this Label Studio project (LABEL_STUDIO_URL, "
         "LABEL_STUDIO_API_KEY and MODEL_DIR as for preannotate)",
+    )
+    bench.add_argument(
+        "--workers",
+        type=int,
+        help="with --project: only the many-hosts figures, with one worker and with this many "
+        "(REDIS_URL, MODEL_STORE=redis)",
     )
     bench.add_argument(
         "--memory",
@@ -110,12 +124,10 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_preannotate(args: argparse.Namespace) -> int:
-    """The same job a long ``/predict`` batch becomes, over every task of a project."""
-    from tqdm import tqdm
-
+    """The same job a long ``/predict`` batch becomes, over every task of a project: with
+    REDIS_URL, chunks of it on the queue for every worker; without, in this process."""
     from worker.contract.settings import Settings
-    from worker.contract.store import project_model_dir
-    from worker.jobs.predict import preannotate
+    from worker.contract.store import models_for
     from worker.labelstudio.client import connect, project_config, project_tasks
 
     given = {
@@ -123,38 +135,79 @@ def run_preannotate(args: argparse.Namespace) -> int:
         "label_studio_url": args.url,
         "label_studio_api_key": args.api_key,
         "predict_batch_size": args.batch_size,
+        "preannotate_chunk": args.chunk,
     }
     settings = replace(Settings.from_env(), **{k: v for k, v in given.items() if v})
     project = str(args.project)
-    version = project_model_dir(settings.model_dir, project, settings.redis_url).current_version()
+    version = models_for(settings, project).current_version()
     if version is None:
         raise CamsamError(f"no model for project {project} in {settings.model_dir}: train first")
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
+    listed = {"skipped": 0}
     skip = None if args.all else version
-    tasks = list(project_tasks(client, project, skip_version=skip))
+    tasks = list(project_tasks(client, project, skip_version=skip, counts=listed))
     payload = {
         "project": project,
         "label_config": project_config(client, project),
         "tasks": tasks,
         "settings": settings.for_worker(),
     }
-    with tqdm(total=len(tasks), desc=f"project {project} ({version})", unit="task") as bar:
-        answer = preannotate(payload, progress=bar)
-    print(f"{answer['written']} predictions written, {answer['failed']} tasks failed")
+    title = f"project {project} ({version})"
+    if settings.redis_url and not args.here:
+        answer = fan_out(settings, payload, title)
+    else:
+        from tqdm import tqdm
+
+        from worker.jobs.predict import preannotate
+
+        with tqdm(total=len(tasks), desc=title, unit="task") as bar:
+            answer = preannotate(payload, progress=bar)
+    skipped = listed["skipped"] + answer["skipped"]
+    print(
+        f"{answer['written']} predictions written, {skipped} skipped (they hold this "
+        f"version's already), {answer['failed']} tasks failed"
+    )
     return 1 if answer["failed"] and not answer["written"] else 0
+
+
+def fan_out(settings, payload: dict, title: str, poll: float = 0.5) -> dict:
+    """``payload``'s tasks as chunk jobs for every worker on every host; one progress bar over
+    them all until every chunk is over; the totals."""
+    from tqdm import tqdm
+
+    from worker.contract.connections import redis_connection
+    from worker.contract.fanout import Progress, enqueue_chunks
+
+    connection = redis_connection(settings.redis_url)
+    jobs = enqueue_chunks(connection, payload, settings.preannotate_chunk)
+    progress = Progress(connection, jobs)
+    with tqdm(total=progress.totals.tasks, desc=title, unit="task") as bar:
+        bar.write(
+            f"{len(jobs)} chunk jobs queued for the `camsam worker` processes (Ctrl-C stops "
+            "waiting for them, not them)"
+        )
+        totals = progress.poll()
+        while not totals.over:
+            time.sleep(poll)
+            totals = progress.poll()
+            bar.update(totals.done - bar.n)
+    if totals.lost_chunks:
+        print(
+            f"{totals.lost_chunks} chunks failed on every try: their errors are in rq's failed jobs"
+        )
+    return {"written": totals.written, "skipped": totals.skipped, "failed": totals.failed}
 
 
 def model_dir_for(args: argparse.Namespace):
     """The model directory the command means, with the shared Redis pointer when REDIS_URL is
-    set (so web and worker processes see a rollback at once)."""
-    from worker.contract.connections import redis_connection
+    set (so web and worker processes see a rollback at once), and with MODEL_STORE=redis the
+    versions every host shares."""
     from worker.contract.settings import Settings
-    from worker.contract.store import ModelDir
+    from worker.contract.store import named_model_dir
 
     settings = Settings.from_env()
-    root = Path(args.model_dir or settings.model_dir)
-    redis = redis_connection(settings.redis_url) if settings.redis_url else None
-    return ModelDir(root / args.project if args.project else root, redis)
+    root = args.model_dir or settings.model_dir
+    return named_model_dir(root, args.project or "", settings.redis_url, settings.model_store)
 
 
 def run_versions(args: argparse.Namespace) -> int:
@@ -214,6 +267,14 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from worker.bench.pipeline import format_report, run_bench
 
+    if args.workers and args.project:
+        from worker.bench.hosts import hosts_figures
+
+        figures = hosts_figures(args.project, args.workers)
+        print("\n".join(f"{k}: {v}" for k, v in figures.items()))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"hosts": figures}, indent=1))
+        return 0
     if args.memory:
         from worker.bench.memory import format_rows, run_memory
 

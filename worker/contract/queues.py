@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 INTERACTIVE_QUEUE = "camsam-interactive"
 PREDICT_QUEUE = "camsam-predict"
 TRAIN_QUEUE = "camsam-train"
+BULK_QUEUE = "camsam-bulk"  # chunks of long pre-annotations: served after every other
 # Where a worker says which image embeddings it holds, and how its embedding cache does.
 ROUTE_PREFIX = "camsam:route:"
 CACHE_STATS_KEY = "camsam:embedding-cache"

@@ -23,6 +23,7 @@ _WEB_ONLY = ("basic_auth_user", "basic_auth_pass", "auth_token", "webhook_secret
 @dataclass(frozen=True)
 class Settings:
     model_dir: str = "models"
+    model_store: str = "local"  # local: MODEL_DIR is the record; redis: versions kept in Redis
     redis_url: str = ""
     label_studio_url: str = ""
     label_studio_api_key: str = ""
@@ -37,6 +38,7 @@ class Settings:
     predict_timeout: float = 90.0
     predict_batch_size: int = defaults.PREDICT_BATCH_SIZE
     predict_inline_max_tasks: int = 0
+    preannotate_chunk: int = 64  # tasks a bulk job: pre-annotation spreads over workers by these
     min_per_class: int = 5
     train_debounce: float = 10.0
     min_publish_interval: float = 0.0
@@ -69,6 +71,11 @@ class Settings:
     def __post_init__(self) -> None:
         if self.max_work_side < 0:
             raise ValueError(f"MAX_WORK_SIDE={self.max_work_side}: set 0 (full size) or a side")
+        if self.model_store not in ("local", "redis"):
+            raise ValueError(
+                f"MODEL_STORE={self.model_store!r}: set local (one MODEL_DIR, shared by every "
+                "process) or redis (versions kept in Redis for workers on other hosts)"
+            )
         if self.setup_credentials not in SETUP_TRUST:
             raise ValueError(
                 f"SETUP_CREDENTIALS={self.setup_credentials!r}: set it to one of "
@@ -125,7 +132,7 @@ class Settings:
         """
         known = {f.name: f for f in fields(cls)}
         typed = {}
-        for name, value in values.items():
+        for name, value in {**values, **_host}.items():
             if name in known and value is not None:
                 cast = _CASTS.get(known[name].type, str)
                 try:
@@ -135,6 +142,29 @@ class Settings:
                         f"setting {name}={value!r} is not a {known[name].type}"
                     ) from None
         return cls(**typed)
+
+
+# What a worker's own environment says of its host, and wins over what a job was sent.
+HOST_SETTINGS = (
+    "model_dir",
+    "label_studio_url",
+    "label_studio_api_key",
+    "local_files_document_root",
+    "device",
+)
+_host: dict[str, str] = {}
+
+
+def use_host_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Let this process's ``MODEL_DIR`` (and Label Studio's address and key, the local-files
+    root, the device: ``HOST_SETTINGS``) win over those each job carries: a worker on another
+    host keeps its models where its own disk has room (with ``MODEL_STORE=redis`` they come
+    from Redis) and reaches Label Studio by another name. Called once by ``camsam worker``;
+    returns what it took."""
+    env = os.environ if env is None else env
+    _host.clear()
+    _host.update({k: env[k.upper()] for k in HOST_SETTINGS if env.get(k.upper())})
+    return dict(_host)
 
 
 def same_origin(a: str, b: str) -> bool:

@@ -3,6 +3,8 @@
 The store keeps every version as ``<dir>/versions/<version>.pt`` beside a plain JSON copy of its
 spec (``<version>.json``, readable without torch) and names the current one in ``<dir>/CURRENT``;
 every file is written atomically (temp file, then rename), so a reader never sees half a file.
+With ``MODEL_STORE=redis`` the versions live in Redis (:mod:`worker.contract.shared`) and the
+directory is this host's cache of them, filled on first use.
 What is inside a ``.pt`` file is :mod:`worker.pipeline.checkpoint`'s business: this module never
 reads weights, which keeps it importable by the web side.
 """
@@ -21,31 +23,40 @@ from pathlib import Path
 
 from worker.contract.connections import redis_connection
 from worker.contract.errors import CheckpointError, NoModelError
+from worker.contract.shared import SharedModels
 
 log = logging.getLogger(__name__)
 VERSION_PATTERN = re.compile(r"v(\d{4,9})")
 # The model_version of a project that has no model yet (always a string: Label Studio needs one).
 UNTRAINED = "untrained"
+STORES = ("local", "redis")  # MODEL_STORE: where versions are kept for every host
 
 
 class ModelDir:
     """Versions of one project's classifier, and which one is current.
 
     The current version is named in ``CURRENT``; with a Redis connection it is also recorded
-    there, and read from there first, so every web and worker process agrees at once.
+    there, and read from there first, so every web and worker process agrees at once. With
+    ``shared`` the versions themselves are in Redis too, and :meth:`fetch` brings one to disk.
     """
 
-    def __init__(self, root: str | Path, redis=None) -> None:
+    def __init__(self, root: str | Path, redis=None, shared: SharedModels | None = None) -> None:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.pointer = self.root / "CURRENT"
         self.redis = redis
         self.redis_key = f"camsam:current:{self.root.resolve()}"
+        self.shared = shared
 
     def versions(self) -> list[str]:
-        if not self.versions_dir.is_dir():
-            return []
-        names = (p.stem for p in self.versions_dir.glob("*.pt"))
+        """The versions on this disk, and with a shared store those Redis keeps."""
+        names = (
+            {p.stem for p in self.versions_dir.glob("*.pt")}
+            if self.versions_dir.is_dir()
+            else set()
+        )
+        if self.shared is not None:
+            names |= set(self._kept())
         return sorted((n for n in names if VERSION_PATTERN.fullmatch(n)), key=_version_number)
 
     def next_version(self) -> str:
@@ -59,7 +70,17 @@ class ModelDir:
         return self.versions_dir / f"{check_version(version)}.pt"
 
     def current_version(self) -> str | None:
-        if self.redis is not None:
+        if self.shared is not None:
+            try:
+                shared = self.shared.current()
+            except Exception as error:  # noqa: BLE001 (Redis down: this host's copy serves)
+                log.warning(
+                    "model %s: Redis unreachable (%s): serving the local copy", self.root, error
+                )
+                shared = None
+            if shared and is_version(shared):
+                return shared
+        elif self.redis is not None:
             try:
                 shared = self.redis.get(self.redis_key)
             except Exception:  # noqa: BLE001 (Redis down: the file is the fallback)
@@ -97,10 +118,77 @@ class ModelDir:
         version = self.next_version()
         spec = replace(spec, version=version, created=time.time())
         save(self.path(version), spec)
-        info = json.dumps(plain(asdict(spec)), indent=1).encode()
-        atomic_write(self.info_path(version), lambda f: f.write(info))
+        info = plain(asdict(spec))
+        text = json.dumps(info, indent=1).encode()
+        atomic_write(self.info_path(version), lambda f: f.write(text))
+        if self.shared is not None:
+            self._upload(version, info)
         self._point(version)  # just written from these weights: no need to read them back
         return spec
+
+    def fetch(self, version: str) -> Path:
+        """The file of ``version`` on this disk; with a shared store, downloaded from Redis
+        when this host has no copy of it, or another one (checked against its sha256). A
+        download also prunes the copies of versions Redis no longer keeps.
+
+        Raises:
+            CheckpointError: not a version name, or its download failed its checksum.
+        """
+        path = self.path(version)
+        if self.shared is None:
+            return path
+        meta = self.shared.meta(version)
+        if meta is None or self._local_sha(version) == meta["sha256"]:
+            return path  # not shared (a version from before MODEL_STORE=redis), or here
+        started = time.perf_counter()
+        digest = []
+        atomic_write(path, lambda f: digest.append(self.shared.download(version, f.write)))
+        self._write_sha(version, digest[0])
+        text = json.dumps(meta.get("info") or {}, indent=1).encode()
+        atomic_write(self.info_path(version), lambda f: f.write(text))
+        log.info(
+            "model %s: %s (%.1f MB) fetched from Redis in %.2f s",
+            self.shared.name,
+            version,
+            meta["size"] / 1e6,
+            time.perf_counter() - started,
+        )
+        self._prune_copies()
+        return path
+
+    def _kept(self) -> dict[str, dict]:
+        try:
+            return self.shared.kept()
+        except Exception as error:  # noqa: BLE001 (Redis down: the local copies are what there is)
+            log.warning("model %s: Redis unreachable (%s)", self.root, error)
+            return {}
+
+    def _upload(self, version: str, info: dict | None) -> None:
+        digest = self.shared.upload(version, self.path(version), info)
+        self._write_sha(version, digest)
+
+    def _local_sha(self, version: str) -> str | None:
+        if not self.path(version).is_file():
+            return None
+        try:
+            return self._sha_path(version).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def _write_sha(self, version: str, digest: str) -> None:
+        atomic_write(self._sha_path(version), lambda f: f.write(digest.encode()))
+
+    def _sha_path(self, version: str) -> Path:
+        return self.versions_dir / f"{check_version(version)}.sha256"
+
+    def _prune_copies(self) -> None:
+        """Drop this host's copies of shared versions that Redis no longer keeps."""
+        kept = self._kept()
+        if not kept:
+            return
+        for stale in self.versions_dir.glob("*.sha256"):
+            if stale.stem not in kept and is_version(stale.stem):
+                self._delete_files(stale.stem)
 
     def info_path(self, version: str) -> Path:
         return self.versions_dir / f"{check_version(version)}.json"
@@ -110,7 +198,11 @@ class ModelDir:
         try:
             return json.loads(self.info_path(version).read_text())
         except (FileNotFoundError, ValueError):
+            pass
+        if self.shared is None:
             return None
+        meta = self._kept().get(version)
+        return (meta or {}).get("info")
 
     def set_current(self, version: str, check: Callable[[Path], object]) -> None:
         """Point at ``version`` once ``check(path)`` has read its file without raising.
@@ -119,14 +211,19 @@ class ModelDir:
             CheckpointError: the version does not exist, or ``check`` refused its file (the
                 current version then stays).
         """
-        if not self.path(version).is_file():  # path() refuses what is not a version name
+        path = self.fetch(version)  # fetch() refuses what is not a version name
+        if not path.is_file():
             raise CheckpointError(f"version {version} does not exist in {self.versions_dir}")
-        check(self.path(version))
+        check(path)
+        if self.shared is not None and self.shared.meta(version) is None:
+            self._upload(version, self.info(version))  # kept here only: share it first
         self._point(version)
 
     def _point(self, version: str) -> None:
         atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
-        if self.redis is not None:
+        if self.shared is not None:
+            self.shared.set_current(version)
+        elif self.redis is not None:
             self.redis.set(self.redis_key, version)
 
     def discard(self, version: str) -> None:
@@ -137,8 +234,14 @@ class ModelDir:
         """
         if version == self.current_version():
             raise CheckpointError(f"{version} is current: roll back before discarding it")
+        if self.shared is not None:
+            self.shared.drop(version)
+        self._delete_files(version)
+
+    def _delete_files(self, version: str) -> None:
         self.path(version).unlink(missing_ok=True)
         self.info_path(version).unlink(missing_ok=True)
+        self._sha_path(version).unlink(missing_ok=True)
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest ``keep`` versions (never the current one)."""
@@ -191,11 +294,33 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def project_model_dir(root: str | Path, project: str, redis_url: str = "") -> ModelDir:
-    """A project's models live in ``root/<project id>``; a single-project ``root`` serves all."""
+def named_model_dir(root: str | Path, name: str, redis_url: str = "", store: str = "local"):
+    """``root/<name>`` (``root`` itself for the name ""), with the Redis pointer when there is a
+    ``redis_url``, and with ``store="redis"`` its versions shared through Redis.
+
+    Raises:
+        ValueError: an unknown store, or ``redis`` without a Redis to keep versions in.
+    """
+    if store not in STORES:
+        raise ValueError(f"MODEL_STORE={store!r}: set it to one of {', '.join(STORES)}")
+    if store == "redis" and not redis_url:
+        raise ValueError("MODEL_STORE=redis keeps versions in Redis: set REDIS_URL too")
     redis = redis_connection(redis_url) if redis_url else None
-    own = ModelDir(Path(root) / project, redis)
-    shared = ModelDir(root, redis)
+    shared = SharedModels(redis, name) if store == "redis" else None
+    return ModelDir(Path(root) / name if name else Path(root), redis, shared)
+
+
+def project_model_dir(
+    root: str | Path, project: str, redis_url: str = "", store: str = "local"
+) -> ModelDir:
+    """A project's models live in ``root/<project id>``; a single-project ``root`` serves all."""
+    own = named_model_dir(root, project, redis_url, store)
+    shared = named_model_dir(root, "", redis_url, store)
     if own.current_version() is None and shared.current_version() is not None:
         return shared
     return own
+
+
+def models_for(settings, project: str) -> ModelDir:
+    """``project_model_dir`` as ``settings`` (MODEL_DIR, REDIS_URL, MODEL_STORE) say."""
+    return project_model_dir(settings.model_dir, project, settings.redis_url, settings.model_store)

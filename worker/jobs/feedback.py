@@ -16,7 +16,7 @@ import numpy as np
 from worker.contract.errors import MaskError
 from worker.contract.live import record
 from worker.contract.settings import Settings
-from worker.contract.store import project_model_dir
+from worker.contract.store import models_for
 from worker.labelstudio.results import decode_mask
 from worker.pipeline.masks import iou
 
@@ -28,7 +28,7 @@ def score_annotation(payload: dict) -> dict:
     from worker.labelstudio.client import connect, get_annotation, task_predictions
 
     settings = Settings.from_payload(payload["settings"])
-    models = project_model_dir(settings.model_dir, payload["project"], settings.redis_url)
+    models = models_for(settings, payload["project"])
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
     annotation = get_annotation(client, payload["annotation"])
     if annotation.get("was_cancelled"):

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from worker.contract.errors import CamsamError, CheckpointError, ImageError, MaskError
 from worker.contract.label_config import parse_label_config
 from worker.contract.settings import Settings
-from worker.contract.store import UNTRAINED, project_model_dir
+from worker.contract.store import UNTRAINED, models_for
 from worker.data.images import WorkImage, read_image
 from worker.labelstudio.fetch import FetchLimits, ImageFetcher
 from worker.labelstudio.results import brush_region, to_prediction
@@ -52,33 +52,86 @@ def preannotate(payload: dict, progress=None) -> dict:
     """Predict tasks and store each batch's predictions in Label Studio through its API.
 
     For batches too long to answer within Label Studio's request timeout, and for
-    ``camsam preannotate``. Three things overlap: the next chunk's images download while the
-    model works on this one, and each chunk's predictions go to Label Studio in one bulk import
-    on a writer thread. ``progress`` (a tqdm bar) is advanced per task.
-    Returns ``{"model_version", "written", "failed"}``.
+    ``camsam preannotate``: the whole of them, or one chunk of a fan-out (``payload["batch"]``,
+    see :mod:`worker.contract.fanout`), where a task the batch has written already is skipped.
+    Three things overlap: the next chunk's images download while the model works on this one,
+    and each chunk's predictions go to Label Studio in one bulk import on a writer thread.
+    ``progress`` (a tqdm bar) is advanced per task.
+    Returns ``{"model_version", "written", "skipped", "failed"}``.
     """
-    from worker.labelstudio.client import connect, import_predictions
+    from worker.labelstudio.client import connect
 
     project = _Project(payload)
     if project.version is None:
-        return {"model_version": None, "written": 0, "failed": 0}
+        return {"model_version": None, "written": 0, "skipped": 0, "failed": 0}
     client = connect(project.settings.label_studio_url, project.settings.label_studio_api_key)
+    ledger = _ledger(payload, project.settings)
+    tasks = _unwritten(payload["tasks"], ledger, client, project.version)
+    skipped = len(payload["tasks"]) - len(tasks)
     written = failed = 0
     writes: list[Future] = []
     with ThreadPoolExecutor(1, thread_name_prefix="camsam-write") as writer:
-        for chunk, images in project.chunks(payload["tasks"]):
+        for chunk, images in project.chunks(tasks):
             answers = project.predict(chunk, images)
             done = [(task["id"], a) for task, a in zip(chunk, answers, strict=True) if a]
             failed += len(chunk) - len(done)
-            writes.append(writer.submit(import_predictions, client, payload["project"], done))
+            writes.append(writer.submit(_write, client, payload["project"], done, ledger))
             while len(writes) > WRITES_IN_FLIGHT:
                 written += writes.pop(0).result()
             if progress is not None:
                 progress.update(len(chunk))
         for write in writes:
             written += write.result()
-    log.info("project %s: %d predictions written, %d failed", payload["project"], written, failed)
-    return {"model_version": project.version, "written": written, "failed": failed}
+    log.info(
+        "project %s: %d predictions written, %d skipped (written already), %d failed",
+        payload["project"],
+        written,
+        skipped,
+        failed,
+    )
+    return {
+        "model_version": project.version,
+        "written": written,
+        "skipped": skipped,
+        "failed": failed,
+    }
+
+
+def _ledger(payload: dict, settings: Settings):
+    """The fan-out batch's ledger, for a chunk of one (with Redis); else None."""
+    if not payload.get("batch") or not settings.redis_url:
+        return None
+    from worker.contract.connections import redis_connection
+    from worker.contract.fanout import Ledger
+
+    return Ledger(redis_connection(settings.redis_url), payload["batch"])
+
+
+def _unwritten(tasks: list[dict], ledger, client, version: str) -> list[dict]:
+    """``tasks`` less those the batch wrote already. A task whose write began in a run that
+    died is asked of Label Studio: whether it holds a prediction of ``version`` now."""
+    if ledger is None:
+        return tasks
+    from worker.labelstudio.client import task_predictions
+
+    done = ledger.done()
+    doubt = ledger.in_doubt() & {task["id"] for task in tasks}
+    for task_id in doubt:
+        if any(p.get("model_version") == version for p in task_predictions(client, task_id)):
+            done.add(task_id)
+    return [task for task in tasks if task["id"] not in done]
+
+
+def _write(client, project: str, predictions: list[tuple[int, dict]], ledger) -> int:
+    from worker.labelstudio.client import import_predictions
+
+    ids = [task_id for task_id, _ in predictions]
+    if ledger is not None:
+        ledger.begin(ids)
+    count = import_predictions(client, project, predictions)
+    if ledger is not None:
+        ledger.end(ids)
+    return count
 
 
 def interactive(payload: dict) -> dict:
@@ -127,9 +180,7 @@ class _Project:
 
     def __init__(self, payload: dict) -> None:
         self.settings = Settings.from_payload(payload["settings"])
-        self.model_dir = project_model_dir(
-            self.settings.model_dir, payload["project"], self.settings.redis_url
-        )
+        self.model_dir = models_for(self.settings, payload["project"])
         self.version = self.model_dir.current_version()
         raw = payload["label_config"]
         self.config = parse_label_config(raw) if raw else None
@@ -275,7 +326,7 @@ def load_pipeline(model_dir, version: str, settings: Settings):
     with _lock:
         if key not in _pipelines:
             pipeline = Pipeline.build(
-                model_dir.path(version),
+                model_dir.fetch(version),
                 sam2_config=settings.sam2_config or None,
                 sam2_checkpoint=settings.sam2_checkpoint or None,
                 sam2_hub_id=settings.sam2_hub_id or None,

@@ -36,13 +36,18 @@ def project_config(client, project: int | str) -> str:
         raise LabelStudioError(message) from error
 
 
-def project_tasks(client, project: int | str, skip_version: str | None = None) -> Iterator[dict]:
+def project_tasks(
+    client, project: int | str, skip_version: str | None = None, counts: dict | None = None
+) -> Iterator[dict]:
     """The project's tasks as ``{"id", "data"}``, leaving out those that already hold a
-    prediction of ``skip_version`` (what Label Studio itself skips when it retrieves)."""
+    prediction of ``skip_version`` (what Label Studio itself skips when it retrieves); how many
+    were left out is added to ``counts["skipped"]``."""
     try:
         for task in client.tasks.list(project=int(project), fields="all"):
             versions = {_field(p, "model_version") for p in (task.predictions or [])}
             if skip_version is not None and skip_version in versions:
+                if counts is not None:
+                    counts["skipped"] = counts.get("skipped", 0) + 1
                 continue
             yield {"id": task.id, "data": dict(task.data or {})}
     except LabelStudioError:

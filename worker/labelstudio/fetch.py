@@ -93,7 +93,8 @@ class ImageFetcher:
         if parsed.scheme in CLOUD_SCHEMES:
             ref = self._presign_path(ref, task_id)
             parsed = urlparse(ref)
-        if parsed.path.startswith("/data/local-files") and self.document_root:
+        here = self.document_root is not None and self.document_root.is_dir()  # another host:
+        if parsed.path.startswith("/data/local-files") and here:  # through Label Studio
             relative = unquote(parse_qs(parsed.query).get("d", [""])[0])
             return self._read(self.document_root / relative, ref)
         if parsed.scheme in ("http", "https"):

@@ -21,7 +21,7 @@ from worker.contract.errors import CamsamError
 from worker.contract.label_config import LabelConfig, parse_label_config
 from worker.contract.leases import run_pending, store_for, submitter
 from worker.contract.settings import Settings
-from worker.contract.store import ModelDir, atomic_write, project_model_dir
+from worker.contract.store import ModelDir, atomic_write, models_for, named_model_dir
 from worker.data.dataset import (
     Dataset,
     Sample,
@@ -51,9 +51,10 @@ def train_job(payload: dict) -> int:
 
 def train_project(project: str, settings: Settings) -> dict:
     """One training run; the outcome is also written to ``<model dir>/training.json``."""
-    models = project_model_dir(settings.model_dir, project, settings.redis_url)
+    models = models_for(settings, project)
     if models.root == Path(settings.model_dir) and models.current_version():
-        models = ModelDir(Path(settings.model_dir) / project, models.redis)  # own from now on
+        own = (settings.model_dir, project, settings.redis_url, settings.model_store)
+        models = named_model_dir(*own)  # own from now on
     try:
         outcome = _train(project, settings, models)
     except CamsamError as error:
@@ -205,7 +206,7 @@ def _start_from(models, current, info, dataset: Dataset, settings: Settings) -> 
     """Fine-tune from the current version when it knows the same classes; else the configured
     pretrained file (or none)."""
     if current and info and tuple(info["classes"]) == dataset.classes:
-        return str(models.path(current))
+        return str(models.fetch(current))
     return settings.train_pretrained or None
 
 
@@ -225,7 +226,7 @@ def _reason_to_keep(models, current, info, dataset, spec, recipe, settings) -> s
 
     _, held_out, _ = validation_split(dataset.samples, recipe)
     held_out = held_out or dataset.samples
-    old = classifier_accuracy(Classifier.load(models.path(current)), held_out)
+    old = classifier_accuracy(Classifier.load(models.fetch(current)), held_out)
     new = spec.metrics["val_accuracy"]
     if new < old:
         return (
