@@ -223,6 +223,12 @@ def run_train(args: argparse.Namespace) -> int:
     redis_url = os.environ.get("REDIS_URL")
     redis = redis_connection(redis_url) if redis_url else None  # every process sees it at once
     spec = publish(ModelDir(args.model_dir, redis), result.spec, result.state_dict)
+    if os.environ.get("MODEL_STORE") == "redis":
+        print(
+            f"MODEL_STORE=redis: {spec.version} is in {args.model_dir} only; `camsam rollback "
+            f"{spec.version} --project ID` shares it with every host",
+            file=sys.stderr,
+        )
     metrics = spec.metrics
     print(
         f"version {spec.version} is current in {args.model_dir}: validation accuracy "

@@ -173,12 +173,20 @@ def run_preannotate(args: argparse.Namespace) -> int:
 def fan_out(settings, payload: dict, title: str, poll: float = 0.5) -> dict:
     """``payload``'s tasks as chunk jobs for every worker on every host; one progress bar over
     them all until every chunk is over; the totals."""
+    from rq import Queue, Worker
     from tqdm import tqdm
 
     from worker.contract.connections import redis_connection
     from worker.contract.fanout import Progress, enqueue_chunks
+    from worker.contract.queues import BULK_QUEUE
 
     connection = redis_connection(settings.redis_url)
+    if payload["tasks"] and not Worker.count(queue=Queue(BULK_QUEUE, connection=connection)):
+        raise CamsamError(
+            f"no `camsam worker` serves {BULK_QUEUE} on {settings.redis_url}: start one (workers "
+            "started before pre-annotation fanned out must be restarted), or pass --here to "
+            "predict in this process"
+        )
     jobs = enqueue_chunks(connection, payload, settings.preannotate_chunk)
     progress = Progress(connection, jobs)
     with tqdm(total=progress.totals.tasks, desc=title, unit="task") as bar:

@@ -26,9 +26,10 @@ def enqueue_chunks(connection, payload: dict, size: int, timeout: int = 3600) ->
 
     batch = uuid.uuid4().hex
     tasks = payload["tasks"]
+    size = max(1, size)
     queue = Queue(BULK_QUEUE, connection=connection)
     specs = []
-    for number, start in enumerate(range(0, len(tasks), max(1, size))):
+    for number, start in enumerate(range(0, len(tasks), size)):
         chunk = {**payload, "tasks": tasks[start : start + size], "batch": batch}
         specs.append(
             Queue.prepare_data(

@@ -71,6 +71,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.max_work_side < 0:
             raise ValueError(f"MAX_WORK_SIDE={self.max_work_side}: set 0 (full size) or a side")
+        if self.preannotate_chunk < 1:
+            raise ValueError(f"PREANNOTATE_CHUNK={self.preannotate_chunk}: set 1 task or more")
         if self.model_store not in ("local", "redis"):
             raise ValueError(
                 f"MODEL_STORE={self.model_store!r}: set local (one MODEL_DIR, shared by every "

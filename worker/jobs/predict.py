@@ -63,6 +63,10 @@ def preannotate(payload: dict, progress=None) -> dict:
 
     project = _Project(payload)
     if project.version is None:
+        if "batch" in payload:  # a chunk of a fan-out: tried again (Redis may be back), not lost
+            raise CheckpointError(
+                f"no current model version for project {payload['project']}: the chunk is retried"
+            )
         return {"model_version": None, "written": 0, "skipped": 0, "failed": 0}
     client = connect(project.settings.label_studio_url, project.settings.label_studio_api_key)
     ledger = _ledger(payload, project.settings)

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from worker.contract.fanout import CHUNK_RETRIES, Ledger, Progress, enqueue_chunks
-from worker.contract.queues import BULK_QUEUE
+from worker.contract.queues import BULK_QUEUE, INTERACTIVE_QUEUE, PREDICT_QUEUE
 
 
 @pytest.fixture
@@ -16,9 +16,10 @@ def connection(redis_url):
     from redis import Redis
 
     connection = Redis.from_url(redis_url)
-    connection.delete(f"rq:queue:{BULK_QUEUE}")
+    queues = [f"rq:queue:{name}" for name in (BULK_QUEUE, INTERACTIVE_QUEUE, PREDICT_QUEUE)]
+    connection.delete(*queues)
     yield connection
-    connection.delete(f"rq:queue:{BULK_QUEUE}")
+    connection.delete(*queues)
 
 
 def payload(count: int) -> dict:
@@ -97,3 +98,25 @@ def test_a_worker_takes_clicks_then_batches_then_chunks(connection, monkeypatch)
     queues = [Queue(name, connection=connection) for name in names]
     BeatingWorker(queues, connection=connection, name="w").work(burst=True)
     assert order == ["interactive", "predict", "preannotate", "preannotate"]
+
+
+def test_a_chunk_size_below_one_is_refused_or_taken_as_one(connection):
+    from worker.contract.settings import Settings
+
+    with pytest.raises(ValueError, match="PREANNOTATE_CHUNK"):
+        Settings(preannotate_chunk=0)
+    jobs = enqueue_chunks(connection, payload(3), size=-2)
+    assert [len(job.args[0]["tasks"]) for job in jobs] == [1, 1, 1]  # each task once
+
+
+def test_fanning_out_with_no_worker_to_take_it_says_so(connection, redis_url):
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+    from worker.cli.service import fan_out
+    from worker.contract.errors import CamsamError
+    from worker.contract.settings import Settings
+
+    connection.delete(WORKERS_BY_QUEUE_KEY % BULK_QUEUE)  # another test's workers, gone or not
+    with pytest.raises(CamsamError, match="--here"):
+        fan_out(Settings(redis_url=redis_url), payload(3), "project 9")
+    assert connection.llen(f"rq:queue:{BULK_QUEUE}") == 0  # nothing left queued for nobody
