@@ -171,7 +171,7 @@ def test_training_waits_for_every_class_and_says_which(synthetic_dir, label_stud
 def test_a_worse_candidate_is_kept_out_and_the_reason_recorded(
     trained_model_dir, synthetic_dataset
 ):
-    from worker.training.classifier import TrainConfig
+    from worker.training.classifier import TrainConfig, validation_split
 
     models = ModelDir(trained_model_dir)
     current = models.current_version()
@@ -179,15 +179,16 @@ def test_a_worse_candidate_is_kept_out_and_the_reason_recorded(
     spec = ClassifierSpec(**{**info, "classes": tuple(info["classes"])})
     worse = replace(spec, metrics={**spec.metrics, "val_accuracy": 0.1})
     settings = Settings(min_publish_interval=0.0)
-    recipe = TrainConfig(val_fraction=0.3)
-    reason = _reason_to_keep(models, current, info, synthetic_dataset, worse, recipe, settings)
+    _, held_out, _ = validation_split(synthetic_dataset.samples, TrainConfig(val_fraction=0.3))
+    reason = _reason_to_keep(models, current, info, synthetic_dataset, worse, held_out, settings)
     assert reason and "0.100 <" in reason and f"{current} stays" in reason
     better = replace(spec, metrics={**spec.metrics, "val_accuracy": 1.0})
     assert (
-        _reason_to_keep(models, current, info, synthetic_dataset, better, recipe, settings) is None
+        _reason_to_keep(models, current, info, synthetic_dataset, better, held_out, settings)
+        is None
     )
     soon = Settings(min_publish_interval=3600.0)
-    reason = _reason_to_keep(models, current, info, synthetic_dataset, better, recipe, soon)
+    reason = _reason_to_keep(models, current, info, synthetic_dataset, better, held_out, soon)
     assert "MIN_PUBLISH_INTERVAL" in reason
 
 

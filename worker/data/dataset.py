@@ -239,9 +239,7 @@ def stable_split(
     unit is only trained on. A version fine-tuned from the last is so judged on images neither
     learnt from (``worker.data.groups`` names found groups to keep that so).
     """
-    units: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        units[group(sample) if group else sample.key].append(sample)
+    units = _units(samples, group)
     share = {name: share_of(name) for name in units}
     held = {name for name in units if share[name] < fraction} if fraction > 0 else set()
     labels = sorted({c for s in samples for c in s.classes})
@@ -322,15 +320,21 @@ def group_by_pattern(pattern: str) -> Grouping:
     return key
 
 
+def _units(samples: Sequence[Sample], group: Grouping | None) -> dict[str, list[Sample]]:
+    """The samples that stay together, by the name of their group (or their own key)."""
+    units: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        units[group(sample) if group else sample.key].append(sample)
+    return units
+
+
 def _strata(samples: Sequence[Sample], group: Grouping | None) -> list[list[list[Sample]]]:
     """The units that stay together (a group's samples, or each sample alone), by class set.
 
     A group whose samples differ in class set counts under its rarest set, so rare classes spread
     over both sides.
     """
-    units: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        units[group(sample) if group else sample.key].append(sample)
+    units = _units(samples, group)
     sizes = Counter(tuple(sorted(s.classes)) for s in samples)
     strata: dict[tuple[str, ...], list[list[Sample]]] = defaultdict(list)
     for unit in units.values():

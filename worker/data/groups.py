@@ -121,13 +121,11 @@ def _join(prints: np.ndarray, similarity: float, linkage: float, cap: int) -> li
     """Each fingerprint's group (the index of one member), joined closest pair first; each
     image's ``NEIGHBOURS`` closest at most (memory stays linear where every image looks alike)."""
     pairs: dict[tuple[int, int], float] = {}
-    for start in range(0, len(prints), BLOCK):
+    nearest = min(NEIGHBOURS, len(prints) - 1)
+    for start in range(0, len(prints) if nearest > 0 else 0, BLOCK):
         block = prints[start : start + BLOCK] @ prints.T
-        for row in range(len(block)):
-            block[row, start + row] = -np.inf  # not its own neighbour
-        nearest = min(NEIGHBOURS, len(prints) - 1)
-        if nearest <= 0:
-            break
+        rows = np.arange(len(block))
+        block[rows, start + rows] = -np.inf  # not its own neighbour
         columns = np.argpartition(-block, nearest - 1, axis=1)[:, :nearest]
         for row, cols in enumerate(columns):
             for col in cols[block[row, cols] >= similarity].tolist():

@@ -60,6 +60,7 @@ class TrainResult:
     spec: ClassifierSpec
     state_dict: dict
     history: list[dict]
+    validation: list[Sample]  # the images the best epoch was chosen on (the publish rule's too)
 
 
 def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
@@ -138,7 +139,7 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         # Mirrored, as the backend classifies by default (CLASSIFIER_MIRROR=1).
         gate = calibrate_gate(Classifier(spec, model, extras, mirror=True), held_out)
         spec = ClassifierSpec(**{**asdict(spec), "gate": gate})
-    return TrainResult(spec, state, history)
+    return TrainResult(spec, state, history, val_samples)
 
 
 def validation_split(

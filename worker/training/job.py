@@ -138,7 +138,7 @@ def train_version(
         "trained_at": time.time(),
     }
     spec = replace(result.spec, lineage=lineage)
-    reason = _reason_to_keep(models, current, info, dataset, spec, recipe, settings)
+    reason = _reason_to_keep(models, current, info, dataset, spec, result.validation, settings)
     metrics = spec.metrics
     seconds = time.perf_counter() - started
     if reason:
@@ -210,8 +210,9 @@ def _start_from(models, current, info, dataset: Dataset, settings: Settings) -> 
     return settings.train_pretrained or None
 
 
-def _reason_to_keep(models, current, info, dataset, spec, recipe, settings) -> str | None:
-    """Why the current version should stay, or None to publish the candidate."""
+def _reason_to_keep(models, current, info, dataset, spec, held_out, settings) -> str | None:
+    """Why the current version should stay, or None to publish the candidate (judged on
+    ``held_out``, the images the candidate chose its best epoch on)."""
     if current is None or info is None:
         return None
     age = time.time() - float(info.get("created") or 0)
@@ -222,10 +223,8 @@ def _reason_to_keep(models, current, info, dataset, spec, recipe, settings) -> s
     if tuple(info["classes"]) != dataset.classes:
         return None  # the labels changed: the current model cannot be compared, nor kept
     from worker.pipeline.classifier import Classifier
-    from worker.training.classifier import classifier_accuracy, validation_split
+    from worker.training.classifier import classifier_accuracy
 
-    _, held_out, _ = validation_split(dataset.samples, recipe)
-    held_out = held_out or dataset.samples
     old = classifier_accuracy(Classifier.load(models.fetch(current)), held_out)
     new = spec.metrics["val_accuracy"]
     if new < old:
