@@ -180,6 +180,9 @@ class _LabelStudioHandler(SimpleHTTPRequestHandler):
             self.send_error(404 if route is None else 401)
             return
         items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.server.refuse_imports:
+            self.send_error(400, "refused (as the test asked)")
+            return
         for item in items:
             item["id"] = len(self.server.predictions) + 1
             self.server.predictions.append(item)
@@ -192,11 +195,12 @@ class _LabelStudioHandler(SimpleHTTPRequestHandler):
 @pytest.fixture
 def label_studio(synthetic_dir):
     """A fake Label Studio on loopback serving the synthetic images; ``.url``, ``.predictions``
-    (what was posted), ``.tasks`` and ``.label_config`` (what it lists)."""
+    (what was posted), ``.tasks`` and ``.label_config`` (what it lists), ``.refuse_imports``."""
     server = ThreadingHTTPServer(
         ("127.0.0.1", 0), partial(_LabelStudioHandler, directory=str(synthetic_dir))
     )
     server.predictions, server.tasks, server.label_config = [], [], ""
+    server.refuse_imports = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.url = f"http://127.0.0.1:{server.server_address[1]}"

@@ -126,6 +126,7 @@ def stack(tmp_path_factory, redis_url):
         "MIN_PER_CLASS": "2",
         "TRAIN_EPOCHS": "3",
         "TRAIN_IMAGE_SIZE": "64",
+        "TRAIN_INPUT": "rgb",
         "TRAIN_DEBOUNCE": "2",
         "RECONCILE_SECONDS": "0",
         # A first version of 3 epochs is too weak to earn the mask gate, and the protocol under

@@ -43,6 +43,8 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
         "6",
         "--image-size",
         "80",
+        "--input",
+        "rgb",
         "--batch-size",
         "16",
         "--device",

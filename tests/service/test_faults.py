@@ -107,6 +107,7 @@ def test_a_training_worker_killed_mid_run_leaves_no_version_and_the_next_one_tra
         "LABEL_STUDIO_API_KEY": "secret",
         "TRAIN_EPOCHS": 400,
         "TRAIN_IMAGE_SIZE": 64,
+        "TRAIN_INPUT": "rgb",
         "MIN_PER_CLASS": 4,
         "TRAIN_DEBOUNCE": 0,
         "TRAIN_LEASE": 3,

@@ -182,8 +182,7 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
         for job in Job.fetch_many(ids, connection):
             if job is not None and job.worker_name == "host-b":
                 chunk = job.args[0]
-                done = Ledger(connection, chunk["batch"]).done()
-                if done & {task["id"] for task in chunk["tasks"]}:
+                if Ledger(connection, chunk["batch"]).written([t["id"] for t in chunk["tasks"]]):
                     return True
         return False
 

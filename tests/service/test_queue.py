@@ -166,6 +166,7 @@ def test_a_burst_of_webhooks_trains_once_on_a_separate_worker_seen_by_every_proc
             "LABEL_STUDIO_API_KEY": "secret",
             "TRAIN_EPOCHS": 3,
             "TRAIN_IMAGE_SIZE": 64,
+            "TRAIN_INPUT": "rgb",
             "MIN_PER_CLASS": 4,
             "TRAIN_DEBOUNCE": 1,
             "WEBHOOK_RATE": 0,  # the burst itself is what this test is about

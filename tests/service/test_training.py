@@ -77,6 +77,7 @@ def worker_settings(tmp_path, label_studio, **overrides) -> dict:
         label_studio_api_key="secret",
         train_epochs=4,
         train_image_size=64,
+        train_input="rgb",  # the recipe given: the choice is tested on its own
         min_per_class=4,
         train_debounce=0.0,
     )
@@ -156,6 +157,40 @@ def test_training_reads_label_studio_publishes_and_records_lineage(
     assert models.info("v0002")["lineage"]["started_from"].endswith("v0001.pt")
     # A fine-tune runs TRAIN_FINETUNE_EPOCHS; a first version, TRAIN_EPOCHS.
     assert [models.info(v)["recipe"]["epochs"] for v in ("v0001", "v0002")] == [4, 2]
+
+
+def test_a_projects_first_version_chooses_the_recipe_and_later_ones_keep_it(
+    synthetic_dir, label_studio, tmp_path, monkeypatch
+):
+    import worker.training.choose as choose
+    import worker.training.job
+
+    small = ({"input": "flat", "image_size": 40}, {"input": "rgb", "image_size": 48})
+    monkeypatch.setattr(choose, "CANDIDATES", small)
+    monkeypatch.setattr(choose, "_epoch_seconds", lambda dataset, base, size: 1.0)
+    label_studio.label_config = CONFIG
+    label_studio.tasks = labelled_tasks(synthetic_dir, 6)
+    settings = worker_settings(
+        tmp_path, label_studio, train_input="", train_image_size=0, train_budget=0.4
+    )  # 24 s: four trial epochs each
+    assert train_project("14", Settings.from_payload(settings))["outcome"] == "published"
+    models = ModelDir(tmp_path / "models" / "14")
+    recipe = models.info("v0001")["recipe"]
+    trials = recipe["choice"]["candidates"]
+    assert [t["name"] for t in trials] == ["flat 40 px", "rgb 48 px"]
+    assert recipe["choice"]["trial_epochs"] == 4
+    chosen = next(t for t in trials if t["name"] == recipe["choice"]["chosen"])
+    assert (recipe["input"], recipe["image_size"]) == (chosen["input"], chosen["image_size"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a later version chose again")
+
+    monkeypatch.setattr(choose, "choose_recipe", refuse)
+    monkeypatch.setattr(worker.training.job, "_reason_to_keep", lambda *args: None)  # publish
+    label_studio.tasks[3]["annotations"][0]["updated_at"] = "2026-11-24T12:00:00Z"
+    assert train_project("14", Settings.from_payload(settings))["outcome"] == "published"
+    again = models.info("v0002")["recipe"]
+    assert (again["input"], again["image_size"]) == (recipe["input"], recipe["image_size"])
 
 
 def test_training_waits_for_every_class_and_says_which(synthetic_dir, label_studio, tmp_path):

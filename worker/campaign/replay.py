@@ -66,6 +66,13 @@ def run_campaign(
     return report
 
 
+def _budget(settings) -> dict:
+    """The budget of a first version that chooses its recipe (none when the flags fix it)."""
+    if settings.train_input and settings.train_image_size:
+        return {}
+    return {"budget_minutes": settings.train_budget}
+
+
 def _start_report(dataset, orders, settings, options, out: Path, resume: bool, held_out) -> dict:
     fresh = {
         "dataset": {"images": len(dataset.samples), "counts": dataset.counts()},
@@ -77,6 +84,7 @@ def _start_report(dataset, orders, settings, options, out: Path, resume: bool, h
             "arch": settings.train_arch or "(default)",
             "input": settings.train_input,
             "image_size": settings.train_image_size,
+            **_budget(settings),
             "epochs": settings.train_epochs,
             "finetune_epochs": settings.train_finetune_epochs,
             "output_stride": settings.train_output_stride,

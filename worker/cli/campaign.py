@@ -65,8 +65,19 @@ def add_campaign_command(commands) -> None:
         help="epochs of a version fine-tuned from the current one (TRAIN_FINETUNE_EPOCHS; "
         "0: as --epochs)",
     )
-    campaign.add_argument("--image-size", type=int, default=recipe.image_size)
-    campaign.add_argument("--input", choices=defaults.INPUTS, default=recipe.input)
+    campaign.add_argument(
+        "--image-size", type=int, default=0, help="default: chosen by the first version"
+    )
+    campaign.add_argument(
+        "--input", choices=defaults.INPUTS, default="", help="default: chosen by the first version"
+    )
+    campaign.add_argument(
+        "--budget",
+        type=float,
+        default=defaults.TRAIN_BUDGET,
+        metavar="MINUTES",
+        help="the first version's time when it chooses the recipe (TRAIN_BUDGET)",
+    )
     campaign.add_argument("--output-stride", type=int, default=recipe.output_stride)
     campaign.add_argument(
         "--pretrained",
@@ -106,6 +117,7 @@ def run_campaign_command(args: argparse.Namespace) -> int:
         train_finetune_epochs=args.finetune_epochs,
         train_image_size=args.image_size,
         train_input=args.input,
+        train_budget=args.budget,
         train_output_stride=args.output_stride,
         train_pretrained=args.pretrained,
         sam2_config=args.sam2_config,

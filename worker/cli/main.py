@@ -47,8 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--arch", default=recipe.arch, help=f"any timm architecture (default {recipe.arch})"
     )
-    for name, kind in (("epochs", int), ("image_size", int), ("batch_size", int), ("lr", float)):
+    for name, kind in (("batch_size", int), ("lr", float)):
         train.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(recipe, name))
+    train.add_argument(
+        "--epochs",
+        type=int,
+        help=f"{recipe.epochs} by default, fewer where --budget is too short for them",
+    )
+    train.add_argument(
+        "--image-size", type=int, help="the classifier's input side (default: chosen, see --input)"
+    )
+    train.add_argument(
+        "--budget",
+        type=float,
+        default=defaults.TRAIN_BUDGET,
+        metavar="MINUTES",
+        help="when --input or --image-size is not given, candidate recipes are tried on a "
+        "validation share and the best is trained, all within about this many minutes "
+        f"(default {defaults.TRAIN_BUDGET:.0f})",
+    )
     choices = {
         "input": (defaults.INPUTS, "flat: gray + difference from the local background (surfaces)"),
         "pool": (("avg", "max", "avgmax"), "max and avgmax let one small object decide"),
@@ -58,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     }
     for name, (offered, text) in choices.items():
-        train.add_argument(f"--{name}", choices=offered, default=getattr(recipe, name), help=text)
+        default = None if name == "input" else getattr(recipe, name)  # the input is chosen
+        train.add_argument(f"--{name}", choices=offered, default=default, help=text)
     train.add_argument(
         "--output-stride",
         type=int,
@@ -208,17 +226,25 @@ def run_train(args: argparse.Namespace) -> int:
     from worker.contract.store import ModelDir
     from worker.pipeline.checkpoint import publish
     from worker.pipeline.classifier import resolve_device
+    from worker.training.choose import CHOSEN, choose_recipe, describe_choice
     from worker.training.classifier import TrainConfig, train
 
     dataset = read_dataset(args, "train")
+    given = {f.name: getattr(args, f.name, None) for f in fields(Recipe)}
     config = TrainConfig(
-        **{f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)},
+        **{name: value for name, value in given.items() if value is not None},
         tune_masks=not args.no_tune_masks,
         pretrained=args.pretrained,
         device=resolve_device(args.device),
     )
-    print(f"training {config.arch} on {len(dataset.samples)} images: {dataset.counts()}")
     started = time.perf_counter()
+    chosen = {name for name in CHOSEN if given[name] is not None}
+    if chosen != set(CHOSEN):
+        print(f"choosing a recipe for {len(dataset.samples)} images within {args.budget:g} min")
+        epochs_given = args.epochs is not None
+        config = choose_recipe(dataset, config, chosen, args.budget * 60, epochs_given, print)
+        print(describe_choice(config).splitlines()[0])
+    print(f"training {config.arch} on {len(dataset.samples)} images: {dataset.counts()}")
     result = train(dataset, config)
     redis_url = os.environ.get("REDIS_URL")
     redis = redis_connection(redis_url) if redis_url else None  # every process sees it at once
@@ -429,6 +455,8 @@ def run_demo(args: argparse.Namespace) -> int:
             str(args.epochs),
             "--image-size",
             "96",
+            "--input",
+            "rgb",
         ],
         [
             "predict",

@@ -34,6 +34,10 @@ class Recipe:
     seed: int = 0
 
 
+TRAIN_BUDGET = 30.0
+"""Minutes a first training may take when the recipe is chosen (``camsam train --budget``,
+``TRAIN_BUDGET``): a few hundred images train within it on a 2-core CPU (docs/datasets.md)."""
+
 PRETRAINED_TIMEOUT = 10.0
 """Seconds training waits for the model hub to answer before it starts from scratch instead
 (``worker.pipeline.pretrained``): long enough for a slow network, short for none at all."""

@@ -5,7 +5,8 @@ tasks on the bulk queue a chunk at a time; workers serve it after clicks and sho
 those still go first. A chunk whose worker dies is found abandoned (see
 :mod:`worker.jobs.queue_worker`) and run again by another worker, up to ``CHUNK_RETRIES``
 times; the batch's :class:`Ledger` says which tasks it has written already, so a chunk run again
-writes only the rest.
+writes only the rest, and a run claims each task before writing it, so two runs of one chunk (a
+worker declared dead that was only slow) never write the same task.
 """
 
 from __future__ import annotations
@@ -16,7 +17,57 @@ from dataclasses import dataclass, field
 from worker.contract.queues import BULK_QUEUE, PREANNOTATE_JOB, describe
 
 CHUNK_RETRIES = 3  # runs of a chunk after its first, for a dead worker or a failed write
+RETRY_SECONDS = [10, 60, 300]  # the wait before each of those runs: Label Studio may be restarting
 LEDGER_SECONDS = 7 * 86400  # how long a batch's ledger outlives its last write
+# A claim on a task outlives any write begun under it: label-studio-sdk gives each request 60 s
+# a phase (connect, send, answer) and tries it up to three times. Only then may another run ask
+# Label Studio whether the write landed and take the task over.
+CLAIM_SECONDS = 600
+
+# Claims tasks for a run, in one step: KEYS = claims hash, written set; ARGV = run, lease,
+# whether a claim past its lease may be taken, ids. Per id: "written" (by any run), "granted"
+# (unclaimed, this run's, or past its lease when allowed), "stale" (another run's, past its
+# lease), "busy" (another run's, within it).
+CLAIM_SCRIPT = """
+local now = tonumber(redis.call('TIME')[1])
+local codes = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local code = 'granted'
+  if redis.call('SISMEMBER', KEYS[2], id) == 1 then
+    code = 'written'
+  else
+    local held = redis.call('HGET', KEYS[1], id)
+    if held then
+      local owner, since = string.match(held, '^(%S+) (%d+)$')
+      if owner ~= ARGV[1] then
+        if now - tonumber(since) < tonumber(ARGV[2]) then
+          code = 'busy'
+        elseif ARGV[3] ~= '1' then
+          code = 'stale'
+        end
+      end
+    end
+    if code == 'granted' then
+      redis.call('HSET', KEYS[1], id, ARGV[1] .. ' ' .. now)
+    end
+  end
+  codes[#codes + 1] = code
+end
+return codes
+"""
+
+# Marks a run's claims as past their lease (KEYS = claims hash; ARGV = run, ids): its write
+# failed, and whether it landed before failing is for the next run to ask Label Studio.
+RELEASE_SCRIPT = """
+for i = 2, #ARGV do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  if held and string.match(held, '^(%S+) ') == ARGV[1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. ' 0')
+  end
+end
+return 0
+"""
 
 
 def enqueue_chunks(connection, payload: dict, size: int, timeout: int = 3600) -> list:
@@ -40,7 +91,7 @@ def enqueue_chunks(connection, payload: dict, size: int, timeout: int = 3600) ->
                 timeout=timeout,
                 result_ttl=86400,
                 failure_ttl=LEDGER_SECONDS,
-                retry=Retry(max=CHUNK_RETRIES),
+                retry=Retry(max=CHUNK_RETRIES, interval=RETRY_SECONDS),
             )
         )
     return queue.enqueue_many(specs) if specs else []
@@ -102,30 +153,51 @@ class Progress:
 
 
 class Ledger:
-    """Which tasks of one fan-out batch are written to Label Studio, and which were being
-    written when their worker stopped (only those need asking Label Studio about)."""
+    """Which tasks of one fan-out batch are written to Label Studio, and which run of a chunk
+    may write each of the rest: a run writes only the tasks it holds a claim on."""
 
-    def __init__(self, redis, batch: str) -> None:
+    def __init__(self, redis, batch: str, lease: int = CLAIM_SECONDS) -> None:
         self.redis = redis
-        self.writing = f"camsam:fanout:{batch}:writing"
-        self.written = f"camsam:fanout:{batch}:written"
+        self.lease = lease
+        self.claims = f"camsam:fanout:{batch}:claims"
+        self.written_key = f"camsam:fanout:{batch}:written"
 
-    def done(self) -> set[int]:
-        return {int(v) for v in self.redis.smembers(self.written)}
+    def written(self, task_ids: list[int]) -> set[int]:
+        """Those of ``task_ids`` the batch has written."""
+        if not task_ids:
+            return set()
+        found = self.redis.smismember(self.written_key, task_ids)
+        return {task_id for task_id, there in zip(task_ids, found, strict=True) if there}
 
-    def in_doubt(self) -> set[int]:
-        """Tasks whose write began and never was seen to end."""
-        return {int(v) for v in self.redis.sdiff(self.writing, self.written)}
+    def claim(self, task_ids: list[int], run: str, take_stale: bool = False) -> dict[int, str]:
+        """Claims ``task_ids`` for ``run``, all at once; each id's outcome: ``granted``,
+        ``written``, ``busy`` (another run holds it) or ``stale`` (another run held it past
+        the lease: whether its write landed is for Label Studio to say; then ``take_stale``)."""
+        if not task_ids:
+            return {}
+        codes = self.redis.eval(
+            CLAIM_SCRIPT,
+            2,
+            self.claims,
+            self.written_key,
+            run,
+            self.lease,
+            int(take_stale),
+            *task_ids,
+        )
+        self.redis.expire(self.claims, LEDGER_SECONDS)
+        return {t: c.decode() for t, c in zip(task_ids, codes, strict=True)}
 
-    def begin(self, task_ids: list[int]) -> None:
-        self._add(self.writing, task_ids)
+    def release(self, task_ids: list[int], run: str) -> None:
+        """``run``'s claims on ``task_ids`` lapse now: its write of them failed."""
+        if task_ids:
+            self.redis.eval(RELEASE_SCRIPT, 1, self.claims, run, *task_ids)
 
     def end(self, task_ids: list[int]) -> None:
-        self._add(self.written, task_ids)
-
-    def _add(self, key: str, task_ids: list[int]) -> None:
+        """``task_ids`` are in Label Studio: written, and claimed no more."""
         if task_ids:
             pipe = self.redis.pipeline()
-            pipe.sadd(key, *task_ids)
-            pipe.expire(key, LEDGER_SECONDS)
+            pipe.sadd(self.written_key, *task_ids)
+            pipe.hdel(self.claims, *task_ids)
+            pipe.expire(self.written_key, LEDGER_SECONDS)
             pipe.execute()

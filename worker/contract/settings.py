@@ -48,8 +48,9 @@ class Settings:
     train_arch: str = ""
     train_epochs: int = defaults.Recipe.epochs
     train_finetune_epochs: int = defaults.FINETUNE_EPOCHS  # 0: as many as TRAIN_EPOCHS
-    train_image_size: int = defaults.Recipe.image_size
-    train_input: str = defaults.Recipe.input
+    train_image_size: int = 0  # 0: chosen at the project's first training, then kept
+    train_input: str = ""  # "": chosen likewise (worker.training.choose)
+    train_budget: float = defaults.TRAIN_BUDGET  # minutes for a first training that chooses
     train_output_stride: int = defaults.Recipe.output_stride
     train_pretrained: str = ""
     train_groups: str = defaults.Recipe.groups  # the validation share's groups: auto, none, REGEX

@@ -220,10 +220,10 @@ class ModelDir:
         self._point(version)
 
     def _point(self, version: str) -> None:
-        atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
         if self.shared is not None:
-            self.shared.set_current(version)
-        elif self.redis is not None:
+            self.shared.set_current(version)  # first: it refuses a version pruned meanwhile
+        atomic_write(self.pointer, lambda f: f.write(f"{version}\n".encode()))
+        if self.shared is None and self.redis is not None:
             self.redis.set(self.redis_key, version)
 
     def discard(self, version: str) -> None:
@@ -247,9 +247,15 @@ class ModelDir:
         """Delete all but the newest ``keep`` versions (never the current one)."""
         current = self.current_version()
         old = [v for v in self.versions()[:-keep] if v != current] if keep > 0 else []
+        dropped = []
         for version in old:
-            self.discard(version)
-        return old
+            try:
+                self.discard(version)
+            except CheckpointError as error:  # another host made it current meanwhile
+                log.info("model %s: %s kept: %s", self.root, version, error)
+                continue
+            dropped.append(version)
+        return dropped
 
 
 def is_version(name: str) -> bool:

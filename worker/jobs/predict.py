@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -25,6 +26,7 @@ _pipelines: dict[tuple, object] = {}
 _lock = threading.Lock()
 FETCH_THREADS = 4  # downloads in flight: Label Studio and storages answer a few at a time well
 WRITES_IN_FLIGHT = 2  # chunks of predictions waiting for Label Studio before the model pauses
+CLAIM_POLL_SECONDS = 5  # how often a run looks again at tasks another run was writing
 
 
 def predict(payload: dict) -> dict:
@@ -69,34 +71,34 @@ def preannotate(payload: dict, progress=None) -> dict:
             )
         return {"model_version": None, "written": 0, "skipped": 0, "failed": 0}
     client = connect(project.settings.label_studio_url, project.settings.label_studio_api_key)
-    ledger = _ledger(payload, project.settings)
-    tasks = _unwritten(payload["tasks"], ledger, client, project.version)
-    skipped = len(payload["tasks"]) - len(tasks)
-    written = failed = 0
-    writes: list[Future] = []
+    writes = _Writes(client, payload, project.version, _ledger(payload, project.settings))
+    tasks = writes.unwritten(payload["tasks"])
+    failed = 0
     with ThreadPoolExecutor(1, thread_name_prefix="camsam-write") as writer:
+        pending: list[Future] = []
         for chunk, images in project.chunks(tasks):
             answers = project.predict(chunk, images)
             done = [(task["id"], a) for task, a in zip(chunk, answers, strict=True) if a]
             failed += len(chunk) - len(done)
-            writes.append(writer.submit(_write, client, payload["project"], done, ledger))
-            while len(writes) > WRITES_IN_FLIGHT:
-                written += writes.pop(0).result()
+            pending.append(writer.submit(writes.write, done))
+            while len(pending) > WRITES_IN_FLIGHT:
+                pending.pop(0).result()
             if progress is not None:
                 progress.update(len(chunk))
-        for write in writes:
-            written += write.result()
+        for write in pending:
+            write.result()
+    failed += writes.finish()
     log.info(
         "project %s: %d predictions written, %d skipped (written already), %d failed",
         payload["project"],
-        written,
-        skipped,
+        writes.written,
+        writes.skipped,
         failed,
     )
     return {
         "model_version": project.version,
-        "written": written,
-        "skipped": skipped,
+        "written": writes.written,
+        "skipped": writes.skipped,
         "failed": failed,
     }
 
@@ -111,31 +113,77 @@ def _ledger(payload: dict, settings: Settings):
     return Ledger(redis_connection(settings.redis_url), payload["batch"])
 
 
-def _unwritten(tasks: list[dict], ledger, client, version: str) -> list[dict]:
-    """``tasks`` less those the batch wrote already. A task whose write began in a run that
-    died is asked of Label Studio: whether it holds a prediction of ``version`` now."""
-    if ledger is None:
-        return tasks
-    from worker.labelstudio.client import task_predictions
+class _Writes:
+    """One run's writes of predictions to Label Studio. In a chunk of a fan-out, a task is
+    written only under this run's claim on it (:class:`worker.contract.fanout.Ledger`): a task
+    written already is skipped, one another run is writing waits for it, and one whose claim
+    outlived its run is asked of Label Studio before it is written again."""
 
-    done = ledger.done()
-    doubt = ledger.in_doubt() & {task["id"] for task in tasks}
-    for task_id in doubt:
-        if any(p.get("model_version") == version for p in task_predictions(client, task_id)):
-            done.add(task_id)
-    return [task for task in tasks if task["id"] not in done]
+    def __init__(self, client, payload: dict, version: str, ledger) -> None:
+        self.client = client
+        self.project = payload["project"]
+        self.version = version
+        self.ledger = ledger
+        self.run = uuid.uuid4().hex
+        self.written = self.skipped = 0
+        self.waiting: list[tuple[int, dict]] = []  # claimed by another run when we came to them
 
+    def unwritten(self, tasks: list[dict]) -> list[dict]:
+        if self.ledger is None:
+            return tasks
+        done = self.ledger.written([task["id"] for task in tasks])
+        self.skipped += len(done)
+        return [task for task in tasks if task["id"] not in done]
 
-def _write(client, project: str, predictions: list[tuple[int, dict]], ledger) -> int:
-    from worker.labelstudio.client import import_predictions
+    def write(self, predictions: list[tuple[int, dict]]) -> None:
+        from worker.labelstudio.client import import_predictions
 
-    ids = [task_id for task_id, _ in predictions]
-    if ledger is not None:
-        ledger.begin(ids)
-    count = import_predictions(client, project, predictions)
-    if ledger is not None:
-        ledger.end(ids)
-    return count
+        if self.ledger is None:
+            self.written += import_predictions(self.client, self.project, predictions)
+            return
+        codes = self._claim([task_id for task_id, _ in predictions])
+        mine = [(t, p) for t, p in predictions if codes[t] == "granted"]
+        ids = [task_id for task_id, _ in mine]
+        try:
+            self.written += import_predictions(self.client, self.project, mine)
+        except Exception:
+            self.ledger.release(ids, self.run)  # the next run asks Label Studio, then writes
+            raise
+        self.ledger.end(ids)
+        self.skipped += sum(code == "written" for code in codes.values())
+        self.waiting += [(t, p) for t, p in predictions if codes[t] == "busy"]
+
+    def finish(self) -> int:
+        """Waits out the tasks other runs held, writing those they did not; returns how many
+        could not be settled (counted failed)."""
+        from worker.contract.fanout import CLAIM_SECONDS
+
+        deadline = time.monotonic() + CLAIM_SECONDS + 60
+        while self.waiting and time.monotonic() < deadline:
+            time.sleep(CLAIM_POLL_SECONDS)
+            waiting, self.waiting = self.waiting, []
+            self.write(waiting)
+        if self.waiting:
+            log.warning("project %s: %d tasks left to another run", self.project, len(self.waiting))
+        return len(self.waiting)
+
+    def _claim(self, task_ids: list[int]) -> dict[int, str]:
+        """This run's claims; a stale one is taken over unless Label Studio holds the task's
+        prediction of this version already (its run wrote it, then died)."""
+        from worker.labelstudio.client import task_predictions
+
+        codes = self.ledger.claim(task_ids, self.run)
+        stale = [t for t, code in codes.items() if code == "stale"]
+        landed = [
+            t
+            for t in stale
+            if any(p.get("model_version") == self.version for p in task_predictions(self.client, t))
+        ]
+        self.ledger.end(landed)
+        codes.update(dict.fromkeys(landed, "written"))
+        rest = [t for t in stale if t not in landed]
+        codes.update(self.ledger.claim(rest, self.run, take_stale=True))
+        return codes
 
 
 def interactive(payload: dict) -> dict:

@@ -11,7 +11,7 @@ reconciles with Label Studio periodically.
 A thread beats for the running job every ``BEAT_SECONDS``, so a worker that dies (SIGKILL, a
 host lost) leaves a job that rq finds abandoned within ``BEAT_TTL`` seconds rather than after
 its whole timeout; every worker looks for such jobs as often, and rq runs each again that has
-retries left (the chunks of a fan-out do) or marks it failed.
+retries left (the chunks of a fan-out do, after a wait) or marks it failed.
 """
 
 from __future__ import annotations
@@ -111,22 +111,26 @@ class BeatingWorker(SimpleWorker):
 
 def reap_abandoned(redis_url: str, names: list[str]) -> None:
     """Every ``BEAT_SECONDS``: jobs of these queues whose worker stopped beating go back on
-    their queue if they have retries left (rq's own handling), else to the failed ones. One
-    worker at a time does it, under a lock."""
+    their queue if they have retries left (rq's own handling), else to the failed ones; and
+    retries whose wait is over are queued again (rq's scheduler, run here in the thread rather
+    than as a forked process). One worker at a time does each, under a lock."""
     from rq.registry import StartedJobRegistry
+    from rq.scheduler import RQScheduler
 
     connection = redis_connection(redis_url)
+    scheduler = RQScheduler(names, connection=connection, name=f"{_name}-scheduler")
     stop = threading.Event()
     while not stop.wait(BEAT_SECONDS):
         try:
             lock = connection.lock("camsam:reaper", timeout=BEAT_SECONDS * 4)
-            if not lock.acquire(blocking=False):
-                continue
-            try:
-                for name in names:
-                    StartedJobRegistry(name, connection=connection).cleanup()
-            finally:
-                lock.release()
+            if lock.acquire(blocking=False):
+                try:
+                    for name in names:
+                        StartedJobRegistry(name, connection=connection).cleanup()
+                finally:
+                    lock.release()
+            if scheduler.acquire_locks():
+                scheduler.enqueue_scheduled_jobs()
         except Exception as error:  # noqa: BLE001 (a thread has nobody to raise to)
             log.warning("looking for abandoned jobs failed: %s", error)
 

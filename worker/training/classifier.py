@@ -53,6 +53,7 @@ class TrainConfig(defaults.Recipe):
     gate: bool = True  # calibrate the mask gate on the validation share (pipeline.gate)
     device: str = "cpu"
     progress: bool = True
+    choice: dict | None = None  # how the recipe was chosen, when it was (worker.training.choose)
 
 
 @dataclass(frozen=True)

@@ -116,10 +116,11 @@ def train_version(
     epochs = settings.train_epochs
     if fine_tune and settings.train_finetune_epochs:
         epochs = min(settings.train_finetune_epochs, epochs)
+    kept = (info or {}).get("recipe") or {}  # the project's choice, made at its first training
     recipe = TrainConfig(
         arch=settings.train_arch or TrainConfig.arch,
-        image_size=settings.train_image_size,
-        input=settings.train_input,
+        image_size=settings.train_image_size or kept.get("image_size") or TrainConfig.image_size,
+        input=settings.train_input or kept.get("input") or TrainConfig.input,
         output_stride=settings.train_output_stride or TrainConfig.output_stride,
         groups=settings.train_groups,
         epochs=epochs,
@@ -128,6 +129,12 @@ def train_version(
         progress=False,
     )
     started = time.perf_counter()
+    given = {"input": settings.train_input, "image_size": settings.train_image_size}
+    if not kept and not all(given.values()):
+        from worker.training.choose import choose_recipe
+
+        given = {name for name, value in given.items() if value}
+        recipe = choose_recipe(dataset, recipe, given, settings.train_budget * 60, False)
     result = train(dataset, recipe)
     lineage = {
         **(lineage or {}),

@@ -3,12 +3,20 @@ chunk run again from writing a task twice."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
 
-from worker.contract.fanout import CHUNK_RETRIES, Ledger, Progress, enqueue_chunks
+from worker.contract.fanout import (
+    CHUNK_RETRIES,
+    RETRY_SECONDS,
+    Ledger,
+    Progress,
+    enqueue_chunks,
+)
 from worker.contract.queues import BULK_QUEUE, INTERACTIVE_QUEUE, PREDICT_QUEUE
+from worker.labelstudio.client import LabelStudioError
 
 
 @pytest.fixture
@@ -40,6 +48,7 @@ def test_a_batch_goes_on_the_bulk_queue_in_chunks_with_retries(connection):
 def test_progress_adds_up_the_chunks_and_counts_one_that_always_fails(connection, monkeypatch):
     from rq import Queue, SimpleWorker
 
+    import worker.contract.fanout
     import worker.jobs.predict
 
     def chunk(job_payload: dict) -> dict:
@@ -49,6 +58,7 @@ def test_progress_adds_up_the_chunks_and_counts_one_that_always_fails(connection
         return {"model_version": "v0003", "written": len(ids) - 1, "skipped": 1, "failed": 0}
 
     monkeypatch.setattr(worker.jobs.predict, "preannotate", chunk)
+    monkeypatch.setattr(worker.contract.fanout, "RETRY_SECONDS", [0] * CHUNK_RETRIES)
     progress = Progress(connection, enqueue_chunks(connection, payload(25), 10))
     assert progress.poll().done == 0 and not progress.totals.over
     queue = Queue(BULK_QUEUE, connection=connection)
@@ -59,22 +69,119 @@ def test_progress_adds_up_the_chunks_and_counts_one_that_always_fails(connection
     assert totals.lost_chunks == 1 and totals.versions == {"v0003"}
 
 
-def test_a_chunk_run_again_leaves_out_what_its_batch_wrote(redis_url, label_studio):
+def test_a_failed_chunk_waits_before_it_runs_again(connection, monkeypatch):
+    """Label Studio restarting fails every chunk at once: each waits before its next run."""
+    from rq import Queue, SimpleWorker
+    from rq.registry import ScheduledJobRegistry
+
+    import worker.jobs.predict
+
+    def chunk(job_payload: dict) -> dict:
+        raise RuntimeError("Label Studio is restarting (simulated)")
+
+    monkeypatch.setattr(worker.jobs.predict, "preannotate", chunk)
+    (job,) = enqueue_chunks(connection, payload(5), 10)
+    queue = Queue(BULK_QUEUE, connection=connection)
+    SimpleWorker([queue], connection=connection).work(burst=True)
+    job.refresh()
+    assert job.get_status() == "scheduled" and job.retries_left == CHUNK_RETRIES - 1
+    due = ScheduledJobRegistry(queue=queue).get_scheduled_time(job)
+    wait = (due - job.ended_at).total_seconds()
+    assert RETRY_SECONDS[0] - 1 <= wait <= RETRY_SECONDS[0] + 1
+    ScheduledJobRegistry(queue=queue).remove(job)
+
+
+def test_a_task_is_claimed_by_one_run_at_a_time(redis_url):
     from redis import Redis
 
-    from worker.jobs.predict import _unwritten
+    ledger = Ledger(Redis.from_url(redis_url), uuid.uuid4().hex)
+    assert ledger.claim([1, 2, 3], "a") == dict.fromkeys([1, 2, 3], "granted")
+    assert ledger.claim([2, 3, 4], "b") == {2: "busy", 3: "busy", 4: "granted"}
+    assert ledger.claim([3], "a") == {3: "granted"}  # its own claim, again
+    ledger.end([1, 2])
+    assert ledger.claim([1, 2, 3], "b") == {1: "written", 2: "written", 3: "busy"}
+    assert ledger.written([1, 2, 3, 4]) == {1, 2}
+    ledger.release([3, 4], "a")  # a's write of 3 failed; 4 is b's, untouched
+    assert ledger.claim([3, 4], "b") == {3: "stale", 4: "granted"}
+    assert ledger.claim([3], "b", take_stale=True) == {3: "granted"}
+    assert ledger.claim([3], "a", take_stale=True) == {3: "busy"}  # taken, and fresh again
+
+
+def write_run(ledger, label_studio, tasks: list[int], version: str = "v0001"):
+    from worker.jobs.predict import _Writes
     from worker.labelstudio.client import connect
 
-    ledger = Ledger(Redis.from_url(redis_url), uuid.uuid4().hex)
-    ledger.begin([1, 2, 3])
-    ledger.end([1])  # 2 and 3 were being written when the worker died
+    payload = {"project": "5", "batch": "-"}
+    writes = _Writes(connect(label_studio.url, "secret"), payload, version, ledger)
+    prediction = {"result": [], "score": 0.5, "model_version": version}
+    left = writes.unwritten([{"id": t} for t in tasks])
+    return writes, [(task["id"], prediction) for task in left]
+
+
+def test_a_run_after_a_dead_one_asks_label_studio_about_its_writes_in_doubt(
+    redis_url, label_studio
+):
+    from redis import Redis
+
+    ledger = Ledger(Redis.from_url(redis_url), uuid.uuid4().hex, lease=0)
+    ledger.claim([1, 2, 3], "dead")  # its write of 1 to 3 began, then it was killed
+    ledger.end([1])
     label_studio.predictions.append({"id": 1, "task": 2, "model_version": "v0001", "result": []})
     label_studio.predictions.append({"id": 2, "task": 3, "model_version": "v0000", "result": []})
-    tasks = payload(4)["tasks"]
-    client = connect(label_studio.url, "secret")
-    assert [t["id"] for t in _unwritten(tasks, ledger, client, "v0001")] == [3, 4]
-    assert ledger.in_doubt() == {2, 3} and ledger.done() == {1}
-    assert _unwritten(tasks, None, client, "v0001") == tasks  # no batch: no ledger
+    writes, todo = write_run(ledger, label_studio, [1, 2, 3, 4])
+    assert [t for t, _ in todo] == [2, 3, 4]  # 1 is in the ledger
+    writes.write(todo)
+    assert (writes.written, writes.skipped, writes.finish()) == (2, 2, 0)  # 2 landed before
+    assert sorted(p["task"] for p in label_studio.predictions[2:]) == [3, 4]
+    assert ledger.written([1, 2, 3, 4]) == {1, 2, 3, 4}
+
+
+def test_two_runs_of_one_chunk_write_each_task_once(redis_url, label_studio, monkeypatch):
+    """A worker declared dead that was only slow runs on beside the chunk's next run: each of
+    their tasks still goes to Label Studio once, whichever claims it first."""
+    from redis import Redis
+
+    import worker.jobs.predict
+
+    monkeypatch.setattr(worker.jobs.predict, "CLAIM_POLL_SECONDS", 0.05)
+    ledger = Ledger(Redis.from_url(redis_url), uuid.uuid4().hex)
+    slow, slow_todo = write_run(ledger, label_studio, list(range(1, 41)))
+    fast, fast_todo = write_run(ledger, label_studio, list(range(1, 41)))
+    slow.write(slow_todo[:10])  # the first run wrote 1-10 before it fell silent
+    fast_todo = [(t, p) for t, p in fast_todo if t > 5]  # the second begins from a later chunk
+
+    def writes(run, todo: list) -> None:  # a run writes from one thread, four tasks at a time
+        for i in range(0, len(todo), 4):
+            run.write(todo[i : i + 4])
+
+    threads = [
+        threading.Thread(target=writes, args=(run, todo))
+        for run, todo in ((slow, slow_todo[10:]), (fast, fast_todo))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert slow.finish() == 0 and fast.finish() == 0
+    tasks = sorted(p["task"] for p in label_studio.predictions)
+    assert tasks == list(range(1, 41))
+    assert slow.written + fast.written == 40
+    assert fast.skipped + slow.skipped == len(fast_todo) + len(slow_todo) - 40
+
+
+def test_a_failed_write_leaves_its_tasks_to_the_next_run_at_once(redis_url, label_studio):
+    from redis import Redis
+
+    ledger = Ledger(Redis.from_url(redis_url), uuid.uuid4().hex)
+    failing, todo = write_run(ledger, label_studio, [1, 2])
+    label_studio.refuse_imports = True
+    with pytest.raises(LabelStudioError):
+        failing.write(todo)
+    label_studio.refuse_imports = False
+    writes, todo = write_run(ledger, label_studio, [1, 2])
+    writes.write(todo)
+    assert (writes.written, writes.finish()) == (2, 0)  # no wait for a lease
+    assert sorted(p["task"] for p in label_studio.predictions) == [1, 2]
 
 
 def test_a_worker_takes_clicks_then_batches_then_chunks(connection, monkeypatch):

@@ -77,6 +77,53 @@ def test_rollback_and_pruning_reach_every_host(hosts):
     assert b.versions() == ["v0004"]
 
 
+def test_a_prune_on_one_host_spares_what_another_just_rolled_back_to(hosts, monkeypatch):
+    a, b = hosts
+    for _ in range(3):
+        a.publish(Spec(), writer(3000))
+    monkeypatch.setattr(a, "current_version", lambda: "v0003")  # read before b's rollback
+    b.set_current("v0001", check=lambda path: None)
+    assert a.prune(1) == ["v0002"]  # v0001 became current meanwhile: kept
+    assert sorted(a.shared.kept()) == ["v0001", "v0003"] and b.current_version() == "v0001"
+    assert b.fetch("v0001").is_file()
+
+
+def test_a_rollback_to_a_version_pruned_meanwhile_is_refused_and_changes_nothing(hosts):
+    a, b = hosts
+    for _ in range(2):
+        a.publish(Spec(), writer(3000))
+    b.fetch("v0001")  # b still has its copy when a prunes it
+    a.prune(1)
+    with pytest.raises(CheckpointError, match="pruned"):
+        b.shared.set_current("v0001")
+    assert a.current_version() == b.current_version() == "v0002"
+
+
+def test_an_upload_redis_refuses_leaves_nothing_behind(tmp_path):
+    """Redis out of memory while a version's pieces go in: no partial file, no listing."""
+    from redis import Redis
+    from redis.exceptions import ResponseError
+
+    from tests.conftest import free_port, start_redis
+
+    server, url = start_redis(free_port(), tmp_path)
+    try:
+        redis = Redis.from_url(url)
+        redis.config_set("maxmemory-policy", "noeviction")
+        redis.config_set("maxmemory", redis.info("memory")["used_memory"] + CHUNK_BYTES * 2)
+        host = named_model_dir(tmp_path / "a", "p", url, "redis")
+        with pytest.raises(ResponseError, match="maxmemory"):
+            host.publish(Spec(), writer(CHUNK_BYTES * 4))
+        assert host.shared.kept() == {} and host.shared.current() is None
+        assert redis.keys("camsam:models:*") == []
+        redis.config_set("maxmemory", 0)
+        assert host.publish(Spec(), writer(3000)).version == "v0002"
+        assert named_model_dir(tmp_path / "b", "p", url, "redis").fetch("v0002").is_file()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_a_version_kept_on_one_disk_only_is_shared_when_it_becomes_current(hosts, tmp_path):
     a, b = hosts
     a.versions_dir.mkdir(parents=True)
