@@ -88,7 +88,10 @@ class SharedModels:
             pipe.hset(self.prefix + "kept", version, json.dumps(meta))
             pipe.execute()
         except BaseException:
-            self.redis.delete(staging)
+            try:
+                self.redis.delete(staging)  # else it expires within UPLOAD_SECONDS
+            except Exception:  # noqa: BLE001 (Redis gone: the first error is the one to see)
+                pass
             raise
         return digest
 

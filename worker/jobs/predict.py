@@ -146,8 +146,9 @@ class _Writes:
         ids = [task_id for task_id, _ in mine]
         try:
             self.written += import_predictions(self.client, self.project, mine)
-        except Exception:
-            self.ledger.release(ids, self.run)  # the next run asks Label Studio, then writes
+        except Exception as error:
+            if _refused(error):  # Label Studio answered no: nothing landed, the next run may
+                self.ledger.release(ids, self.run)  # ask it at once; else the claims run out
             raise
         self.ledger.end(ids)
         self.skipped += sum(code == "written" for code in codes.values())
@@ -174,16 +175,26 @@ class _Writes:
 
         codes = self.ledger.claim(task_ids, self.run)
         stale = [t for t, code in codes.items() if code == "stale"]
-        landed = [
-            t
-            for t in stale
-            if any(p.get("model_version") == self.version for p in task_predictions(self.client, t))
-        ]
+        try:
+            landed = [t for t in stale if self._holds_version(task_predictions(self.client, t))]
+        except Exception:  # nothing was written under these claims: the next run may take them
+            self.ledger.release([t for t, c in codes.items() if c == "granted"], self.run)
+            raise
         self.ledger.end(landed)
         codes.update(dict.fromkeys(landed, "written"))
         rest = [t for t in stale if t not in landed]
         codes.update(self.ledger.claim(rest, self.run, take_stale=True))
         return codes
+
+    def _holds_version(self, predictions: list[dict]) -> bool:
+        return any(p.get("model_version") == self.version for p in predictions)
+
+
+def _refused(error: Exception) -> bool:
+    """Label Studio answered a write with a 4xx: it stored nothing. (A timeout or a 5xx from a
+    proxy says nothing of whether the write landed.)"""
+    status = getattr(error.__cause__, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500
 
 
 def interactive(payload: dict) -> dict:

@@ -144,7 +144,7 @@ def _trial_epochs(candidates: list[Candidate], budget: float) -> int:
 def _final_epochs(best: Candidate, budget: float, started: float, base: TrainConfig) -> int:
     left = budget - (time.perf_counter() - started)
     fits = int(left * FINAL_SHARE / max(best.epoch_seconds, 1e-9))
-    return max(MIN_EPOCHS, min(base.epochs, fits))
+    return min(base.epochs, max(MIN_EPOCHS, fits))  # never more than asked for
 
 
 def _as_recipe(base: TrainConfig, candidate: Candidate) -> TrainConfig:

@@ -128,6 +128,8 @@ def train_version(
         pretrained=start,
         progress=False,
     )
+    if not fine_tune and recipe.input == "flat" and not settings.train_pretrained:
+        recipe = replace(recipe, pretrained="none")  # as the choice judged it: from scratch
     started = time.perf_counter()
     given = {"input": settings.train_input, "image_size": settings.train_image_size}
     if not kept and not all(given.values()):

@@ -184,6 +184,27 @@ def test_a_failed_write_leaves_its_tasks_to_the_next_run_at_once(redis_url, labe
     assert sorted(p["task"] for p in label_studio.predictions) == [1, 2]
 
 
+def test_a_write_that_may_have_landed_keeps_its_claims(redis_url, label_studio, monkeypatch):
+    """A timeout says nothing of whether Label Studio stored the predictions: the tasks stay
+    claimed until the lease runs out, and only then does a run ask Label Studio."""
+    from redis import Redis
+
+    import worker.labelstudio.client
+
+    def timed_out(*args):
+        try:
+            raise TimeoutError("read timed out (simulated)")
+        except TimeoutError as error:
+            raise LabelStudioError("cannot store 2 predictions") from error
+
+    ledger = Ledger(Redis.from_url(redis_url), uuid.uuid4().hex)
+    writes, todo = write_run(ledger, label_studio, [1, 2])
+    monkeypatch.setattr(worker.labelstudio.client, "import_predictions", timed_out)
+    with pytest.raises(LabelStudioError):
+        writes.write(todo)
+    assert ledger.claim([1, 2], "another run") == {1: "busy", 2: "busy"}
+
+
 def test_a_worker_takes_clicks_then_batches_then_chunks(connection, monkeypatch):
     """Chunks queued first still wait for a click and a short batch queued after them."""
     from rq import Queue
