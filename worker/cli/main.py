@@ -243,7 +243,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"choosing a recipe for {len(dataset.samples)} images within {args.budget:g} min")
         epochs_given = args.epochs is not None
         config = choose_recipe(dataset, config, chosen, args.budget * 60, epochs_given, print)
-        print(describe_choice(config).splitlines()[0])
+        print(describe_choice(config))
     print(f"training {config.arch} on {len(dataset.samples)} images: {dataset.counts()}")
     result = train(dataset, config)
     redis_url = os.environ.get("REDIS_URL")

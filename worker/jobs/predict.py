@@ -157,9 +157,7 @@ class _Writes:
     def finish(self) -> int:
         """Waits out the tasks other runs held, writing those they did not; returns how many
         could not be settled (counted failed)."""
-        from worker.contract.fanout import CLAIM_SECONDS
-
-        deadline = time.monotonic() + CLAIM_SECONDS + 60
+        deadline = time.monotonic() + (self.ledger.lease if self.ledger else 0) + 60
         while self.waiting and time.monotonic() < deadline:
             time.sleep(CLAIM_POLL_SECONDS)
             waiting, self.waiting = self.waiting, []

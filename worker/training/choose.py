@@ -193,11 +193,9 @@ def _winner(trials: list[dict]) -> dict:
 
 
 def describe_choice(recipe: TrainConfig) -> str:
-    """The choice in a few lines, for the command's output."""
+    """The choice in a line, for the command's output (each trial was said as it ended)."""
     choice = recipe.choice or {}
-    lines = [f"recipe: {choice.get('chosen')} ({choice.get('why')}), {recipe.epochs} epochs"]
-    lines += [_describe_trial(t, choice["trial_epochs"]) for t in choice.get("candidates", [])]
-    return "\n".join(lines)
+    return f"recipe: {choice.get('chosen')} ({choice.get('why')}), {recipe.epochs} epochs"
 
 
 def _describe_trial(trial: dict, epochs: int) -> str:
