@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from worker.contract import defaults
 from worker.contract.errors import DatasetError
-from worker.data.dataset import Dataset, Sample, stable_split
+from worker.data.dataset import Dataset, Grouping, Sample, stable_split
 from worker.data.groups import Groups, groups_for
 from worker.data.images import load_image
 from worker.pipeline.checkpoint import ClassifierSpec
@@ -129,7 +129,9 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
     model.load_state_dict(best_state)
     refine, extras = {}, {}
     if config.tune_masks:
-        refine, extras, quality = _fit_masks(Classifier(spec, model), dataset.samples, config)
+        refine, extras, quality = _fit_masks(
+            Classifier(spec, model), dataset.samples, config, groups.grouping
+        )
         state.update(extras)
         summary.update(quality)
     spec = ClassifierSpec(**{**asdict(spec), "metrics": summary, "refine": refine})
@@ -202,14 +204,17 @@ def _fit(
 
 
 def _fit_masks(
-    trained: Classifier, samples: Sequence[Sample], config: TrainConfig
+    trained: Classifier,
+    samples: Sequence[Sample],
+    config: TrainConfig,
+    grouping: Grouping | None = None,
 ) -> tuple[dict, dict, dict]:
     """Per class, the refiner whose out-of-fold IoU on the images with masks is best: the tuned
     hand-made ones, or the learned one where it beats them. Returns the refine settings, the
     learned refiner's tensors for the checkpoint, and the IoU figures for its metrics."""
     tuned, quality = tune_refiners(trained, samples, progress=config.progress)
-    learned, learned_quality = fit_learned_refiner(
-        trained, samples, progress=config.progress, seed=config.seed
+    learned, learned_quality, frame_iou = fit_learned_refiner(
+        trained, samples, progress=config.progress, seed=config.seed, grouping=grouping
     )
     for label, score in learned_quality.items():
         if score > quality.get(label, 0.0):
@@ -217,7 +222,14 @@ def _fit_masks(
     kept = {
         k: v for k, v in learned.classes.items() if tuned.get(k, None) == RefineParams("learned")
     }
-    figures = {"refine_train_iou": quality, "learned_refiner_iou": learned_quality}
+    figures = {
+        "refine_train_iou": quality,
+        "learned_refiner_iou": learned_quality,
+        "learned_refiner_frame": {
+            label: {**frame_iou[label], "chosen": learned.classes[label].frame}
+            for label in frame_iou
+        },
+    }
     return to_plain(tuned), LearnedRefiner(kept).to_state(), figures
 
 

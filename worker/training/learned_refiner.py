@@ -5,6 +5,11 @@ cut on the trees' probability, and which parts of the cut mask to keep (every pa
 ones, or only the largest), are chosen per class out of fold: two halves of the training images
 each predict the other, so the figure training reports for the refiner (and compares with the
 tuned hand-made refiners to pick one per class) was measured on images the trees did not see.
+The halves split whole groups (near-duplicates, or the user's pattern): a photograph of the same
+object under another light would otherwise flatter whatever the trees memorised of it, the place
+in the frame above all. Whether the trees may read the place in the frame is chosen the same way:
+it is kept only where it adds ``FRAME_MARGIN`` to the out-of-fold IoU, since it is the feature
+least likely to carry over to a new camera or a new part.
 """
 
 from __future__ import annotations
@@ -13,17 +18,29 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from worker.data.dataset import Grouping
 from worker.data.images import load_image
 from worker.pipeline.cam.base import compute_cams
 from worker.pipeline.masks import iou, major_parts
-from worker.pipeline.refiners.learned import FIELDS, ClassTrees, LearnedRefiner, pixel_features
+from worker.pipeline.refiners.learned import (
+    FIELDS,
+    ClassTrees,
+    LearnedRefiner,
+    blind,
+    pixel_features,
+)
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 PARTS = (0.0, 0.3, 1.0)  # every part of the cut mask, the major ones, only the largest
 MIN_IMAGES = 6  # masked training images a class needs (three for each out-of-fold half)
 PIXELS_PER_IMAGE = (800, 1200)  # at most this many mask pixels, and others, from each image
+# 75 rounds at a rate of 0.2 cut masks as good as 150 at 0.1 with half the trees, which set
+# the cost; 50 at 0.3 did worse on unseen tiles (docs/quality.md, the learned refiner).
+ROUNDS, RATE = 75, 0.2
+FRAME_MARGIN = 0.02  # out-of-fold IoU the place in the frame must add for the trees to read it
 
 
 def fit_learned_refiner(
@@ -32,9 +49,12 @@ def fit_learned_refiner(
     per_class: int = 80,
     progress: bool = False,
     seed: int = 0,
-) -> tuple[LearnedRefiner, dict[str, float]]:
-    """Trees for every mask class with at least ``MIN_IMAGES`` masked training images, and each
-    class's out-of-fold mean IoU at the working size with the cut chosen."""
+    grouping: Grouping | None = None,
+) -> tuple[LearnedRefiner, dict[str, float], dict[str, dict[str, float]]]:
+    """Trees for every mask class with at least ``MIN_IMAGES`` masked training images; each
+    class's out-of-fold mean IoU at the working size with the cut chosen; and each class's best
+    out-of-fold IoU without and with the place in the frame. ``grouping`` (a sample's group,
+    None: every image alone) keeps each group on one side of the out-of-fold halves."""
     rng = np.random.default_rng(seed)
     mask_classes = classifier.spec.mask_classes
     clear = [s for s in samples if not set(s.classes) & set(mask_classes)]
@@ -42,65 +62,122 @@ def fit_learned_refiner(
         label: [s for s in samples if label in s.classes and s.has_mask(label)][:per_class]
         for label in mask_classes
     }
-    refiners, quality = {}, {}
+    refiners, quality, frame_iou = {}, {}, {}
     work = [label for label, group in chosen.items() if len(group) >= MIN_IMAGES]
     for label in tqdm(work, desc="learned refiner", disable=not progress, leave=False):
         group = chosen[label]
         count = min(len(clear), max(3, len(group) // 2))
         negatives = [clear[i] for i in rng.choice(len(clear), count, replace=False)]
-        examples = []
-        for sample in group + negatives:
-            image = load_image(sample.image)
-            (cam,) = compute_cams(classifier, image, [label])
-            features = pixel_features(image, cam.cam)
-            truth = sample.mask(label, image.shape[:2]).astype(np.float32)
-            size = features.shape[1::-1]
-            small = cv2.resize(truth, size, interpolation=cv2.INTER_AREA) > 0.3
-            examples.append((features, small))
-        order = rng.permutation(len(examples))
-        halves = [order[0::2], order[1::2]]
-        choices = [(t, share) for t in THRESHOLDS for share in PARTS]
-        scores = {choice: [] for choice in choices}
-        for held, used in ((halves[0], halves[1]), (halves[1], halves[0])):
-            trees = _fit([examples[i] for i in used], rng)
+        examples = [_example(classifier, sample, label) for sample in group + negatives]
+        halves = _halves(group + negatives, len(group), grouping, rng)
+        means = _out_of_fold(examples, len(group), halves, rng)
+        choice, frame_iou[label] = _choose(means)
+        refiners[label] = _fit(examples, rng, *choice)
+        quality[label] = means[choice]
+    return LearnedRefiner(refiners), quality, frame_iou
+
+
+def _example(classifier, sample, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's pixel features and its mask of ``label``, at the working size."""
+    image = load_image(sample.image)
+    (cam,) = compute_cams(classifier, image, [label])
+    features = pixel_features(image, cam.cam)
+    truth = sample.mask(label, image.shape[:2]).astype(np.float32)
+    small = cv2.resize(truth, features.shape[1::-1], interpolation=cv2.INTER_AREA) > 0.3
+    return features, small
+
+
+def _halves(
+    samples: Sequence, masked: int, grouping: Grouping | None, rng: np.random.Generator
+) -> list[list[int]]:
+    """Two halves of the samples' indices, whole groups on each side, each group going to the
+    side with fewer masked samples (the first ``masked``) so far. Where the masked samples are
+    all one group, the halves split images instead: there is nothing else to split."""
+    keys = [grouping(s) if grouping else i for i, s in enumerate(samples)]
+    if grouping is None or len({keys[i] for i in range(masked)}) < 2:
+        keys = list(range(len(samples)))
+    members: dict = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    groups = list(members.values())
+    halves: list[list[int]] = [[], []]
+    held: list[int] = [0, 0]  # masked samples on each side
+    for j in rng.permutation(len(groups)):
+        side = min((0, 1), key=lambda k: (held[k], len(halves[k])))
+        halves[side] += groups[j]
+        held[side] += sum(i < masked for i in groups[j])
+    return halves
+
+
+def _out_of_fold(examples, masked: int, halves, rng) -> dict[tuple, float]:
+    """Mean IoU over the masked examples, each predicted by trees fitted on the other half, of
+    every (cut, parts, frame) choice."""
+    choices = [(t, share, f) for f in (False, True) for t in THRESHOLDS for share in PARTS]
+    scores: dict[tuple, list[float]] = {choice: [] for choice in choices}
+    for held, used in ((halves[0], halves[1]), (halves[1], halves[0])):
+        for frame in (False, True):
+            trees = _fit([examples[i] for i in used], rng, frame=frame)
             for i in held:
-                if i >= len(group):
+                if i >= masked:
                     continue  # defect-free images say nothing about the cut's IoU
                 features, truth = examples[i]
                 probability = trees.probability(features.reshape(-1, features.shape[-1]))
                 probability = probability.reshape(truth.shape)
-                for t, share in choices:
-                    mask = major_parts(probability > t, share)
-                    scores[t, share].append(iou(mask, truth))
-        means = {choice: float(np.mean(v)) for choice, v in scores.items()}
-        best = max(choices, key=lambda choice: means[choice])
-        refiners[label] = _fit(examples, rng, *best)
-        quality[label] = means[best]
-    return LearnedRefiner(refiners), quality
+                for t, share, f in choices:
+                    if f == frame:
+                        scores[t, share, f].append(iou(major_parts(probability > t, share), truth))
+    return {choice: float(np.mean(v)) for choice, v in scores.items()}
+
+
+def _balanced(inside: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and labels with the smaller side repeated to the larger one's count, so that each
+    class weighs the same, as balanced class weights would. scikit-learn bins weighted rows one
+    weighted percentile at a time, which made a fit 10 to 20 times slower (docs/performance.md)."""
+    count = max(len(inside), len(outside)) if len(inside) and len(outside) else 0
+    if count:
+        inside = np.resize(inside, (count, inside.shape[1]))
+        outside = np.resize(outside, (count, outside.shape[1]))
+    labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+    return np.concatenate([inside, outside]), labels
+
+
+def _choose(means: dict[tuple, float]) -> tuple[tuple, dict[str, float]]:
+    """The (cut, parts, frame) choice of best out-of-fold IoU, the place in the frame only where
+    it adds ``FRAME_MARGIN``; and the best IoU without and with it."""
+    best = {
+        frame: max((c for c in means if c[-1] == frame), key=means.__getitem__)
+        for frame in (False, True)
+    }
+    framed = means[best[True]] > means[best[False]] + FRAME_MARGIN
+    return best[framed], {"without": means[best[False]], "with": means[best[True]]}
 
 
 def _fit(
-    examples, rng: np.random.Generator, threshold: float = 0.5, parts: float = 0.0
+    examples,
+    rng: np.random.Generator,
+    threshold: float = 0.5,
+    parts: float = 0.0,
+    frame: bool = True,
 ) -> ClassTrees:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    rows, labels = [], []
+    inside, outside = [], []
     inside_cap, outside_cap = PIXELS_PER_IMAGE
     for features, truth in examples:
-        flat, inside = features.reshape(-1, features.shape[-1]), truth.reshape(-1)
-        positive, negative = np.flatnonzero(inside), np.flatnonzero(~inside)
-        positive = rng.choice(positive, min(len(positive), inside_cap), replace=False)
-        negative = rng.choice(negative, min(len(negative), outside_cap), replace=False)
-        rows.append(flat[np.concatenate([positive, negative])])
-        labels.append(np.concatenate([np.ones(len(positive)), np.zeros(len(negative))]))
-    # 75 rounds at a rate of 0.2 cut masks as good as 150 at 0.1 with half the trees, which set
-    # the cost; 50 at 0.3 did worse on unseen tiles (docs/quality.md, the learned refiner).
+        flat, mask = features.reshape(-1, features.shape[-1]), truth.reshape(-1)
+        positive, negative = np.flatnonzero(mask), np.flatnonzero(~mask)
+        inside.append(flat[rng.choice(positive, min(len(positive), inside_cap), replace=False)])
+        outside.append(flat[rng.choice(negative, min(len(negative), outside_cap), replace=False)])
+    rows, labels = _balanced(np.concatenate(inside), np.concatenate(outside))
     model = HistGradientBoostingClassifier(
-        max_iter=75, learning_rate=0.2, max_leaf_nodes=31, class_weight="balanced", random_state=0
+        max_iter=ROUNDS, learning_rate=RATE, max_leaf_nodes=31, random_state=0
     )
-    model.fit(np.concatenate(rows), np.concatenate(labels))
+    # One thread: the fitting shares its cores (a predict worker, other jobs), and OpenMP's
+    # threads waiting on a busy core made a fit 2 to 15 times slower on 2 cores.
+    with threadpool_limits(1, user_api="openmp"):
+        model.fit(rows if frame else blind(rows), labels)
     trees = [iteration[0].nodes for iteration in model._predictors]
     starts = np.cumsum([0] + [len(t) for t in trees])
     nodes = {f: np.concatenate([t[f] for t in trees]) for f in FIELDS}
     baseline = float(np.ravel(model._baseline_prediction)[0])
-    return ClassTrees(nodes, starts, baseline, threshold, parts)
+    return ClassTrees(nodes, starts, baseline, threshold, parts, frame)

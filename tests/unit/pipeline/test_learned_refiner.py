@@ -50,9 +50,11 @@ def test_features_are_per_pixel_at_the_working_size():
 
 
 def test_trees_learn_each_class_and_report_out_of_fold_iou(classifier, fitted):
-    refiner, quality = fitted
+    refiner, quality, frame = fitted
     assert set(quality) == {"Scratch", "Spot"} and set(refiner.classes) == set(quality)
     assert all(0.4 < q <= 1.0 for q in quality.values()), quality
+    for label, figures in frame.items():  # the synthetic defects are anywhere in the frame
+        assert quality[label] == figures["without"] and not refiner.classes[label].frame
     for label in ("Scratch", "Spot"):
         assert refiner.threshold(label) in (0.5, 0.6, 0.7, 0.8, 0.9)
         assert refiner.classes[label].parts in (0.0, 0.3, 1.0)
@@ -66,7 +68,7 @@ def test_trees_learn_each_class_and_report_out_of_fold_iou(classifier, fitted):
 
 
 def test_trees_read_coarse_to_fine_what_reading_every_pixel_gives(classifier, fitted, monkeypatch):
-    refiner, _ = fitted
+    refiner, *_ = fitted
     rows: list[int] = []
     log_odds = ClassTrees.log_odds
     monkeypatch.setattr(
@@ -91,7 +93,7 @@ def test_trees_read_coarse_to_fine_what_reading_every_pixel_gives(classifier, fi
 
 
 def test_trees_survive_plain_tensors_and_weights_only_loading(classifier, fitted, tmp_path):
-    refiner, _ = fitted
+    refiner, *_ = fitted
     state = refiner.to_state()
     assert all(k.startswith(PREFIX) and isinstance(v, torch.Tensor) for k, v in state.items())
     path = tmp_path / "refiner.pt"
@@ -103,8 +105,11 @@ def test_trees_survive_plain_tensors_and_weights_only_loading(classifier, fitted
     )
     kept = {label: trees.parts for label, trees in refiner.classes.items()}
     assert {label: trees.parts for label, trees in loaded.classes.items()} == kept
+    assert loaded.classes["Spot"].frame == refiner.classes["Spot"].frame
     del state[f"{PREFIX}Spot.parts"]  # saved before the choice existed: every part is kept
-    assert LearnedRefiner.from_state(state).classes["Spot"].parts == 0.0
+    del state[f"{PREFIX}Spot.frame"]  # and the place in the frame was read
+    old = LearnedRefiner.from_state(state).classes["Spot"]
+    assert old.parts == 0.0 and old.frame
     del state[f"{PREFIX}Spot.left"]
     with pytest.raises(CheckpointError, match="incomplete learned refiner for 'Spot'"):
         LearnedRefiner.from_state(state, "x.pt")
@@ -116,6 +121,7 @@ def test_training_keeps_the_trees_of_the_classes_it_gives_them(trained_model_dir
     weights, extras = split_state(state)
     learned = {k for k, p in spec.refine.items() if p["method"] == "learned"}
     assert set(spec.metrics["learned_refiner_iou"]) == {"Scratch", "Spot"}
+    assert set(spec.metrics["learned_refiner_frame"]) == {"Scratch", "Spot"}
     for label in spec.metrics["learned_refiner_iou"]:
         chosen = spec.metrics["refine_train_iou"][label]
         assert chosen >= spec.metrics["learned_refiner_iou"][label]
@@ -127,7 +133,7 @@ def test_training_keeps_the_trees_of_the_classes_it_gives_them(trained_model_dir
 
 
 def test_the_cam_segmenter_runs_the_trees_and_falls_back_without_them(classifier, fitted):
-    refiner, _ = fitted
+    refiner, *_ = fitted
     image, truth, cam = held_out(classifier, "Spot", 11)
     learned = RefineParams("learned")
     (result,) = CamSegmenter(per_class={"Spot": learned}, learned=refiner).segment(

@@ -8,7 +8,9 @@ darkest difference nearby), the line filters, the gray level, a band-pass, the l
 distance to the border and the place in the frame, and say whether the pixel belongs to the
 class's mask. One model per class, trained on the training images that carry masks (and some
 defect-free ones, where every pixel is no), at a working size of ``SIDE`` px; the fitting is
-:mod:`worker.training.learned_refiner`.
+:mod:`worker.training.learned_refiner`. The place in the frame helps where a fixed camera puts a
+class's defects in some places more than others and misleads elsewhere, so the fitting decides
+per class whether the trees may read it (``ClassTrees.frame``).
 
 The cut on the trees' probability, and which parts of the cut mask to keep (every part, the
 major ones, or only the largest), are chosen per class out of fold (see the fitting module).
@@ -35,9 +37,13 @@ SIDE = 192
 PREFIX = "refiner."  # state-dict keys of the learned refiner, beside the classifier's own
 FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf")
 FEATURES = 25
+FRAME_FEATURES = 3  # the last features: the distance to the border, the row and the column
 SETTLED = 4.0  # log-odds from the cut (odds 55 to 1) at which a pixel between samples is settled
 NO_CATEGORIES = np.zeros((0, 8), np.uint32)  # every feature is numeric
 NO_FEATURE_MAP = np.zeros(0, np.uint32)
+# The trees read a few thousand rows at a time; with a second OpenMP thread, waiting on a core
+# that torch or another process holds, that took 2.7 times as long on 2 cores (docs/performance.md).
+THREADS = 1
 
 
 def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
@@ -91,6 +97,7 @@ class ClassTrees:
     baseline: float
     threshold: float
     parts: float = 0.0  # keep the parts at least this share of the largest (0: every part)
+    frame: bool = True  # whether the trees read the place in the frame (else it reads as 0)
 
     @cached_property
     def _predictors(self) -> list:
@@ -109,10 +116,11 @@ class ClassTrees:
     def log_odds(self, features: np.ndarray) -> np.ndarray:
         """The trees' summed log-odds (n,) for each row of ``features`` (n, k)."""
         rows = np.ascontiguousarray(features, dtype=np.float64)
+        if not self.frame:
+            rows = blind(rows)
         raw = np.full(len(rows), self.baseline)
-        threads = max(1, torch.get_num_threads())
         for tree in self._predictors:
-            raw += tree.predict(rows, NO_CATEGORIES, NO_FEATURE_MAP, threads)
+            raw += tree.predict(rows, NO_CATEGORIES, NO_FEATURE_MAP, THREADS)
         return raw
 
     def probability(self, features: np.ndarray) -> np.ndarray:
@@ -144,6 +152,14 @@ class ClassTrees:
         if unsure.any():
             raw[unsure] = self.log_odds(np.stack([m[unsure] for m in maps], axis=-1))
         return raw
+
+
+def blind(rows: np.ndarray) -> np.ndarray:
+    """A copy of feature rows (n, FEATURES) with the place in the frame set to 0: trees fitted
+    on such rows cannot split on it."""
+    rows = np.array(rows)
+    rows[:, -FRAME_FEATURES:] = 0.0
+    return rows
 
 
 def _sigmoid(raw: np.ndarray) -> np.ndarray:
@@ -184,6 +200,7 @@ class LearnedRefiner:
             state[key + "baseline"] = torch.tensor(trees.baseline, dtype=torch.float64)
             state[key + "threshold"] = torch.tensor(trees.threshold, dtype=torch.float64)
             state[key + "parts"] = torch.tensor(trees.parts, dtype=torch.float64)
+            state[key + "frame"] = torch.tensor(float(trees.frame), dtype=torch.float64)
         return state
 
     @classmethod
@@ -213,6 +230,7 @@ class LearnedRefiner:
                 float(parts["baseline"]),
                 float(parts["threshold"]),
                 float(parts.get("parts", 0.0)),  # checkpoints before the choice kept every part
+                bool(parts.get("frame", 1.0)),  # and read the place in the frame
             )
         return cls(classes)
 
