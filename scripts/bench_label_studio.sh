@@ -100,7 +100,6 @@ PY
 echo "project $project at $LABEL_STUDIO_URL"
 
 "$camsam" train "$data" --model-dir "$MODEL_DIR/$project" "$@" 2>"$out/train.log" | tail -n 2
-version=$(ls "$MODEL_DIR/$project" | grep -E '^v[0-9]+' | sort | tail -n 1)
-version=${version%%.*}
+version=$(cat "$MODEL_DIR/$project/CURRENT")
 "$camsam" rollback "$version" --project "$project"
 "$camsam" bench --project "$project" --workers "$workers" --json "$out/bench.json"
