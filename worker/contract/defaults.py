@@ -73,6 +73,11 @@ AUGMENTATIONS = ("none", "flip", "flip+rot", "full")
 ACCEPT_IOU = 0.5
 """An annotator accepts a mask whose IoU with what they would have drawn reaches this."""
 
+GATE_Z = 1.645
+"""How sure the mask gate must be (a one-sided 95% bound): it judges a cut by the lowest accept
+rate the held-out masks above it make plausible (the Wilson bound), not by their own rate, so a
+few lucky masks on a small validation share do not open a class (docs/campaign.md)."""
+
 GATE_MIN_ACCEPTED = 3
 """Accepted masks a class needs among the held-out images above its threshold before the mask
 gate opens for it: a first version trained on 30 images has ~6 to be judged on, where one lucky

@@ -11,7 +11,9 @@ mask.
 
 from __future__ import annotations
 
-from worker.contract.defaults import GATE_MIN_ACCEPTED
+import math
+
+from worker.contract.defaults import GATE_MIN_ACCEPTED, GATE_Z
 from worker.pipeline.classifier import Prediction
 from worker.pipeline.segmenters.base import MaskResult
 
@@ -36,19 +38,30 @@ def best_threshold(
     saved: float,
     lost: float,
     min_accepted: int = GATE_MIN_ACCEPTED,
+    z: float = GATE_Z,
 ) -> float | None:
-    """The evidence threshold that saves the most minutes on ``rows`` ((evidence, accepted) per
-    mask shown): ``saved`` minutes for each accepted mask above it, ``lost`` for each other.
-    The cut lies halfway to the next lower row (0 below the lowest); only a cut with at least
-    ``min_accepted`` accepted masks above it counts. None when no threshold saves anything
-    (the class abstains)."""
+    """The evidence threshold expected to save the most minutes on masks like ``rows``
+    ((evidence, accepted) per mask shown): ``saved`` minutes for each accepted mask above it,
+    ``lost`` for each other, at the accept rate's lower bound (``z``; 0: the rate seen) among
+    the masks above. The cut lies halfway to the next lower row (0 below the lowest); only a cut
+    with at least ``min_accepted`` accepted masks above it counts. None when no threshold is
+    expected to save anything (the class abstains)."""
     ordered = sorted(rows, key=lambda row: row[0], reverse=True)
-    best, chosen, total, accepted_above = 0.0, None, 0.0, 0
+    best, chosen, accepted_above = 0.0, None, 0
     for index, (value, accepted) in enumerate(ordered):
-        total += saved if accepted else -lost
         accepted_above += accepted
+        shown = index + 1
+        rate = lower_bound(accepted_above, shown, z)
+        total = shown * (rate * saved - (1 - rate) * lost)
         below = ordered[index + 1][0] if index + 1 < len(ordered) else 0.0
         # A cut can only fall between two values, and one lucky mask is no evidence.
         if below < value and accepted_above >= min_accepted and total > best + 1e-9:
             best, chosen = total, (value + below) / 2
     return chosen
+
+
+def lower_bound(successes: int, trials: int, z: float) -> float:
+    """Wilson's lower confidence bound on a rate seen as ``successes`` of ``trials``."""
+    rate = successes / trials
+    spread = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials))
+    return (rate + z * z / (2 * trials) - spread) / (1 + z * z / trials)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from worker.pipeline.classifier import Prediction
-from worker.pipeline.gate import best_threshold, evidence, passes
+from worker.pipeline.gate import best_threshold, evidence, lower_bound, passes
 from worker.pipeline.pipeline import Pipeline, PipelineOptions
 from worker.pipeline.segmenters.base import MaskResult
 
@@ -55,6 +55,17 @@ def test_a_class_opens_only_on_enough_accepted_masks():
     assert best_threshold(rows[:3], saved=0.8, lost=0.2) is None  # two
     # The cut that saves the most once three are above it (not the 0.85 the best ratio gives).
     assert best_threshold(rows, saved=0.8, lost=0.2) == pytest.approx(0.4)
+
+
+def test_a_class_opens_on_the_accept_rate_it_can_count_on_not_the_one_it_saw():
+    # 3 of 8 accepted: 0.375 is above the 0.2 at which a mask pays for its review, but as few
+    # as 0.16 is plausible (Wilson, one-sided 95%), so the class abstains.
+    rows = [(0.9 - k / 100, k in (1, 4, 7)) for k in range(8)]
+    assert best_threshold(rows, saved=0.8, lost=0.2, z=0) == pytest.approx(0.415)  # as seen
+    assert best_threshold(rows, saved=0.8, lost=0.2) is None
+    assert best_threshold(rows * 3, saved=0.8, lost=0.2) == pytest.approx(0.415)  # 9 of 24
+    assert lower_bound(3, 8, 1.645) == pytest.approx(0.161, abs=1e-3)
+    assert lower_bound(3, 8, 0) == 3 / 8
 
 
 def test_the_pipeline_gates_masks_it_chose_but_not_classes_an_annotator_chose(trained_model_dir):
