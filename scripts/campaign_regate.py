@@ -46,10 +46,11 @@ def main(report_path: str, data: str, model_dir: str, background: list[str], out
             count = min(metrics["train_images"] + metrics["val_images"], sum(sizes[:number]))
             learnt = state["labelled"][:count]
             recipe = info["recipe"]
-            _, val = _validation(dataset.subset(learnt).samples, recipe)
+            _, val, grouping = _validation(dataset.subset(learnt).samples, recipe)
             pipeline = load_pipeline(models, version, settings)
             classifier = pipeline.classifier
-            classifier.spec = replace(classifier.spec, gate=calibrate_gate(classifier, val))
+            gate = calibrate_gate(classifier, val, grouping)
+            classifier.spec = replace(classifier.spec, gate=gate)
             batch = state["labelled"][sum(sizes[:number]) : sum(sizes[: number + 1])]
             scores = score_all(pipeline, [samples[k] for k in batch], order, False)
             cost = labelling_cost(
@@ -88,15 +89,15 @@ def main(report_path: str, data: str, model_dir: str, background: list[str], out
 
 
 def _validation(samples, recipe: dict):
-    """The version's own validation share: by groups where its recipe names them, else the
-    seeded random share versions made before groups existed."""
+    """The version's own validation share, and its grouping: by groups where its recipe names
+    them, else the seeded random share versions made before groups existed."""
     if "groups" not in recipe:
-        return stratified_split(samples, recipe["val_fraction"], recipe["seed"])
+        return (*stratified_split(samples, recipe["val_fraction"], recipe["seed"]), None)
     from worker.training.classifier import validation_split
 
     known = {k: v for k, v in recipe.items() if k in Recipe.__dataclass_fields__}
-    rest, held, _ = validation_split(samples, Recipe(**known))
-    return rest, held
+    rest, held, groups = validation_split(samples, Recipe(**known))
+    return rest, held, groups.grouping
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
         [--background-class NAME] [--z 0 --z 1.645]
 
 The model's current version is calibrated again on the validation share its training held out
-(same images, same seed), once for each ``--z`` (0: the accept rate the masks show; the
-default ``GATE_Z``: its one-sided lower bound), and the split's ``test`` part is scored with
-each gate under ``camsam eval``'s cost model (default minutes).
+(same images, same seed, accepted masks counted once per group), once for each ``--z`` (0: the
+accept rate the masks show; the default ``GATE_Z``: its one-sided lower bound), and the split's
+``test`` part is scored with each gate under ``camsam eval``'s cost model (default minutes).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ def main() -> None:
     version = models.current_version()
     pipeline = load_pipeline(models, version, Settings(model_dir=args.model_dir, device="cpu"))
     classifier = pipeline.classifier
-    _, validation = _validation(learnt, models.info(version)["recipe"])
+    _, validation, grouping = _validation(learnt, models.info(version)["recipe"])
     report = {"version": version, "recorded_gate": classifier.spec.gate, "rules": {}}
     for z in args.z or [0.0, GATE_Z]:
-        rule = _calibrated(classifier, validation, z)
+        rule = _calibrated(classifier, validation, grouping, z)
         classifier.spec = replace(classifier.spec, gate=rule)
         scores = score_all(pipeline, held_out, f"z={z}", True)
         cost = labelling_cost(scores, classifier.spec.mask_classes, 1.0, 0.2)
@@ -58,14 +58,14 @@ def main() -> None:
     print(json.dumps(report))
 
 
-def _calibrated(classifier, validation, z: float) -> dict:
+def _calibrated(classifier, validation, grouping, z: float) -> dict:
     """``calibrate_gate`` with the lower bound's ``z``."""
     from worker.training import gate as training_gate
 
     original = training_gate.best_threshold
     training_gate.best_threshold = lambda rows, saved, lost: original(rows, saved, lost, z=z)
     try:
-        return calibrate_gate(classifier, validation)
+        return calibrate_gate(classifier, validation, grouping)
     finally:
         training_gate.best_threshold = original
 

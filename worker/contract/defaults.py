@@ -79,9 +79,10 @@ rate the held-out masks above it make plausible (the Wilson bound), not by their
 few lucky masks on a small validation share do not open a class (docs/campaign.md)."""
 
 GATE_MIN_ACCEPTED = 3
-"""Accepted masks a class needs among the held-out images above its threshold before the mask
-gate opens for it: a first version trained on 30 images has ~6 to be judged on, where one lucky
-mask opened a class whose masks then cost more than painting by hand (docs/campaign.md)."""
+"""Groups (objects, parts, batches: photographs of one tile count once) whose held-out images
+hold an accepted mask above a class's threshold before the mask gate opens for it: a first
+version trained on 30 images has ~6 to be judged on, where one lucky mask opened a class whose
+masks then cost more than painting by hand (docs/campaign.md)."""
 
 # The service ----------------------------------------------------------------------------------
 

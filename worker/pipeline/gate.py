@@ -34,28 +34,31 @@ def passes(gate: dict, prediction: Prediction, mask: MaskResult) -> bool:
 
 
 def best_threshold(
-    rows: list[tuple[float, bool]],
+    rows: list[tuple[float, bool, object]],
     saved: float,
     lost: float,
     min_accepted: int = GATE_MIN_ACCEPTED,
     z: float = GATE_Z,
 ) -> float | None:
     """The evidence threshold expected to save the most minutes on masks like ``rows``
-    ((evidence, accepted) per mask shown): ``saved`` minutes for each accepted mask above it,
-    ``lost`` for each other, at the accept rate's lower bound (``z``; 0: the rate seen) among
-    the masks above. The cut lies halfway to the next lower row (0 below the lowest); only a cut
-    with at least ``min_accepted`` accepted masks above it counts. None when no threshold is
+    ((evidence, accepted, group of the image) per mask shown): ``saved`` minutes for each
+    accepted mask above it, ``lost`` for each other, at the accept rate's lower bound (``z``;
+    0: the rate seen) among the masks above. The cut lies halfway to the next lower row (0 below
+    the lowest); only a cut with accepted masks from at least ``min_accepted`` groups above it
+    counts: photographs of one object are one piece of evidence. None when no threshold is
     expected to save anything (the class abstains)."""
     ordered = sorted(rows, key=lambda row: row[0], reverse=True)
-    best, chosen, accepted_above = 0.0, None, 0
-    for index, (value, accepted) in enumerate(ordered):
+    best, chosen, accepted_above, groups = 0.0, None, 0, set()
+    for index, (value, accepted, group) in enumerate(ordered):
         accepted_above += accepted
+        if accepted:
+            groups.add(group)
         shown = index + 1
         rate = lower_bound(accepted_above, shown, z)
         total = shown * (rate * saved - (1 - rate) * lost)
         below = ordered[index + 1][0] if index + 1 < len(ordered) else 0.0
-        # A cut can only fall between two values, and one lucky mask is no evidence.
-        if below < value and accepted_above >= min_accepted and total > best + 1e-9:
+        # A cut can only fall between two values, and one lucky object is no evidence.
+        if below < value and len(groups) >= min_accepted and total > best + 1e-9:
             best, chosen = total, (value + below) / 2
     return chosen
 

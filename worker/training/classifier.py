@@ -140,7 +140,9 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         # share to spare, nothing is known yet: every class abstains).
         held_out = val_samples if val_samples is not train_samples else []
         # Mirrored, as the backend classifies by default (CLASSIFIER_MIRROR=1).
-        gate = calibrate_gate(Classifier(spec, model, extras, mirror=True), held_out)
+        gate = calibrate_gate(
+            Classifier(spec, model, extras, mirror=True), held_out, groups.grouping
+        )
         spec = ClassifierSpec(**{**asdict(spec), "gate": gate})
     return TrainResult(spec, state, history, val_samples)
 

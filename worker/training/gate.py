@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker.contract.defaults import ACCEPT_IOU
-from worker.data.dataset import Sample
+from worker.data.dataset import Grouping, Sample
 from worker.data.images import load_image
 from worker.pipeline.classifier import Classifier
 from worker.pipeline.gate import best_threshold, evidence
@@ -19,8 +19,11 @@ MINUTES_MANUAL = 1.0  # camsam eval's defaults: only their ratio matters here
 MINUTES_REVIEW = 0.2
 
 
-def calibrate_gate(classifier: Classifier, held_out: Sequence[Sample]) -> dict:
-    """Per mask class, the threshold that saves the most on ``held_out`` (None: abstain).
+def calibrate_gate(
+    classifier: Classifier, held_out: Sequence[Sample], grouping: Grouping | None = None
+) -> dict:
+    """Per mask class, the threshold that saves the most on ``held_out`` (None: abstain), with
+    accepted masks from enough groups (``grouping``; None: every image its own) above it.
 
     Images whose classes include a mask class without a ground-truth mask cannot judge masks
     and are left out. Masks are made by the ``cam`` segmenter with the refinement training
@@ -30,7 +33,7 @@ def calibrate_gate(classifier: Classifier, held_out: Sequence[Sample]) -> dict:
     # Every mask is judged: a gate the classifier already carries must not hide any.
     pipeline = Pipeline(classifier, segmenter, PipelineOptions(gate=False))
     mask_classes = classifier.spec.mask_classes
-    rows: dict[str, list[tuple[float, bool]]] = {label: [] for label in mask_classes}
+    rows: dict[str, list[tuple[float, bool, str]]] = {label: [] for label in mask_classes}
     for sample in held_out:
         if any(c in mask_classes and not sample.has_mask(c) for c in sample.classes):
             continue
@@ -39,6 +42,7 @@ def calibrate_gate(classifier: Classifier, held_out: Sequence[Sample]) -> dict:
         for mask in result.masks:
             truth = sample.mask(mask.label, image.shape[:2])
             accepted = mask.label in sample.classes and iou(mask.mask, truth) >= ACCEPT_IOU
-            rows[mask.label].append((evidence(result.prediction, mask), accepted))
+            group = grouping(sample) if grouping else sample.key
+            rows[mask.label].append((evidence(result.prediction, mask), accepted, group))
     saved, lost = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW
     return {label: best_threshold(rows[label], saved, lost) for label in mask_classes}

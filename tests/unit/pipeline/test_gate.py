@@ -45,12 +45,12 @@ def test_a_mask_passes_above_its_class_threshold_never_when_abstaining_always_un
     ],
 )
 def test_the_threshold_saves_the_most_minutes(rows, expected):
-    found = best_threshold(rows, saved=0.8, lost=0.2, min_accepted=1)
+    found = best_threshold(alone(rows), saved=0.8, lost=0.2, min_accepted=1)
     assert found == (None if expected is None else pytest.approx(expected))
 
 
 def test_a_class_opens_only_on_enough_accepted_masks():
-    rows = [(0.9, True), (0.8, False), (0.7, True), (0.6, True), (0.2, False)]
+    rows = alone([(0.9, True), (0.8, False), (0.7, True), (0.6, True), (0.2, False)])
     assert best_threshold(rows[:1], saved=0.8, lost=0.2) is None  # one lucky mask: abstain
     assert best_threshold(rows[:3], saved=0.8, lost=0.2) is None  # two
     # The cut that saves the most once three are above it (not the 0.85 the best ratio gives).
@@ -60,12 +60,28 @@ def test_a_class_opens_only_on_enough_accepted_masks():
 def test_a_class_opens_on_the_accept_rate_it_can_count_on_not_the_one_it_saw():
     # 3 of 8 accepted: 0.375 is above the 0.2 at which a mask pays for its review, but as few
     # as 0.16 is plausible (Wilson, one-sided 95%), so the class abstains.
-    rows = [(0.9 - k / 100, k in (1, 4, 7)) for k in range(8)]
+    rows = alone([(0.9 - k / 100, k in (1, 4, 7)) for k in range(8)])
     assert best_threshold(rows, saved=0.8, lost=0.2, z=0) == pytest.approx(0.415)  # as seen
     assert best_threshold(rows, saved=0.8, lost=0.2) is None
     assert best_threshold(rows * 3, saved=0.8, lost=0.2) == pytest.approx(0.415)  # 9 of 24
     assert lower_bound(3, 8, 1.645) == pytest.approx(0.161, abs=1e-3)
     assert lower_bound(3, 8, 0) == 3 / 8
+
+
+def test_accepted_masks_count_once_per_group():
+    # Three accepted masks on photographs of one tile are one piece of evidence.
+    rows = [(0.9, True, "tile-a"), (0.8, True, "tile-a"), (0.7, True, "tile-a"), (0.2, False, "b")]
+    assert best_threshold(rows, saved=0.8, lost=0.2) is None
+    assert best_threshold(alone([row[:2] for row in rows]), saved=0.8, lost=0.2) == pytest.approx(
+        0.45
+    )
+    more = rows + [(0.6, True, "tile-c"), (0.5, True, "tile-d")]
+    assert best_threshold(more, saved=0.8, lost=0.2) == pytest.approx(0.35)
+
+
+def alone(rows: list[tuple[float, bool]]) -> list[tuple[float, bool, int]]:
+    """Rows whose images are each a group of their own."""
+    return [(value, accepted, index) for index, (value, accepted) in enumerate(rows)]
 
 
 def test_the_pipeline_gates_masks_it_chose_but_not_classes_an_annotator_chose(trained_model_dir):

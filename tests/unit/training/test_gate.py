@@ -21,6 +21,9 @@ def test_masks_accepted_on_held_out_images_open_the_gate(trained_model_dir, synt
     gate = calibrate_gate(classifier, held_out)
     assert gate["Scratch"] is not None and 0.0 <= gate["Scratch"] < 1.0
     assert gate["Spot"] is None  # no Spot image held out: nothing earned yet
+    # The same six as photographs of two objects: two pieces of evidence, not enough.
+    two = calibrate_gate(classifier, held_out, lambda sample: str(held_out.index(sample) % 2))
+    assert two["Scratch"] is None
 
 
 def test_masks_on_background_images_alone_close_the_gate(trained_model_dir, synthetic_dataset):
