@@ -11,9 +11,11 @@
 # trained on DATA_DIR with the options given, shared through Redis (MODEL_STORE=redis). The bench
 # then starts its own `camsam worker` processes, one MODEL_DIR each. Figures go to OUT_DIR/bench.json.
 set -euo pipefail
-data=$1 out=$2 tasks=${3:-240} workers=${4:-2}
-shift 4 || shift $#
+positional=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do positional+=("$1") && shift; done
 [ "${1:-}" = "--" ] && shift
+data=${positional[0]:?DATA_DIR} out=${positional[1]:?OUT_DIR}
+tasks=${positional[2]:-240} workers=${positional[3]:-2}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 camsam=${CAMSAM:-$repo/.venv/bin/camsam}
 python=${camsam%camsam}python

@@ -115,8 +115,9 @@ def _out_of_fold(examples, masked: int, halves, rng) -> dict[tuple, float]:
     choices = [(t, share, f) for f in (False, True) for t in THRESHOLDS for share in PARTS]
     scores: dict[tuple, list[float]] = {choice: [] for choice in choices}
     for held, used in ((halves[0], halves[1]), (halves[1], halves[0])):
+        rows, labels = _rows([examples[i] for i in used], rng)  # the same pixels for both
         for frame in (False, True):
-            trees = _fit([examples[i] for i in used], rng, frame=frame)
+            trees = _fit_rows(rows, labels, frame=frame)
             for i in held:
                 if i >= masked:
                     continue  # defect-free images say nothing about the cut's IoU
@@ -129,16 +130,24 @@ def _out_of_fold(examples, masked: int, halves, rng) -> dict[tuple, float]:
     return {choice: float(np.mean(v)) for choice, v in scores.items()}
 
 
-def _balanced(inside: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and labels with the smaller side repeated to the larger one's count, so that each
-    class weighs the same, as balanced class weights would. scikit-learn bins weighted rows one
-    weighted percentile at a time, which made a fit 10 to 20 times slower (docs/performance.md)."""
+def _balanced(
+    inside: np.ndarray, outside: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and labels with the smaller side repeated to the larger one's count (whole copies,
+    the remainder drawn at random), so that each class weighs the same, as balanced class
+    weights would. scikit-learn bins weighted rows one weighted percentile at a time, which made
+    a fit 10 to 20 times slower (docs/performance.md)."""
     count = max(len(inside), len(outside)) if len(inside) and len(outside) else 0
     if count:
-        inside = np.resize(inside, (count, inside.shape[1]))
-        outside = np.resize(outside, (count, outside.shape[1]))
+        inside, outside = _repeated(inside, count, rng), _repeated(outside, count, rng)
     labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
     return np.concatenate([inside, outside]), labels
+
+
+def _repeated(rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    copies, rest = divmod(count, len(rows))
+    extra = rng.choice(len(rows), rest, replace=False)
+    return np.concatenate([np.tile(rows, (copies, 1)), rows[extra]])
 
 
 def _choose(means: dict[tuple, float]) -> tuple[tuple, dict[str, float]]:
@@ -159,8 +168,11 @@ def _fit(
     parts: float = 0.0,
     frame: bool = True,
 ) -> ClassTrees:
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    return _fit_rows(*_rows(examples, rng), threshold, parts, frame)
 
+
+def _rows(examples, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``PIXELS_PER_IMAGE`` pixels inside and outside each example's mask, balanced."""
     inside, outside = [], []
     inside_cap, outside_cap = PIXELS_PER_IMAGE
     for features, truth in examples:
@@ -168,9 +180,21 @@ def _fit(
         positive, negative = np.flatnonzero(mask), np.flatnonzero(~mask)
         inside.append(flat[rng.choice(positive, min(len(positive), inside_cap), replace=False)])
         outside.append(flat[rng.choice(negative, min(len(negative), outside_cap), replace=False)])
-    rows, labels = _balanced(np.concatenate(inside), np.concatenate(outside))
+    return _balanced(np.concatenate(inside), np.concatenate(outside), rng)
+
+
+def _fit_rows(
+    rows: np.ndarray,
+    labels: np.ndarray,
+    threshold: float = 0.5,
+    parts: float = 0.0,
+    frame: bool = True,
+) -> ClassTrees:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    # No early stopping: its held-out rows would hold copies of the repeated ones.
     model = HistGradientBoostingClassifier(
-        max_iter=ROUNDS, learning_rate=RATE, max_leaf_nodes=31, random_state=0
+        max_iter=ROUNDS, learning_rate=RATE, max_leaf_nodes=31, early_stopping=False, random_state=0
     )
     # One thread: the fitting shares its cores (a predict worker, other jobs), and OpenMP's
     # threads waiting on a busy core made a fit 2 to 15 times slower on 2 cores.

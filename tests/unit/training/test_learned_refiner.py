@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from worker.pipeline.refiners.learned import FEATURES, FRAME_FEATURES, _frame_maps
-from worker.training.learned_refiner import _choose, _fit, _halves, _out_of_fold
+from worker.training.learned_refiner import _balanced, _choose, _fit, _halves, _out_of_fold
 
 SIZE = (32, 24)  # the working size (width, height) of the made-up examples
 
@@ -79,13 +79,20 @@ def test_halves_keep_groups_whole_and_masked_samples_on_both_sides():
     assert all(sum(i < 6 for i in half) == 3 for half in one)
 
 
-def test_trees_fitted_blind_do_not_read_the_frame():
+def test_trees_fitted_blind_never_split_on_the_frame():
     rng = np.random.default_rng(4)
     placed = [example(rng, (3, 4), cue=0.5) for _ in range(8)]
-    features = placed[0][0].reshape(-1, FEATURES)
-    moved = features.copy()
-    moved[:, -FRAME_FEATURES:] = rng.random((len(moved), FRAME_FEATURES))
-    blind_trees = _fit(placed, rng, frame=False)
-    np.testing.assert_array_equal(blind_trees.log_odds(features), blind_trees.log_odds(moved))
-    seeing = _fit(placed, rng, frame=True)
-    assert not np.allclose(seeing.log_odds(features), seeing.log_odds(moved))
+    for frame in (False, True):
+        trees = _fit(placed, rng, frame=frame)
+        splits = trees.nodes["feature_idx"][~trees.nodes["is_leaf"].astype(bool)]
+        assert (splits >= FEATURES - FRAME_FEATURES).any() == frame
+
+
+def test_the_rarer_side_is_repeated_whole_and_the_rest_drawn():
+    rng = np.random.default_rng(5)
+    inside, outside = np.arange(4.0)[:, None], np.arange(10.0, 20.0)[:, None]
+    rows, labels = _balanced(inside, outside, rng)
+    assert labels.sum() == 10 and len(rows) == 20
+    counts = np.bincount(rows[labels == 1, 0].astype(int))
+    assert sorted(counts) == [2, 2, 3, 3]  # two whole copies, two rows drawn once more
+    np.testing.assert_array_equal(rows[labels == 0, 0], outside[:, 0])
