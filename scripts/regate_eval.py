@@ -45,7 +45,7 @@ def main() -> None:
     _, validation, grouping = _validation(learnt, models.info(version)["recipe"])
     report = {"version": version, "recorded_gate": classifier.spec.gate, "rules": {}}
     for z in args.z or [0.0, GATE_Z]:
-        rule = _calibrated(classifier, validation, grouping, z)
+        rule = calibrate_gate(classifier, validation, grouping, z)
         classifier.spec = replace(classifier.spec, gate=rule)
         scores = score_all(pipeline, held_out, f"z={z}", True)
         cost = labelling_cost(scores, classifier.spec.mask_classes, 1.0, 0.2)
@@ -56,18 +56,6 @@ def main() -> None:
             flush=True,
         )
     print(json.dumps(report))
-
-
-def _calibrated(classifier, validation, grouping, z: float) -> dict:
-    """``calibrate_gate`` with the lower bound's ``z``."""
-    from worker.training import gate as training_gate
-
-    original = training_gate.best_threshold
-    training_gate.best_threshold = lambda rows, saved, lost: original(rows, saved, lost, z=z)
-    try:
-        return calibrate_gate(classifier, validation, grouping)
-    finally:
-        training_gate.best_threshold = original
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from worker.contract.defaults import ACCEPT_IOU
+from worker.contract.defaults import ACCEPT_IOU, GATE_Z
 from worker.data.dataset import Grouping, Sample
 from worker.data.images import load_image
 from worker.pipeline.classifier import Classifier
@@ -20,10 +20,14 @@ MINUTES_REVIEW = 0.2
 
 
 def calibrate_gate(
-    classifier: Classifier, held_out: Sequence[Sample], grouping: Grouping | None = None
+    classifier: Classifier,
+    held_out: Sequence[Sample],
+    grouping: Grouping | None = None,
+    z: float = GATE_Z,
 ) -> dict:
-    """Per mask class, the threshold that saves the most on ``held_out`` (None: abstain), with
-    accepted masks from enough groups (``grouping``; None: every image its own) above it.
+    """Per mask class, the threshold expected to save the most on ``held_out`` (None: abstain),
+    with accepted masks from enough groups (``grouping``; None: every image its own) above it,
+    at the accept rate's lower bound ``z`` (``best_threshold``).
 
     Images whose classes include a mask class without a ground-truth mask cannot judge masks
     and are left out. Masks are made by the ``cam`` segmenter with the refinement training
@@ -39,10 +43,10 @@ def calibrate_gate(
             continue
         image = load_image(sample.image)
         result = pipeline.run(image)
+        group = grouping(sample) if grouping else sample.key
         for mask in result.masks:
             truth = sample.mask(mask.label, image.shape[:2])
             accepted = mask.label in sample.classes and iou(mask.mask, truth) >= ACCEPT_IOU
-            group = grouping(sample) if grouping else sample.key
             rows[mask.label].append((evidence(result.prediction, mask), accepted, group))
     saved, lost = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW
-    return {label: best_threshold(rows[label], saved, lost) for label in mask_classes}
+    return {label: best_threshold(rows[label], saved, lost, z=z) for label in mask_classes}

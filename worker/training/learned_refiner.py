@@ -93,8 +93,8 @@ def _halves(
     """Two halves of the samples' indices, whole groups on each side, each group going to the
     side with fewer masked samples (the first ``masked``) so far. Where the masked samples are
     all one group, the halves split images instead: there is nothing else to split."""
-    keys = [grouping(s) if grouping else i for i, s in enumerate(samples)]
-    if grouping is None or len({keys[i] for i in range(masked)}) < 2:
+    keys = [grouping(s) for s in samples] if grouping else []
+    if len(set(keys[:masked])) < 2:
         keys = list(range(len(samples)))
     members: dict = {}
     for i, key in enumerate(keys):
@@ -112,8 +112,8 @@ def _halves(
 def _out_of_fold(examples, masked: int, halves, rng) -> dict[tuple, float]:
     """Mean IoU over the masked examples, each predicted by trees fitted on the other half, of
     every (cut, parts, frame) choice."""
-    choices = [(t, share, f) for f in (False, True) for t in THRESHOLDS for share in PARTS]
-    scores: dict[tuple, list[float]] = {choice: [] for choice in choices}
+    cuts = [(t, share) for t in THRESHOLDS for share in PARTS]
+    scores: dict[tuple, list[float]] = {(*cut, f): [] for f in (False, True) for cut in cuts}
     for held, used in ((halves[0], halves[1]), (halves[1], halves[0])):
         rows, labels = _rows([examples[i] for i in used], rng)  # the same pixels for both
         for frame in (False, True):
@@ -124,9 +124,8 @@ def _out_of_fold(examples, masked: int, halves, rng) -> dict[tuple, float]:
                 features, truth = examples[i]
                 probability = trees.probability(features.reshape(-1, features.shape[-1]))
                 probability = probability.reshape(truth.shape)
-                for t, share, f in choices:
-                    if f == frame:
-                        scores[t, share, f].append(iou(major_parts(probability > t, share), truth))
+                for t, share in cuts:
+                    scores[t, share, frame].append(iou(major_parts(probability > t, share), truth))
     return {choice: float(np.mean(v)) for choice, v in scores.items()}
 
 

@@ -97,7 +97,7 @@ class ClassTrees:
     baseline: float
     threshold: float
     parts: float = 0.0  # keep the parts at least this share of the largest (0: every part)
-    frame: bool = True  # whether the trees read the place in the frame (else it reads as 0)
+    frame: bool = True  # whether the trees may read the place in the frame (else fitted blind)
 
     @cached_property
     def _predictors(self) -> list:
@@ -116,8 +116,6 @@ class ClassTrees:
     def log_odds(self, features: np.ndarray) -> np.ndarray:
         """The trees' summed log-odds (n,) for each row of ``features`` (n, k)."""
         rows = np.ascontiguousarray(features, dtype=np.float64)
-        if not self.frame:
-            rows = blind(rows)
         raw = np.full(len(rows), self.baseline)
         for tree in self._predictors:
             raw += tree.predict(rows, NO_CATEGORIES, NO_FEATURE_MAP, THREADS)
