@@ -49,7 +49,7 @@ def main(report_path: str, data: str, model_dir: str, background: list[str], out
             _, val, grouping = _validation(dataset.subset(learnt).samples, recipe)
             pipeline = load_pipeline(models, version, settings)
             classifier = pipeline.classifier
-            gate = calibrate_gate(classifier, val, grouping)
+            gate, _ = calibrate_gate(classifier, val, grouping)
             classifier.spec = replace(classifier.spec, gate=gate)
             batch = state["labelled"][sum(sizes[:number]) : sum(sizes[: number + 1])]
             scores = score_all(pipeline, [samples[k] for k in batch], order, False)

@@ -45,7 +45,7 @@ def main() -> None:
     _, validation, grouping = _validation(learnt, models.info(version)["recipe"])
     report = {"version": version, "recorded_gate": classifier.spec.gate, "rules": {}}
     for z in args.z or [0.0, GATE_Z]:
-        rule = calibrate_gate(classifier, validation, grouping, z)
+        rule, _ = calibrate_gate(classifier, validation, grouping, z)
         classifier.spec = replace(classifier.spec, gate=rule)
         scores = score_all(pipeline, held_out, f"z={z}", True)
         cost = labelling_cost(scores, classifier.spec.mask_classes, 1.0, 0.2)

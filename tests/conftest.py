@@ -34,6 +34,12 @@ from worker.pipeline.checkpoint import publish
 from worker.training.classifier import TrainConfig, train
 
 SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(os.environ["HF_HUB_CACHE"], ignore_errors=True)  # the empty hub cache above
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -84,6 +84,13 @@ hold an accepted mask above a class's threshold before the mask gate opens for i
 version trained on 30 images has ~6 to be judged on, where one lucky mask opened a class whose
 masks then cost more than painting by hand (docs/campaign.md)."""
 
+GATE_BORROW_ALPHA = 0.05
+"""A class with too few held-out masks to earn a threshold of its own borrows the one the
+classes that earned theirs earn together, if one of its own masks above it was accepted and its
+accept rate there is not below theirs at this significance (a one-sided binomial test): a
+project's masks share its imaging and its refiner, so a rare class is judged with its common
+ones unless its own masks say otherwise (docs/campaign.md)."""
+
 # The service ----------------------------------------------------------------------------------
 
 TRAIN_LEASE = 300

@@ -80,7 +80,9 @@ def score_batch(pipeline: Pipeline, samples: Sequence[Sample]) -> list[ImageScor
     mask_classes = pipeline.classifier.spec.mask_classes
     truths = [[c for c in s.classes if c in mask_classes and s.has_mask(c)] for s in samples]
     results = pipeline.run_batch(images)  # what the backend pre-annotates
-    masks = [list(result.masks) for result in results]
+    # with the class given the annotator gets the mask the gate held back: a chosen class is
+    # never gated
+    given_masks = [list(result.masks + result.held_back) for result in results]
     missed = [
         [c for c in truth if c not in result.prediction.classes]
         for truth, result in zip(truths, results, strict=True)
@@ -89,36 +91,44 @@ def score_batch(pipeline: Pipeline, samples: Sequence[Sample]) -> list[ImageScor
     if again:  # the masks the annotator would get with the class given
         given = pipeline.run_batch([images[i] for i in again], [missed[i] for i in again])
         for i, result in zip(again, given, strict=True):
-            masks[i] += result.masks
+            given_masks[i] += result.masks
     seconds = (time.perf_counter() - started) / max(len(samples), 1)
     return [
         _score(sample, image.shape[:2], truth, result, image_masks, mask_classes, seconds)
         for sample, image, truth, result, image_masks in zip(
-            samples, images, truths, results, masks, strict=True
+            samples, images, truths, results, given_masks, strict=True
         )
     ]
 
 
-def _score(sample, shape, truth, result, masks, mask_classes, seconds) -> ImageScore:
+def _score(sample, shape, truth, result, given_masks, mask_classes, seconds) -> ImageScore:
+    """``result`` is what the backend pre-annotates; ``given_masks`` every mask the annotator
+    would get with the true classes chosen."""
     prediction = result.prediction
     empty = np.zeros(shape, dtype=bool)
-    by_label: dict[str, np.ndarray] = {}
-    for mask in masks:  # instances of a class are one mask
-        by_label[mask.label] = by_label.get(mask.label, empty) | mask.mask
+    shown, given = _by_label(result.masks, empty), _by_label(given_masks, empty)
     score = ImageScore(
         sample.key, sample.classes, prediction.classes, shown=bool(result.masks), score=result.score
     )
     for label in truth:
         ground = sample.mask(label, shape)
-        predicted = by_label.get(label, empty) if label in prediction.classes else empty
+        predicted = shown.get(label, empty) if label in prediction.classes else empty
         score.iou[label] = iou(predicted, ground)
-        score.iou_given[label] = iou(by_label.get(label, empty), ground)
+        score.iou_given[label] = iou(given.get(label, empty), ground)
         total = predicted.sum() + ground.sum()
         score.dice[label] = float(2 * (predicted & ground).sum() / total) if total else 1.0
     if not any(c in mask_classes for c in sample.classes):
-        score.false_mask = any(label in prediction.classes for label in by_label)
+        score.false_mask = any(label in prediction.classes for label in shown)
     score.seconds = seconds
     return score
+
+
+def _by_label(masks, empty: np.ndarray) -> dict[str, np.ndarray]:
+    """The masks of each label as one (instances of a class are one mask)."""
+    by_label: dict[str, np.ndarray] = {}
+    for mask in masks:
+        by_label[mask.label] = by_label.get(mask.label, empty) | mask.mask
+    return by_label
 
 
 def summarise(

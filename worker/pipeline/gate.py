@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from worker.contract.defaults import GATE_MIN_ACCEPTED, GATE_Z
+from worker.contract.defaults import GATE_BORROW_ALPHA, GATE_MIN_ACCEPTED, GATE_Z
 from worker.pipeline.classifier import Prediction
 from worker.pipeline.segmenters.base import MaskResult
 
@@ -61,6 +61,42 @@ def best_threshold(
         if below < value and len(groups) >= min_accepted and total > best + 1e-9:
             best, chosen = total, (value + below) / 2
     return chosen
+
+
+def class_thresholds(
+    rows: dict[str, list[tuple[float, bool, object]]],
+    saved: float,
+    lost: float,
+    z: float = GATE_Z,
+    alpha: float = GATE_BORROW_ALPHA,
+) -> tuple[dict[str, float | None], list[str]]:
+    """Each class's threshold from its own masks (``best_threshold`` of ``rows[label]``), and
+    the classes that borrowed one: a class that earned none takes the threshold the masks of the
+    classes that earned theirs earn together, when at least one of its own masks above it was
+    accepted and its own accept rate there is not significantly below theirs (a one-sided
+    binomial test at ``alpha`` against their rate's lower bound). No class earns one: none is
+    lent, so a pool of weak classes never opens what none opens alone."""
+    gate = {label: best_threshold(r, saved, lost, z=z) for label, r in rows.items()}
+    earned = [row for label, r in rows.items() if gate[label] is not None for row in r]
+    cut = best_threshold(earned, saved, lost, z=z) if earned else None
+    if cut is None:
+        return gate, []
+    above = [accepted for value, accepted, _ in earned if value > cut]
+    rate = lower_bound(sum(above), len(above), z)
+    borrowed = []
+    for label, threshold in gate.items():
+        own = [accepted for value, accepted, _ in rows[label] if value > cut]
+        if threshold is None and sum(own) and binomial_cdf(sum(own), len(own), rate) >= alpha:
+            gate[label] = cut
+            borrowed.append(label)
+    return gate, borrowed
+
+
+def binomial_cdf(successes: int, trials: int, rate: float) -> float:
+    """P(at most ``successes`` of ``trials`` succeed) when each does with ``rate``."""
+    return sum(
+        math.comb(trials, k) * rate**k * (1 - rate) ** (trials - k) for k in range(successes + 1)
+    )
 
 
 def lower_bound(successes: int, trials: int, z: float) -> float:

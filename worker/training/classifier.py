@@ -140,10 +140,11 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         # share to spare, nothing is known yet: every class abstains).
         held_out = val_samples if val_samples is not train_samples else []
         # Mirrored, as the backend classifies by default (CLASSIFIER_MIRROR=1).
-        gate = calibrate_gate(
+        gate, borrowed = calibrate_gate(
             Classifier(spec, model, extras, mirror=True), held_out, groups.grouping
         )
-        spec = ClassifierSpec(**{**asdict(spec), "gate": gate})
+        metrics = {**spec.metrics, "gate_borrowed": borrowed}
+        spec = ClassifierSpec(**{**asdict(spec), "gate": gate, "metrics": metrics})
     return TrainResult(spec, state, history, val_samples)
 
 

@@ -10,7 +10,7 @@ from worker.contract.defaults import ACCEPT_IOU, GATE_Z
 from worker.data.dataset import Grouping, Sample
 from worker.data.images import load_image
 from worker.pipeline.classifier import Classifier
-from worker.pipeline.gate import best_threshold, evidence
+from worker.pipeline.gate import class_thresholds, evidence
 from worker.pipeline.masks import iou
 from worker.pipeline.pipeline import Pipeline, PipelineOptions
 from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
@@ -24,10 +24,12 @@ def calibrate_gate(
     held_out: Sequence[Sample],
     grouping: Grouping | None = None,
     z: float = GATE_Z,
-) -> dict:
+) -> tuple[dict[str, float | None], list[str]]:
     """Per mask class, the threshold expected to save the most on ``held_out`` (None: abstain),
     with accepted masks from enough groups (``grouping``; None: every image its own) above it,
-    at the accept rate's lower bound ``z`` (``best_threshold``).
+    at the accept rate's lower bound ``z`` (``best_threshold``), and the classes that, with
+    too few masks of their own, borrowed the threshold of those that earned one
+    (``class_thresholds``).
 
     Images whose classes include a mask class without a ground-truth mask cannot judge masks
     and are left out. Masks are made by the ``cam`` segmenter with the refinement training
@@ -49,4 +51,4 @@ def calibrate_gate(
             accepted = mask.label in sample.classes and iou(mask.mask, truth) >= ACCEPT_IOU
             rows[mask.label].append((evidence(result.prediction, mask), accepted, group))
     saved, lost = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW
-    return {label: best_threshold(rows[label], saved, lost, z=z) for label in mask_classes}
+    return class_thresholds(rows, saved, lost, z=z)

@@ -179,3 +179,30 @@ def test_scoring_in_batches_scores_each_image_as_alone(trained_model_dir, synthe
         assert a.iou == pytest.approx(b.iou, abs=1e-3)
         assert a.iou_given == pytest.approx(b.iou_given, abs=1e-3)
     assert any(s.iou_given for s in batched)  # masks were judged, not only classes
+
+
+def test_a_mask_the_gate_held_back_is_judged_with_the_class_given(
+    trained_model_dir, synthetic_dataset
+):
+    """The gate hides a mask from the pre-annotation, not from an annotator who chooses the
+    class: with every class abstaining nothing is shown, yet the given-class IoU is the same as
+    with the gate open."""
+    from dataclasses import replace
+
+    from worker.contract.store import ModelDir
+    from worker.evaluation.evaluate import score_all
+    from worker.pipeline.pipeline import Pipeline
+
+    pipeline = Pipeline.build(ModelDir(trained_model_dir).current_path())
+    samples = [s for s in synthetic_dataset.samples if s.classes != ("Clean",)][::4]
+    pipeline.classifier.spec = replace(pipeline.classifier.spec, gate={})
+    open_scores = score_all(pipeline, samples, "eval", progress=False)
+    labels = pipeline.classifier.spec.mask_classes
+    pipeline.classifier.spec = replace(pipeline.classifier.spec, gate=dict.fromkeys(labels))
+    shut_scores = score_all(pipeline, samples, "eval", progress=False)
+
+    assert any(s.shown for s in open_scores) and not any(s.shown for s in shut_scores)
+    assert all(v == 0.0 for s in shut_scores for v in s.iou.values())
+    assert any(v > 0.3 for s in shut_scores for v in s.iou_given.values())
+    for shut, opened in zip(shut_scores, open_scores, strict=True):
+        assert shut.iou_given == pytest.approx(opened.iou_given, abs=1e-3)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from worker.pipeline.classifier import Prediction
-from worker.pipeline.gate import best_threshold, evidence, lower_bound, passes
+from worker.pipeline.gate import (
+    best_threshold,
+    binomial_cdf,
+    class_thresholds,
+    evidence,
+    lower_bound,
+    passes,
+)
 from worker.pipeline.pipeline import Pipeline, PipelineOptions
 from worker.pipeline.segmenters.base import MaskResult
 
@@ -102,3 +109,36 @@ def test_the_pipeline_gates_masks_it_chose_but_not_classes_an_annotator_chose(tr
     assert pipeline.run(image, labels=["Scratch"]).masks  # the class given: never gated
     ungated = Pipeline(pipeline.classifier, pipeline.segmenter, PipelineOptions(gate=False))
     assert ungated.run(image).masks
+
+
+def _rows(group: str, *accepted: bool) -> list[tuple[float, bool, str]]:
+    return [(0.9 - k / 100, a, f"{group}{k}") for k, a in enumerate(accepted)]
+
+
+def test_a_class_too_rare_to_earn_a_threshold_borrows_the_one_common_classes_earned():
+    common = _rows("c", *[True] * 10, False)
+    earned, _ = class_thresholds({"Common": common}, saved=0.8, lost=0.2)
+    gate, borrowed = class_thresholds(
+        {"Common": common, "Rare": _rows("r", True, False), "Unseen": []}, saved=0.8, lost=0.2
+    )
+    assert borrowed == ["Rare"] and gate["Rare"] == gate["Common"] == earned["Common"]
+    assert gate["Unseen"] is None  # none of its own masks was seen: nothing to check it by
+
+
+def test_a_rare_class_whose_own_masks_fail_borrows_nothing():
+    common = _rows("c", *[True] * 10)
+    # 1 accepted of 6 is far below the common classes' accept rate: the masks say otherwise.
+    gate, borrowed = class_thresholds(
+        {"Common": common, "Rare": _rows("r", True, *[False] * 5), "None": _rows("n", False)},
+        saved=0.8,
+        lost=0.2,
+    )
+    assert borrowed == [] and gate["Rare"] is None and gate["None"] is None
+    assert binomial_cdf(1, 6, 0.8) < 0.05 < binomial_cdf(1, 2, 0.8)
+
+
+def test_weak_classes_pooled_never_open_what_none_opens_alone():
+    # Two accepted groups each: neither class earns a threshold, together they would have four.
+    rows = {"A": _rows("a", True, True, False), "B": _rows("b", True, True, False)}
+    assert best_threshold(rows["A"] + rows["B"], saved=0.8, lost=0.2, z=0) is not None
+    assert class_thresholds(rows, saved=0.8, lost=0.2, z=0) == ({"A": None, "B": None}, [])

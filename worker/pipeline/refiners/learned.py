@@ -161,7 +161,8 @@ def blind(rows: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(raw: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-raw))
+    # clipped: exp overflows below -709, where the sigmoid is 0 to float precision anyway
+    return 1.0 / (1.0 + np.exp(-np.clip(raw, -60.0, 60.0)))
 
 
 class LearnedRefiner:

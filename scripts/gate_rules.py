@@ -1,0 +1,188 @@
+"""Mask-gate rules compared on versions already trained, without training again.
+
+    python scripts/gate_rules.py collect OUT.json --data DATA_DIR --model-dir MODELS \\
+        --split SPLIT.json [--background-class NAME]
+    python scripts/gate_rules.py collect OUT.json --data DATA_DIR --model-dir CAMPAIGN_MODELS \\
+        --campaign campaign.json --order arrival [--background-class NAME]
+    python scripts/gate_rules.py judge OUT.json [OUT.json ...]
+
+``collect`` runs each version once with the gate open: on the validation share its training
+held out (each mask's evidence, whether it would be accepted, the image's group) and on the part
+it is judged on (a split's ``test`` part, or each campaign round's batch). ``judge`` then
+calibrates every rule on the validation rows and replays ``camsam eval``'s annotator on the
+judged part, so rules are compared on the same masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from campaign_regate import _validation
+
+from worker.cli.datasets import load_split
+from worker.contract.defaults import ACCEPT_IOU, GATE_Z
+from worker.contract.settings import Settings
+from worker.contract.store import ModelDir
+from worker.data.dataset import load_dataset
+from worker.data.images import load_image
+from worker.jobs.predict import load_pipeline
+from worker.pipeline.gate import (
+    best_threshold,
+    binomial_cdf,
+    class_thresholds,
+    evidence,
+    lower_bound,
+)
+from worker.pipeline.masks import iou
+from worker.pipeline.pipeline import Pipeline
+
+SAVED, LOST = 0.8, 0.2  # camsam eval's minutes: painting 1.0, review 0.2
+
+
+def collect(args) -> None:
+    dataset = load_dataset(args.data, args.background_class)
+    models = ModelDir(args.model_dir)
+    cases = []
+    if args.campaign:
+        state = json.loads(Path(args.campaign).read_text())["orders"][args.order]
+        sizes = [row["batch"]["images"] for row in state["rounds"]]
+        for number, row in enumerate(state["rounds"][1:], start=1):
+            metrics = models.info(row["version"])["metrics"]
+            count = min(metrics["train_images"] + metrics["val_images"], sum(sizes[:number]))
+            batch = state["labelled"][sum(sizes[:number]) : sum(sizes[: number + 1])]
+            cases.append((f"round {number}", row["version"], state["labelled"][:count], batch))
+    else:
+        learnt, judged = load_split(args.split, "train"), load_split(args.split, "test")
+        cases.append(("held out", models.current_version(), learnt, judged))
+    settings = Settings(model_dir=str(models.root), device="cpu")
+    out = []
+    for name, version, learnt, judged in cases:
+        pipeline = load_pipeline(models, version, settings)
+        pipeline = Pipeline(
+            pipeline.classifier, pipeline.segmenter, replace(pipeline.options, gate=False)
+        )
+        mask_classes = pipeline.classifier.spec.mask_classes
+        _, validation, grouping = _validation(
+            dataset.subset(learnt).samples, models.info(version)["recipe"]
+        )
+        rows = {label: [] for label in mask_classes}
+        for sample in validation:
+            if any(c in mask_classes and not sample.has_mask(c) for c in sample.classes):
+                continue
+            for label, value, overlap in _masks(pipeline, sample, mask_classes):
+                group = grouping(sample) if grouping else sample.key
+                rows[label].append((value, overlap >= ACCEPT_IOU, group))
+        images = []
+        for sample in dataset.subset(judged).samples:
+            truth = [c for c in sample.classes if c in mask_classes and sample.has_mask(c)]
+            masks = _masks(pipeline, sample, mask_classes)
+            images.append({"truth": truth, "masks": masks, "classes": list(sample.classes)})
+        out.append({"case": name, "version": version, "rows": rows, "images": images})
+        print(name, version, {k: len(v) for k, v in rows.items()}, len(images), flush=True)
+    Path(args.out).write_text(json.dumps({"source": vars(args), "cases": out}))
+
+
+def _masks(pipeline, sample, mask_classes) -> list[tuple[str, float, float]]:
+    image = load_image(sample.image)
+    result = pipeline.run(image)
+    return [
+        (
+            m.label,
+            evidence(result.prediction, m),
+            iou(m.mask, sample.mask(m.label, image.shape[:2])) if m.label in sample.classes else 0,
+        )
+        for m in result.masks
+        if m.label in mask_classes
+    ]
+
+
+def per_class(rows: dict) -> dict:
+    return {label: best_threshold(r, SAVED, LOST) for label, r in rows.items()}
+
+
+def pooled(rows: dict, alpha: float = 0.05) -> dict:
+    """(Tried, not kept.) Per class where its own masks earn a cut; else the cut all classes'
+    masks earn together, for a class with an accepted mask above it whose own accept rate there
+    is not significantly below the pool's lower bound (one-sided binomial test at ``alpha``)."""
+    gate = per_class(rows)
+    pool = [row for r in rows.values() for row in r]
+    cut = best_threshold(pool, SAVED, LOST)
+    if cut is None:
+        return gate
+    above = [row for row in pool if row[0] > cut]
+    rate = lower_bound(sum(a for _, a, _ in above), len(above), GATE_Z)
+    for label, threshold in gate.items():
+        own = [a for value, a, _ in rows[label] if value > cut]
+        if threshold is None and sum(own) >= 1 and binomial_cdf(sum(own), len(own), rate) >= alpha:
+            gate[label] = cut
+    return gate
+
+
+def borrowed(rows: dict) -> dict:
+    """What training calibrates: per class, and a rare class borrowing the threshold the
+    classes that earned one earn together (``class_thresholds``)."""
+    return class_thresholds(rows, SAVED, LOST)[0]
+
+
+RULES = {"per class": per_class, "pooled fallback": pooled, "borrowed": borrowed}
+
+
+def judge(paths: list[str]) -> None:
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        print(f"== {path}")
+        for case in report["cases"]:
+            line = [f"{case['case']:>9} {case['version']}"]
+            for name, rule in RULES.items():
+                gate = rule(case["rows"])
+                hand, assisted, actions = _cost(case["images"], gate)
+                opened = [k for k, v in gate.items() if v is not None]
+                line.append(f"{name}: {assisted:.1f}/{hand:.1f} min {actions} open {opened}")
+            print("\n    ".join(line))
+
+
+def _cost(images: list[dict], gate: dict) -> tuple[float, float, dict]:
+    """``camsam eval``'s annotator on ``images`` under ``gate``."""
+    actions = dict.fromkeys(("accepted", "redrawn", "painted", "deleted"), 0)
+    for image in images:
+        shown = {
+            label: overlap
+            for label, value, overlap in image["masks"]
+            if gate.get(label) is not None and value >= gate[label]
+        }
+        if image["truth"]:
+            if not shown:
+                actions["painted"] += 1
+            elif all(shown.get(label, 0.0) >= ACCEPT_IOU for label in image["truth"]):
+                actions["accepted"] += 1
+            else:
+                actions["redrawn"] += 1
+        elif shown and not any(c in gate for c in image["classes"]):  # a background image
+            actions["deleted"] += 1
+    hand = sum(1.0 for image in images if image["truth"])
+    shown = actions["accepted"] + actions["redrawn"]
+    assisted = shown * 0.2 + (hand - actions["accepted"]) + actions["deleted"] * 0.2
+    return hand, assisted, actions
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    take = sub.add_parser("collect")
+    take.add_argument("out")
+    take.add_argument("--data", required=True)
+    take.add_argument("--model-dir", required=True)
+    take.add_argument("--split")
+    take.add_argument("--campaign")
+    take.add_argument("--order", default="arrival")
+    take.add_argument("--background-class", action="append", default=[])
+    judged = sub.add_parser("judge")
+    judged.add_argument("paths", nargs="+")
+    args = parser.parse_args()
+    if args.command == "collect":
+        collect(args)
+    else:
+        judge(args.paths)
