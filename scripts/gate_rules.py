@@ -23,7 +23,7 @@ from pathlib import Path
 from campaign_regate import _validation
 
 from worker.cli.datasets import load_split
-from worker.contract.defaults import ACCEPT_IOU, GATE_Z
+from worker.contract.defaults import ACCEPT_IOU
 from worker.contract.settings import Settings
 from worker.contract.store import ModelDir
 from worker.data.dataset import load_dataset
@@ -31,10 +31,9 @@ from worker.data.images import load_image
 from worker.jobs.predict import load_pipeline
 from worker.pipeline.gate import (
     best_threshold,
-    binomial_cdf,
     class_thresholds,
     evidence,
-    lower_bound,
+    fewer_by_chance,
 )
 from worker.pipeline.masks import iou
 from worker.pipeline.pipeline import Pipeline
@@ -103,21 +102,22 @@ def per_class(rows: dict) -> dict:
     return {label: best_threshold(r, SAVED, LOST) for label, r in rows.items()}
 
 
-def pooled(rows: dict, alpha: float = 0.05) -> dict:
-    """(Tried, not kept.) Per class where its own masks earn a cut; else the cut all classes'
-    masks earn together, for a class with an accepted mask above it whose own accept rate there
-    is not significantly below the pool's lower bound (one-sided binomial test at ``alpha``)."""
+def pooled(rows: dict) -> dict:
+    """(Tried, not kept.) As ``borrowed``, but lending the threshold all classes' masks earn
+    together, whether or not any class earned one of its own."""
     gate = per_class(rows)
     pool = [row for r in rows.values() for row in r]
     cut = best_threshold(pool, SAVED, LOST)
     if cut is None:
         return gate
-    above = [row for row in pool if row[0] > cut]
-    rate = lower_bound(sum(a for _, a, _ in above), len(above), GATE_Z)
+    above = [(value, accepted) for value, accepted, _ in pool if value >= cut]
+    lent = min(value for value, _ in above)
+    hits = sum(accepted for _, accepted in above)
     for label, threshold in gate.items():
-        own = [a for value, a, _ in rows[label] if value > cut]
-        if threshold is None and sum(own) >= 1 and binomial_cdf(sum(own), len(own), rate) >= alpha:
-            gate[label] = cut
+        own = [accepted for value, accepted, _ in rows[label] if value >= lent]
+        pays = sum(own) * SAVED > (len(own) - sum(own)) * LOST
+        if threshold is None and pays and fewer_by_chance(sum(own), len(own), hits, len(above)):
+            gate[label] = lent
     return gate
 
 

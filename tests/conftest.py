@@ -36,11 +36,13 @@ from worker.training.classifier import TrainConfig, train
 SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 
-def pytest_unconfigure(config) -> None:
-    shutil.rmtree(os.environ["HF_HUB_CACHE"], ignore_errors=True)  # the empty hub cache above
-
-
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_unconfigure(config) -> None:
+    cache = Path(os.environ["HF_HUB_CACHE"])  # the empty hub cache made above, and only that
+    if cache.parent == Path(tempfile.gettempdir()) and cache.name.startswith("camsam-hf-"):
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -86,10 +86,10 @@ masks then cost more than painting by hand (docs/campaign.md)."""
 
 GATE_BORROW_ALPHA = 0.05
 """A class with too few held-out masks to earn a threshold of its own borrows the one the
-classes that earned theirs earn together, if one of its own masks above it was accepted and its
-accept rate there is not below theirs at this significance (a one-sided binomial test): a
-project's masks share its imaging and its refiner, so a rare class is judged with its common
-ones unless its own masks say otherwise (docs/campaign.md)."""
+classes that earned theirs earn together, if its own masks there would save time at the rate
+they show and that rate is not below theirs at this significance (Fisher's exact test,
+one-sided): a project's masks share its imaging and its refiner, so a rare class is judged with
+its common ones unless its own masks say otherwise (docs/campaign.md)."""
 
 # The service ----------------------------------------------------------------------------------
 

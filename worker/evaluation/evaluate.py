@@ -80,8 +80,7 @@ def score_batch(pipeline: Pipeline, samples: Sequence[Sample]) -> list[ImageScor
     mask_classes = pipeline.classifier.spec.mask_classes
     truths = [[c for c in s.classes if c in mask_classes and s.has_mask(c)] for s in samples]
     results = pipeline.run_batch(images)  # what the backend pre-annotates
-    # with the class given the annotator gets the mask the gate held back: a chosen class is
-    # never gated
+    # with the class given, the mask camsam draws for it whether the gate showed it or not
     given_masks = [list(result.masks + result.held_back) for result in results]
     missed = [
         [c for c in truth if c not in result.prediction.classes]

@@ -71,32 +71,55 @@ def class_thresholds(
     alpha: float = GATE_BORROW_ALPHA,
 ) -> tuple[dict[str, float | None], list[str]]:
     """Each class's threshold from its own masks (``best_threshold`` of ``rows[label]``), and
-    the classes that borrowed one: a class that earned none takes the threshold the masks of the
-    classes that earned theirs earn together, when at least one of its own masks above it was
-    accepted and its own accept rate there is not significantly below theirs (a one-sided
-    binomial test at ``alpha`` against their rate's lower bound). No class earns one: none is
-    lent, so a pool of weak classes never opens what none opens alone."""
+    the classes that borrowed one.
+
+    A class that earned none may borrow the threshold the masks of the classes that earned
+    theirs earn together, raised to the lowest of those masks above it (nothing is lent where
+    they were not seen). It borrows when its own masks at or above that threshold would save time
+    at the rate they show and that rate is not significantly below theirs there (Fisher's exact
+    test, one-sided, at ``alpha``). No class earned one: none is lent, so a pool of weak classes
+    never opens what none opens alone."""
     gate = {label: best_threshold(r, saved, lost, z=z) for label, r in rows.items()}
     earned = [row for label, r in rows.items() if gate[label] is not None for row in r]
     cut = best_threshold(earned, saved, lost, z=z) if earned else None
     if cut is None:
         return gate, []
-    above = [accepted for value, accepted, _ in earned if value > cut]
-    rate = lower_bound(sum(above), len(above), z)
+    above = [(value, accepted) for value, accepted, _ in earned if value >= cut]
+    lent = min(value for value, _ in above)
+    hits = sum(accepted for _, accepted in above)
     borrowed = []
     for label, threshold in gate.items():
-        own = [accepted for value, accepted, _ in rows[label] if value > cut]
-        if threshold is None and sum(own) and binomial_cdf(sum(own), len(own), rate) >= alpha:
-            gate[label] = cut
+        own = [accepted for value, accepted, _ in rows[label] if value >= lent]
+        own_hits = sum(own)
+        pays = own_hits * saved > (len(own) - own_hits) * lost
+        if threshold is None and pays and fewer_by_chance(own_hits, len(own), hits, len(above)):
+            gate[label] = lent
             borrowed.append(label)
     return gate, borrowed
 
 
-def binomial_cdf(successes: int, trials: int, rate: float) -> float:
-    """P(at most ``successes`` of ``trials`` succeed) when each does with ``rate``."""
-    return sum(
-        math.comb(trials, k) * rate**k * (1 - rate) ** (trials - k) for k in range(successes + 1)
+def fewer_by_chance(
+    hits: int, trials: int, other_hits: int, other_trials: int, alpha: float = GATE_BORROW_ALPHA
+) -> bool:
+    """Whether ``hits`` of ``trials`` could be as few as they are by chance if the rate were the
+    same as ``other_hits`` of ``other_trials``: Fisher's exact test, one-sided, at ``alpha``."""
+    return hypergeometric_cdf(hits, trials, hits + other_hits, trials + other_trials) >= alpha
+
+
+def hypergeometric_cdf(at_most: int, draws: int, successes: int, population: int) -> float:
+    """P(at most ``at_most`` successes among ``draws`` drawn without replacement from
+    ``population`` holding ``successes``), summed in logs so that large counts do not overflow."""
+
+    def log_comb(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    low = max(0, draws - (population - successes))
+    whole = log_comb(population, draws)
+    terms = (
+        log_comb(successes, k) + log_comb(population - successes, draws - k) - whole
+        for k in range(low, min(at_most, successes, draws) + 1)
     )
+    return min(1.0, sum(math.exp(t) for t in terms))
 
 
 def lower_bound(successes: int, trials: int, z: float) -> float:

@@ -194,7 +194,7 @@ def test_a_mask_the_gate_held_back_is_judged_with_the_class_given(
     from worker.pipeline.pipeline import Pipeline
 
     pipeline = Pipeline.build(ModelDir(trained_model_dir).current_path())
-    samples = [s for s in synthetic_dataset.samples if s.classes != ("Clean",)][::4]
+    samples = synthetic_dataset.samples[::4]
     pipeline.classifier.spec = replace(pipeline.classifier.spec, gate={})
     open_scores = score_all(pipeline, samples, "eval", progress=False)
     labels = pipeline.classifier.spec.mask_classes
@@ -202,6 +202,8 @@ def test_a_mask_the_gate_held_back_is_judged_with_the_class_given(
     shut_scores = score_all(pipeline, samples, "eval", progress=False)
 
     assert any(s.shown for s in open_scores) and not any(s.shown for s in shut_scores)
+    assert any(s.true_classes == ("Clean",) for s in shut_scores)
+    assert not any(s.false_mask for s in shut_scores)  # nothing shown: nothing to delete
     assert all(v == 0.0 for s in shut_scores for v in s.iou.values())
     assert any(v > 0.3 for s in shut_scores for v in s.iou_given.values())
     for shut, opened in zip(shut_scores, open_scores, strict=True):

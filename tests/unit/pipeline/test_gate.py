@@ -10,9 +10,9 @@ import pytest
 from worker.pipeline.classifier import Prediction
 from worker.pipeline.gate import (
     best_threshold,
-    binomial_cdf,
     class_thresholds,
     evidence,
+    hypergeometric_cdf,
     lower_bound,
     passes,
 )
@@ -111,34 +111,61 @@ def test_the_pipeline_gates_masks_it_chose_but_not_classes_an_annotator_chose(tr
     assert ungated.run(image).masks
 
 
-def _rows(group: str, *accepted: bool) -> list[tuple[float, bool, str]]:
-    return [(0.9 - k / 100, a, f"{group}{k}") for k, a in enumerate(accepted)]
+def _rows(group: str, *masks: tuple[float, bool]) -> list[tuple[float, bool, str]]:
+    return [(value, accepted, f"{group}{k}") for k, (value, accepted) in enumerate(masks)]
+
+
+A = _rows("a", (0.9, True), (0.85, True), (0.8, True), (0.3, False))  # earns 0.55
+B = _rows("b", (0.7, True), (0.65, True), (0.6, True), (0.52, True), (0.2, False))  # earns 0.36
 
 
 def test_a_class_too_rare_to_earn_a_threshold_borrows_the_one_common_classes_earned():
-    common = _rows("c", *[True] * 10, False)
-    earned, _ = class_thresholds({"Common": common}, saved=0.8, lost=0.2)
+    rare = _rows("r", (0.6, True), (0.58, True))
     gate, borrowed = class_thresholds(
-        {"Common": common, "Rare": _rows("r", True, False), "Unseen": []}, saved=0.8, lost=0.2
+        {"A": A, "B": B, "Rare": rare, "Unseen": []}, saved=0.8, lost=0.2
     )
-    assert borrowed == ["Rare"] and gate["Rare"] == gate["Common"] == earned["Common"]
-    assert gate["Unseen"] is None  # none of its own masks was seen: nothing to check it by
+    assert gate["A"] == pytest.approx(0.55) and gate["B"] == pytest.approx(0.36)
+    # Together A and B cut at 0.41, raised to the lowest of their masks above it: 0.52.
+    assert best_threshold(A + B, saved=0.8, lost=0.2) == pytest.approx(0.41)
+    assert borrowed == ["Rare"] and gate["Rare"] == pytest.approx(0.52)
+    assert gate["Unseen"] is None  # none of its own masks was seen: nothing to judge it by
 
 
-def test_a_rare_class_whose_own_masks_fail_borrows_nothing():
-    common = _rows("c", *[True] * 10)
-    # 1 accepted of 6 is far below the common classes' accept rate: the masks say otherwise.
-    gate, borrowed = class_thresholds(
-        {"Common": common, "Rare": _rows("r", True, *[False] * 5), "None": _rows("n", False)},
-        saved=0.8,
-        lost=0.2,
-    )
-    assert borrowed == [] and gate["Rare"] is None and gate["None"] is None
-    assert binomial_cdf(1, 6, 0.8) < 0.05 < binomial_cdf(1, 2, 0.8)
+def test_a_rare_class_is_judged_only_where_the_common_classes_were_seen():
+    below = _rows("r", (0.5, True), (0.45, True))  # under every mask that earned the threshold
+    gate, borrowed = class_thresholds({"A": A, "B": B, "Rare": below}, saved=0.8, lost=0.2)
+    assert borrowed == [] and gate["Rare"] is None
+    # Failures below the threshold would never be shown: they do not count against it.
+    mixed = _rows("r", (0.6, True), (0.58, True), *[(0.4, False)] * 5)
+    assert class_thresholds({"A": A, "B": B, "Rare": mixed}, saved=0.8, lost=0.2)[1] == ["Rare"]
+
+
+def test_a_rare_class_whose_own_masks_lose_time_or_fall_short_borrows_nothing():
+    common = _rows("c", *[(0.9 - k / 100, True) for k in range(10)])
+    # 1 of 5 accepted: not significantly below 7 of 9, but it would cost what it saves.
+    assert hypergeometric_cdf(1, 5, 8, 14) > 0.05
+    nine = _rows("c", *[(0.9 - k / 100, k < 7) for k in range(9)])
+    losing = _rows("r", (0.88, True), *[(0.87, False)] * 4)
+    assert class_thresholds({"C": nine, "Rare": losing}, saved=0.8, lost=0.2)[1] == []
+    # 3 of 6 would pay for itself, but is significantly below 10 of 10.
+    assert hypergeometric_cdf(3, 6, 13, 16) < 0.05 < hypergeometric_cdf(2, 3, 12, 13)
+    short = _rows("r", *[(0.88, k < 3) for k in range(6)])
+    assert class_thresholds({"C": common, "Rare": short}, saved=0.8, lost=0.2)[1] == []
+    fine = _rows("r", *[(0.88, k < 2) for k in range(3)])
+    assert class_thresholds({"C": common, "Rare": fine}, saved=0.8, lost=0.2)[1] == ["Rare"]
+
+
+def test_the_exact_test_holds_for_large_counts():
+    assert hypergeometric_cdf(2, 3, 18, 19) == pytest.approx(1 - 816 / 969)
+    assert 0.0 < hypergeometric_cdf(300, 2000, 900, 5000) < 1e-4  # no overflow
+    assert hypergeometric_cdf(5, 5, 10, 20) == pytest.approx(1.0)
 
 
 def test_weak_classes_pooled_never_open_what_none_opens_alone():
     # Two accepted groups each: neither class earns a threshold, together they would have four.
-    rows = {"A": _rows("a", True, True, False), "B": _rows("b", True, True, False)}
+    rows = {
+        "A": _rows("a", (0.9, True), (0.8, True), (0.7, False)),
+        "B": _rows("b", (0.85, True), (0.75, True), (0.65, False)),
+    }
     assert best_threshold(rows["A"] + rows["B"], saved=0.8, lost=0.2, z=0) is not None
     assert class_thresholds(rows, saved=0.8, lost=0.2, z=0) == ({"A": None, "B": None}, [])

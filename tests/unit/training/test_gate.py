@@ -34,7 +34,8 @@ def test_a_rare_class_borrows_the_threshold_a_common_one_earned(
     alone, _ = calibrate_gate(classifier, spot)
     assert alone["Spot"] is None  # one accepted mask earns nothing by itself
     gate, borrowed = calibrate_gate(classifier, scratches + spot)
-    assert borrowed == ["Spot"] and gate["Spot"] == gate["Scratch"] is not None
+    # no lower than the Scratch masks that earned it
+    assert borrowed == ["Spot"] and gate["Spot"] >= gate["Scratch"] is not None
 
 
 def test_masks_on_background_images_alone_close_the_gate(trained_model_dir, synthetic_dataset):
