@@ -34,8 +34,6 @@ from worker.pipeline.checkpoint import publish
 from worker.training.classifier import TrainConfig, train
 
 SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-
-
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -87,7 +87,7 @@ def score_batch(pipeline: Pipeline, samples: Sequence[Sample]) -> list[ImageScor
         for truth, result in zip(truths, results, strict=True)
     ]
     again = [i for i, labels in enumerate(missed) if labels]
-    if again:  # the masks the annotator would get with the class given
+    if again:  # the masks camsam draws when told a class it missed
         given = pipeline.run_batch([images[i] for i in again], [missed[i] for i in again])
         for i, result in zip(again, given, strict=True):
             given_masks[i] += result.masks
@@ -101,8 +101,8 @@ def score_batch(pipeline: Pipeline, samples: Sequence[Sample]) -> list[ImageScor
 
 
 def _score(sample, shape, truth, result, given_masks, mask_classes, seconds) -> ImageScore:
-    """``result`` is what the backend pre-annotates; ``given_masks`` every mask the annotator
-    would get with the true classes chosen."""
+    """``result`` is what the backend pre-annotates; ``given_masks`` every mask camsam draws
+    when told the true classes."""
     prediction = result.prediction
     empty = np.zeros(shape, dtype=bool)
     shown, given = _by_label(result.masks, empty), _by_label(given_masks, empty)

@@ -184,9 +184,9 @@ def test_scoring_in_batches_scores_each_image_as_alone(trained_model_dir, synthe
 def test_a_mask_the_gate_held_back_is_judged_with_the_class_given(
     trained_model_dir, synthetic_dataset
 ):
-    """The gate hides a mask from the pre-annotation, not from an annotator who chooses the
-    class: with every class abstaining nothing is shown, yet the given-class IoU is the same as
-    with the gate open."""
+    """The gate hides a mask from the pre-annotation, not from the given-class figure, which
+    judges the mask camsam draws when told the class: with every class abstaining nothing is
+    shown, yet the given-class IoU is the same as with the gate open."""
     from dataclasses import replace
 
     from worker.contract.store import ModelDir

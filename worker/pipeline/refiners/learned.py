@@ -161,7 +161,7 @@ def blind(rows: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(raw: np.ndarray) -> np.ndarray:
-    # clipped: exp overflows below -709, where the sigmoid is 0 to float precision anyway
+    # clipped: exp(-raw) overflows for raw below -709, where the sigmoid is 0 to float precision
     return 1.0 / (1.0 + np.exp(-np.clip(raw, -60.0, 60.0)))
 
 
