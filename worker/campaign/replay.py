@@ -247,6 +247,7 @@ class _Replay:
                 "labelled": labelled,
                 "version": version,
                 "gate": pipeline.classifier.spec.gate,  # what the version pre-annotates
+                "gate_borrowed": pipeline.classifier.spec.metrics.get("gate_borrowed", []),
                 "pool": len(pool),
                 **on_pool,
                 "held_out": on_held_out,

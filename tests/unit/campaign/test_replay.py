@@ -56,6 +56,8 @@ def test_a_campaign_labels_every_image_once_and_its_totals_add_up(tiny, tmp_path
             assert row["minutes_with_camsam"] == pytest.approx(0.2 * reviewed + redone)
             assert row["minutes_with_camsam"] <= masked + 0.2 * actions["deleted"]
             assert 0.0 <= row["accuracy"] <= 1.0 and row["version"].startswith("v")
+            opened = {label for label, cut in row["gate"].items() if cut is not None}
+            assert set(row["gate_borrowed"]) <= opened  # a class that borrowed is open
     # One start and one first version for every order: their first rounds see the same model.
     first = [state["rounds"][1] for state in report["orders"].values()]
     assert first[0]["accuracy"] == first[1]["accuracy"]
