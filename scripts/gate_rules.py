@@ -23,22 +23,18 @@ from pathlib import Path
 from campaign_regate import _validation
 
 from worker.cli.datasets import load_split
-from worker.contract.defaults import ACCEPT_IOU
 from worker.contract.settings import Settings
 from worker.contract.store import ModelDir
 from worker.data.dataset import load_dataset
 from worker.data.images import load_image
+from worker.evaluation.evaluate import ImageScore, labelling_cost
 from worker.jobs.predict import load_pipeline
-from worker.pipeline.gate import (
-    best_threshold,
-    class_thresholds,
-    evidence,
-    fewer_by_chance,
-)
+from worker.pipeline.gate import best_threshold, class_thresholds, evidence, lend
 from worker.pipeline.masks import iou
 from worker.pipeline.pipeline import Pipeline
+from worker.training.gate import MINUTES_MANUAL, MINUTES_REVIEW, gate_rows
 
-SAVED, LOST = 0.8, 0.2  # camsam eval's minutes: painting 1.0, review 0.2
+SAVED, LOST = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW  # as training calibrates
 
 
 def collect(args) -> None:
@@ -67,13 +63,7 @@ def collect(args) -> None:
         _, validation, grouping = _validation(
             dataset.subset(learnt).samples, models.info(version)["recipe"]
         )
-        rows = {label: [] for label in mask_classes}
-        for sample in validation:
-            if any(c in mask_classes and not sample.has_mask(c) for c in sample.classes):
-                continue
-            for label, value, overlap in _masks(pipeline, sample, mask_classes):
-                group = grouping(sample) if grouping else sample.key
-                rows[label].append((value, overlap >= ACCEPT_IOU, group))
+        rows = gate_rows(pipeline.classifier, validation, grouping)
         images = []
         for sample in dataset.subset(judged).samples:
             truth = [c for c in sample.classes if c in mask_classes and sample.has_mask(c)]
@@ -105,20 +95,7 @@ def per_class(rows: dict) -> dict:
 def pooled(rows: dict) -> dict:
     """(Tried, not kept.) As ``borrowed``, but lending the threshold all classes' masks earn
     together, whether or not any class earned one of its own."""
-    gate = per_class(rows)
-    pool = [row for r in rows.values() for row in r]
-    cut = best_threshold(pool, SAVED, LOST)
-    if cut is None:
-        return gate
-    above = [(value, accepted) for value, accepted, _ in pool if value >= cut]
-    lent = min(value for value, _ in above)
-    hits = sum(accepted for _, accepted in above)
-    for label, threshold in gate.items():
-        own = [accepted for value, accepted, _ in rows[label] if value >= lent]
-        pays = sum(own) * SAVED > (len(own) - sum(own)) * LOST
-        if threshold is None and pays and fewer_by_chance(sum(own), len(own), hits, len(above)):
-            gate[label] = lent
-    return gate
+    return lend(per_class(rows), rows, [row for r in rows.values() for row in r], SAVED, LOST)[0]
 
 
 def borrowed(rows: dict) -> dict:
@@ -145,27 +122,29 @@ def judge(paths: list[str]) -> None:
 
 
 def _cost(images: list[dict], gate: dict) -> tuple[float, float, dict]:
-    """``camsam eval``'s annotator on ``images`` under ``gate``."""
-    actions = dict.fromkeys(("accepted", "redrawn", "painted", "deleted"), 0)
+    """``camsam eval``'s annotator (``labelling_cost``) on ``images`` under ``gate``."""
+    scores = []
     for image in images:
         shown = {
             label: overlap
             for label, value, overlap in image["masks"]
             if gate.get(label) is not None and value >= gate[label]
         }
-        if image["truth"]:
-            if not shown:
-                actions["painted"] += 1
-            elif all(shown.get(label, 0.0) >= ACCEPT_IOU for label in image["truth"]):
-                actions["accepted"] += 1
-            else:
-                actions["redrawn"] += 1
-        elif shown and not any(c in gate for c in image["classes"]):  # a background image
-            actions["deleted"] += 1
-    hand = sum(1.0 for image in images if image["truth"])
-    shown = actions["accepted"] + actions["redrawn"]
-    assisted = shown * 0.2 + (hand - actions["accepted"]) + actions["deleted"] * 0.2
-    return hand, assisted, actions
+        classes = tuple(image["classes"])
+        background = not any(c in gate for c in classes)
+        scores.append(
+            ImageScore(
+                "",
+                classes,
+                classes,  # classes are not judged here: nothing is relabelled
+                iou={label: shown.get(label, 0.0) for label in image["truth"]},
+                false_mask=background and bool(shown),
+                shown=bool(shown),
+            )
+        )
+    cost = labelling_cost(scores, tuple(gate), MINUTES_MANUAL, MINUTES_REVIEW)
+    actions = {k: v for k, v in cost["actions"].items() if k != "relabelled"}
+    return cost["by_hand"], cost["with_camsam"], actions
 
 
 if __name__ == "__main__":

@@ -81,13 +81,29 @@ def class_thresholds(
     never opens what none opens alone."""
     gate = {label: best_threshold(r, saved, lost, z=z) for label, r in rows.items()}
     earned = [row for label, r in rows.items() if gate[label] is not None for row in r]
-    cut = best_threshold(earned, saved, lost, z=z) if earned else None
+    return lend(gate, rows, earned, saved, lost, z, alpha)
+
+
+def lend(
+    gate: dict[str, float | None],
+    rows: dict[str, list[tuple[float, bool, object]]],
+    pool: list[tuple[float, bool, object]],
+    saved: float,
+    lost: float,
+    z: float = GATE_Z,
+    alpha: float = GATE_BORROW_ALPHA,
+) -> tuple[dict[str, float | None], list[str]]:
+    """``gate`` with the threshold ``pool``'s masks earn together (raised to the lowest of them
+    above it) lent to each class without one whose own masks ``rows[label]`` at or above it pay
+    at their own rate and are not significantly worse (``fewer_by_chance``), and the classes
+    lent it; ``gate`` unchanged where the pool earns none."""
+    cut = best_threshold(pool, saved, lost, z=z)
     if cut is None:
         return gate, []
-    above = [(value, accepted) for value, accepted, _ in earned if value >= cut]
+    above = [(value, accepted) for value, accepted, _ in pool if value >= cut]
     lent = min(value for value, _ in above)
     hits = sum(accepted for _, accepted in above)
-    borrowed = []
+    gate, borrowed = dict(gate), []
     for label, threshold in gate.items():
         own = [accepted for value, accepted, _ in rows[label] if value >= lent]
         own_hits = sum(own)

@@ -29,7 +29,15 @@ def calibrate_gate(
     with accepted masks from enough groups (``grouping``; None: every image its own) above it,
     at the accept rate's lower bound ``z`` (``best_threshold``), and the classes that, with
     too few masks of their own, borrowed the threshold of those that earned one
-    (``class_thresholds``).
+    (``class_thresholds``)."""
+    saved, lost = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW
+    return class_thresholds(gate_rows(classifier, held_out, grouping), saved, lost, z=z)
+
+
+def gate_rows(
+    classifier: Classifier, held_out: Sequence[Sample], grouping: Grouping | None = None
+) -> dict[str, list[tuple[float, bool, str]]]:
+    """Per mask class, (evidence, accepted, group) for each mask shown on ``held_out``.
 
     Images whose classes include a mask class without a ground-truth mask cannot judge masks
     and are left out. Masks are made by the ``cam`` segmenter with the refinement training
@@ -50,5 +58,4 @@ def calibrate_gate(
             truth = sample.mask(mask.label, image.shape[:2])
             accepted = mask.label in sample.classes and iou(mask.mask, truth) >= ACCEPT_IOU
             rows[mask.label].append((evidence(result.prediction, mask), accepted, group))
-    saved, lost = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW
-    return class_thresholds(rows, saved, lost, z=z)
+    return rows
