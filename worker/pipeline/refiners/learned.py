@@ -31,6 +31,7 @@ import torch
 
 from worker.contract.errors import CheckpointError
 from worker.pipeline.masks import major_parts
+from worker.pipeline.refiners.device_trees import DeviceTrees
 from worker.pipeline.signals import contrast_maps, ridge_maps
 
 SIDE = 192
@@ -98,6 +99,7 @@ class ClassTrees:
     threshold: float
     parts: float = 0.0  # keep the parts at least this share of the largest (0: every part)
     frame: bool = True  # whether the trees may read the place in the frame (else fitted blind)
+    device: str = "cpu"  # where the trees are read: an accelerator reads them as tensors
 
     @cached_property
     def _predictors(self) -> list:
@@ -113,8 +115,14 @@ class ClassTrees:
             predictors.append(TreePredictor(nodes, NO_CATEGORIES, NO_CATEGORIES))
         return predictors
 
+    @cached_property
+    def _on_device(self) -> DeviceTrees:
+        return DeviceTrees(self.nodes, self.starts, self.baseline, self.device)
+
     def log_odds(self, features: np.ndarray) -> np.ndarray:
         """The trees' summed log-odds (n,) for each row of ``features`` (n, k)."""
+        if torch.device(self.device).type != "cpu":
+            return self._on_device.log_odds(features)
         rows = np.ascontiguousarray(features, dtype=np.float64)
         raw = np.full(len(rows), self.baseline)
         for tree in self._predictors:
@@ -203,8 +211,11 @@ class LearnedRefiner:
         return state
 
     @classmethod
-    def from_state(cls, state: Mapping[str, torch.Tensor], source: str = "") -> LearnedRefiner:
-        """The refiner saved by ``to_state`` (no keys: one with no classes).
+    def from_state(
+        cls, state: Mapping[str, torch.Tensor], source: str = "", device: str = "cpu"
+    ) -> LearnedRefiner:
+        """The refiner saved by ``to_state`` (no keys: one with no classes), its trees read on
+        ``device``.
 
         Raises:
             CheckpointError: a class's trees are incomplete.
@@ -230,6 +241,7 @@ class LearnedRefiner:
                 float(parts["threshold"]),
                 float(parts.get("parts", 0.0)),  # checkpoints before the choice kept every part
                 bool(parts.get("frame", 1.0)),  # and read the place in the frame
+                device,
             )
         return cls(classes)
 

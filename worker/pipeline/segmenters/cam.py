@@ -24,7 +24,7 @@ class CamSegmenter(Segmenter):
         """A ``refiner`` in ``options`` applies to every class; else each class gets what
         training chose for it (kept in the checkpoint), and the rest the guided CAM."""
         tuned = None if options.refiner else from_plain(classifier.spec.refine)
-        learned = LearnedRefiner.from_state(classifier.extras, classifier.source)
+        learned = LearnedRefiner.from_state(classifier.extras, classifier.source, options.device)
         return cls(RefineParams(options.refiner or "guided"), tuned, learned)
 
     def __init__(
