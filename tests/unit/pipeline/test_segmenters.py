@@ -11,7 +11,7 @@ from worker.pipeline.cam.base import CamMap
 from worker.pipeline.prompts import make_prompts
 from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
 from worker.pipeline.segmenters.cam import CamSegmenter
-from worker.pipeline.segmenters.sam2 import Sam2Segmenter, choose_mask, sam2_context
+from worker.pipeline.segmenters.sam2 import Sam2Segmenter, _image_key, choose_mask, sam2_context
 from worker.pipeline.segmenters.threshold import ThresholdSegmenter
 
 
@@ -220,3 +220,14 @@ def test_cam_segmenters_label_their_masks():
     assert refined.segmenter == "cam" and plain.segmenter == "threshold"
     assert refined.details["refiner"] == "guided"
     assert refined.mask[35, 80] and not refined.mask[80, 10]
+
+
+def test_an_image_is_known_by_its_pixels_and_shape_wherever_it_lies_in_memory():
+    image = np.random.default_rng(5).integers(0, 255, (40, 60, 3), np.uint8)
+    wide = np.zeros((40, 120, 3), np.uint8)
+    wide[:, ::2] = image  # the same pixels, strided in memory
+    assert _image_key(wide[:, ::2]) == _image_key(image.copy())
+    changed = image.copy()
+    changed[39, 59, 2] ^= 1
+    assert _image_key(changed) != _image_key(image)
+    assert _image_key(image.reshape(60, 40, 3)) != _image_key(image)  # same bytes, other shape
