@@ -286,7 +286,10 @@ def test_bench_runs_and_writes_the_figures_a_script_reads(tmp_path, capsys):
         "rle",
     }
     assert report["cam"]["over_one_pass_cam"] > 0 and report["cam_contrast"]["overhead_ratio"] > 0
-    sam2 = report["sam2"]  # one decode per class is a model's cost the plain ratio leaves out
+    sam2, decode = report["sam2"], report["stages_ms"]["sam2_decode_per_class"]
+    # one decode per (masked) class is a model's cost the plain ratio leaves out
+    with_decode = sam2["bare_models_ms_per_image"] + decode
+    assert sam2["bare_with_decode_ms_per_image"] == pytest.approx(with_decode, abs=0.02)
     assert 0 < sam2["over_models_with_decode"] < sam2["overhead_ratio"]
     if report["web_rss_mb"] is not None:  # with a redis-server: the real web process
         assert report["queue_roundtrip_ms_p50"] > 0 and report["web_loads_torch"] is False

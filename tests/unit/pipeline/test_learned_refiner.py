@@ -13,7 +13,6 @@ from worker.pipeline.classifier import Classifier
 from worker.pipeline.masks import iou
 from worker.pipeline.pipeline import Pipeline
 from worker.pipeline.refiners.base import RefineParams, refine_cam
-from worker.pipeline.refiners.device_trees import DeviceTrees
 from worker.pipeline.refiners.learned import (
     FEATURES,
     PREFIX,
@@ -23,6 +22,7 @@ from worker.pipeline.refiners.learned import (
     pixel_features,
     split_state,
 )
+from worker.pipeline.segmenters.base import SegmenterOptions
 from worker.pipeline.segmenters.cam import CamSegmenter
 from worker.training.learned_refiner import fit_learned_refiner
 
@@ -166,28 +166,14 @@ def test_the_backend_can_trade_the_trees_for_a_hand_made_refiner(trained_model_d
     assert result.details["refiner"] == "contrast"
 
 
-def test_trees_read_as_tensors_give_what_scikit_learns_predictor_gives(classifier, fitted):
-    refiner, *_ = fitted
-    for label in ("Scratch", "Spot"):
-        trees = refiner.classes[label]
-        image, _, cam = held_out(classifier, label, 21)
-        rows = pixel_features(image, cam.cam).reshape(-1, FEATURES)[::7].astype(np.float64)
-        some = np.arange(0, len(rows), 5)
-        rows[some, some % FEATURES] = np.nan  # a missing value goes the way its node says
-        tensors = DeviceTrees(trees.nodes, trees.starts, trees.baseline, "cpu")
-        assert tensors.depth >= 2
-        np.testing.assert_allclose(tensors.log_odds(rows), trees.log_odds(rows), atol=1e-9)
-
-
 def test_the_cam_segmenter_reads_the_trees_where_the_pipeline_runs(trained_model_dir):
     path = ModelDir(trained_model_dir).current_path()
     on_cpu = Pipeline.build(path, segmenter="cam").segmenter.learned
-    assert all(trees.device == "cpu" for trees in on_cpu.classes.values())
-    assert on_cpu.classes
-    state = Classifier.load(path).extras
-    on_gpu = LearnedRefiner.from_state(state, device="cuda").classes
-    assert on_gpu.keys() == on_cpu.classes.keys()
-    assert all(trees.device == "cuda" for trees in on_gpu.values())
+    assert on_cpu.classes and all(t.device == "cpu" for t in on_cpu.classes.values())
+    classifier = Classifier.load(path)  # no GPU needed: the tensors are made on first use
+    on_gpu = CamSegmenter.from_options(SegmenterOptions(device="cuda"), classifier).learned
+    assert on_gpu.classes.keys() == on_cpu.classes.keys()
+    assert all(trees.device == "cuda" for trees in on_gpu.classes.values())
 
 
 @pytest.mark.gpu
@@ -204,6 +190,8 @@ def test_a_gpu_reads_the_trees_to_the_masks_the_cpu_reads(trained_model_dir):
         maps = feature_maps(image, cam.cam)
         trees_cpu = on_cpu.segmenter.learned.classes[label]
         trees_gpu = on_gpu.segmenter.learned.classes[label]
+        assert trees_gpu.device == "cuda" and "_on_device" not in vars(trees_gpu)
         exact = trees_cpu.log_odds_map(maps)
         np.testing.assert_allclose(trees_gpu.log_odds_map(maps), exact, atol=1e-9)
-        assert isinstance(trees_gpu._on_device, DeviceTrees)
+        assert "_on_device" in vars(trees_gpu)  # read as tensors, not by scikit-learn
+        assert "_on_device" not in vars(trees_cpu)

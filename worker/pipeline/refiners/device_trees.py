@@ -1,11 +1,12 @@
-"""The learned refiner's trees read on an accelerator: every tree at once, one level a step.
+"""The learned refiner's trees read on a CUDA device: every tree at once, one level a step.
 
 scikit-learn's compiled predictor reads the trees on the CPU, one tree after another. Beside a
 GPU that makes the learned refiner the slowest stage of a ``cam`` prediction (47 ms of 48 on an
 H200, docs/performance.md). Here every (pixel, tree) pair walks down its tree together: each
 step gathers the feature each pair's node splits on and moves to a child, and a leaf is its own
 child, so ``depth`` steps bring every pair to its leaf with no test in between. On a CPU this
-is nine times slower than scikit-learn's predictor, so only an accelerator uses it.
+is nine times slower than scikit-learn's predictor, so only a CUDA device uses it (the values
+are float64, which some accelerators, Apple's MPS among them, do not have).
 
 The split is scikit-learn's: a value at or below the node's threshold goes left, a missing one
 (NaN) where the node says, and the log-odds are the baseline plus the leaves' values, in float64.
@@ -34,7 +35,7 @@ class DeviceTrees:
         self.baseline = baseline
         self.device = torch.device(device)
 
-        def tensor(values, dtype: torch.dtype) -> torch.Tensor:
+        def tensor(values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.asarray(values), dtype=dtype, device=self.device)
 
         self.roots = tensor(starts[:-1].astype(np.int64), torch.int64)

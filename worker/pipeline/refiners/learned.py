@@ -99,7 +99,7 @@ class ClassTrees:
     threshold: float
     parts: float = 0.0  # keep the parts at least this share of the largest (0: every part)
     frame: bool = True  # whether the trees may read the place in the frame (else fitted blind)
-    device: str = "cpu"  # where the trees are read: an accelerator reads them as tensors
+    device: str = "cpu"  # where the trees are read: a CUDA device reads them as tensors
 
     @cached_property
     def _predictors(self) -> list:
@@ -121,7 +121,7 @@ class ClassTrees:
 
     def log_odds(self, features: np.ndarray) -> np.ndarray:
         """The trees' summed log-odds (n,) for each row of ``features`` (n, k)."""
-        if torch.device(self.device).type != "cpu":
+        if torch.device(self.device).type == "cuda":  # float64 on the device: not on MPS
             return self._on_device.log_odds(features)
         rows = np.ascontiguousarray(features, dtype=np.float64)
         raw = np.full(len(rows), self.baseline)
