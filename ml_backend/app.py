@@ -111,14 +111,17 @@ class CamsamBackend:
             return None
         environment = self.environment
         if not setup_trusted(environment):
-            if not self.setup_ignored:  # Label Studio calls /setup often: say it once
-                log.warning("/setup named a Label Studio: ignored (see /health's warnings)")
-                self.setup_ignored = True
-            return (
+            if environment.label_studio_url and environment.label_studio_api_key:
+                return None  # the environment names Label Studio: nothing to take, nothing lost
+            note = (
                 "hostname and access_token ignored: SETUP_CREDENTIALS="
                 f"{environment.setup_credentials} takes them only from a caller that passed "
                 "BASIC_AUTH_USER/PASS or AUTH_TOKEN; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
             )
+            if not self.setup_ignored:  # Label Studio calls /setup often: say it once
+                log.warning("/setup named a Label Studio: %s", note)
+                self.setup_ignored = True
+            return note
         if not hostname:
             return None
         if not http_address(hostname):
@@ -241,6 +244,13 @@ class CamsamBackend:
         if unknown:
             self.metrics.count_tasks("webhook_unknown_project")
             return {"status": "ignored", "event": event, "reason": unknown}
+        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
+            reason = (
+                "training reads the labels from Label Studio: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY"
+            )
+            log.warning("project %s: %s webhook: no training started: %s", project, event, reason)
+            return {"status": "training not started", "event": event, "reason": reason}
         payload = {"project": project, "settings": self.settings.for_worker()}
         remember_project(self.training_store, payload)
         queued = request_training(self.training_store, self.submit, payload, event)

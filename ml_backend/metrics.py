@@ -29,7 +29,9 @@ GAUGE_HELP = {
     "camsam_embedding_cache": "SAM2 embedding cache hits and misses, per worker in Redis mode.",
     "camsam_model_version": "Each project's current model version (always 1).",
     "camsam_live_masks": "Masks annotators submitted, by project and model version.",
-    "camsam_live_accept_rate": "Share of predicted masks annotators accepted unchanged.",
+    "camsam_live_accept_rate": (
+        "Share of predicted masks annotators kept (IoU >= 0.5 with what they submitted)."
+    ),
     "camsam_live_mean_iou": "Mean IoU of predicted masks with the submitted ones.",
 }
 

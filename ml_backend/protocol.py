@@ -176,7 +176,7 @@ def label_changes(config: LabelConfig, classes: list[str], version: str) -> list
         )
     if gone:
         changes.append(
-            f"model {version} predicts {gone}, which the label config no longer has: "
+            f"model {version} predicts {gone}, which the label config does not have: "
             "they are left out of predictions"
         )
     return changes

@@ -13,6 +13,7 @@ import time
 
 from ml_backend.errors import Unavailable
 from worker.contract.connections import redis_connection
+from worker.contract.errors import CamsamError
 from worker.contract.fanout import enqueue_chunks
 from worker.contract.queues import (
     AFTER_JOB,
@@ -131,6 +132,8 @@ class EmbeddedRunner:
                 part = tasks[start : start + self.chunk]
                 try:
                     self.run(name, {**payload, "tasks": part}, None, priority=BACKGROUND)
+                except CamsamError as error:  # said in a line: a setting or Label Studio's answer
+                    log.error("background job %s failed on %d tasks: %s", name, len(part), error)
                 except Exception:  # a thread has nobody to raise to; the next chunk may do
                     log.exception("background job %s failed on %d tasks", name, len(part))
                 finally:

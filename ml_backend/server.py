@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import sys
@@ -13,6 +14,7 @@ from gunicorn.app.base import BaseApplication
 
 from worker.contract.leases import reconcile_every
 
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 # Not imported from ml_backend.metrics: that imports prometheus_client, before the variable is set.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What prometheus_client's multiprocess mode writes: <kind>_<pid>.db (gauges: gauge_<mode>_<pid>).
@@ -29,7 +31,22 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def log_to_stderr() -> None:
+    """camsam's own lines (a training run's outcome, a job that failed) on stderr from INFO up;
+    without a handler Python shows only warnings. The libraries' INFO lines (an HTTP client
+    logs every request) stay out."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for name in ("ml_backend", "worker"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
 def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> None:
+    log_to_stderr()
     # Only now: prometheus_client picks its multiprocess mode when it is first imported.
     from prometheus_client import multiprocess
 

@@ -35,6 +35,8 @@ from worker.training.classifier import TrainConfig, train
 
 SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 REPO = Path(__file__).resolve().parent.parent
+# Label Studio named but not listening (the discard port): a training run starts, then fails.
+UNREACHABLE_LS = {"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k"}
 
 
 def pytest_unconfigure(config) -> None:

@@ -339,7 +339,7 @@ def test_setup_says_which_labels_the_model_and_the_config_do_not_share(trained_m
     answer = client.post("/setup", json={"project": "2.1", "schema": changed}).json
     (new, gone) = answer["label_changes"]
     assert "['Dent']" in new and "not trained" in new
-    assert "['Spot']" in gone and "no longer" in gone
+    assert "['Spot']" in gone and "does not have" in gone
 
 
 def test_bad_tasks_in_a_batch_get_empty_results_and_the_others_are_answered(

@@ -54,7 +54,9 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
     assert ModelDir(models).current_version() == "v0001"
     said = capsys.readouterr().out
     assert "version v0001 is current" in said
-    assert "groups of near-duplicates found" in said  # the validation share's groups
+    assert (
+        "groups (images that are near-duplicates joined)" in said
+    )  # the validation share's groups
 
     out = tmp_path / "tasks.json"
     overlays = tmp_path / "overlays"
@@ -186,10 +188,14 @@ def test_errors_are_one_clear_line(trained_model_dir, tmp_path, capsys):
     assert "cannot decode image" in capsys.readouterr().err
 
 
-def test_demo_runs(tmp_path):
+def test_demo_runs_and_judges_only_images_it_did_not_train_on(tmp_path):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"]) == 0
     assert (tmp_path / "demo" / "predictions.json").is_file()
-    assert (tmp_path / "demo" / "report.json").is_file()
+    split = json.loads((tmp_path / "demo" / "split.json").read_text())
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["images"] == len(split["test"]) and split["train"]
+    judged = {d["key"] for d in report["images_detail"]}
+    assert judged == set(split["test"])
 
 
 def test_preannotate_writes_a_prediction_for_each_task_not_yet_predicted(

@@ -27,7 +27,7 @@ from ml_backend.guard import RateLimiter
 from ml_backend.projects import LOOKUP_RATE
 from ml_backend.protocol import project_id
 from ml_backend.runner import REQUEST
-from tests.conftest import reply
+from tests.conftest import UNREACHABLE_LS, reply
 from tests.service.test_app import SYNTHETIC_CONFIG, documents, fetching_app, predict_body
 from worker.contract.errors import ImageError
 from worker.contract.leases import QUEUED, known_projects, store_for
@@ -177,6 +177,17 @@ def test_an_unauthenticated_setup_cannot_point_camsam_at_another_label_studio(tm
     assert (settings.label_studio_url, settings.label_studio_api_key) == ("", "")
     (warning,) = client.get("/health").json["warnings"]
     assert "no LABEL_STUDIO_URL" in warning and "SETUP_CREDENTIALS=auth" in warning
+
+
+def test_a_setup_has_nothing_to_say_about_the_label_studio_the_environment_names(tmp_path, caplog):
+    app = create_app({"MODEL_DIR": tmp_path, **UNREACHABLE_LS})
+    body = {"project": "4.1", "hostname": "http://ls.test:8080", "access_token": "theirs"}
+    with caplog.at_level(logging.WARNING, logger="ml_backend.app"):
+        answer = app.test_client().post("/setup", json=body)
+    assert answer.status_code == 200 and "label_studio" not in answer.json
+    assert not any("/setup" in r.getMessage() for r in caplog.records)
+    settings = app.extensions["camsam"].settings
+    assert (settings.label_studio_url, settings.label_studio_api_key) == ("http://127.0.0.1:9", "k")
 
 
 def test_setup_credentials_always_without_auth_is_loud_and_the_latest_setup_wins(tmp_path, caplog):
@@ -619,7 +630,7 @@ def test_a_flood_of_webhooks_for_unknown_projects_starts_nothing_and_writes_noth
 
 
 def test_known_projects_train_on_a_few_threads_whatever_the_number_of_webhooks(tmp_path):
-    app = create_app({"MODEL_DIR": tmp_path / "models", "TRAIN_DEBOUNCE": 0})
+    app = create_app({"MODEL_DIR": tmp_path / "models", "TRAIN_DEBOUNCE": 0, **UNREACHABLE_LS})
     client = app.test_client()
     ids = [str(910_000 + k) for k in range(30)]
     for project in ids:
@@ -757,7 +768,7 @@ def test_in_redis_mode_every_web_process_knows_the_same_bounded_projects(redis_u
 
     url = redis_url.rsplit("/", 1)[0] + "/7"  # a database of this test's own
     Redis.from_url(url).flushdb()
-    config = {"MODEL_DIR": tmp_path, "REDIS_URL": url, "MAX_PROJECTS": 2}
+    config = {"MODEL_DIR": tmp_path, "REDIS_URL": url, "MAX_PROJECTS": 2, **UNREACHABLE_LS}
     first, second = create_app(config), create_app({**config, "AUTH_TOKEN": "t"})
     submitted = []
     second.extensions["camsam"].submit = lambda name, payload: submitted.append(payload["project"])
@@ -1053,7 +1064,7 @@ def test_no_answer_echoes_a_key_a_token_or_a_secret(tmp_path, server):
 
 
 def test_a_webhook_burst_for_one_project_is_one_training_job(tmp_path):
-    app = create_app({"MODEL_DIR": tmp_path, "WEBHOOK_RATE": 0})
+    app = create_app({"MODEL_DIR": tmp_path, "WEBHOOK_RATE": 0, **UNREACHABLE_LS})
     backend = app.extensions["camsam"]
     submitted = []
     backend.submit = lambda name, payload: submitted.append(name)

@@ -3,6 +3,7 @@ publishing rules, lineage and the live accept rate."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from ml_backend.app import create_app
-from tests.conftest import REPO
+from tests.conftest import REPO, UNREACHABLE_LS
 from worker.contract.leases import (
     LocalStore,
     reconcile,
@@ -227,13 +228,41 @@ def test_a_worse_candidate_is_kept_out_and_the_reason_recorded(
     assert "MIN_PUBLISH_INTERVAL" in reason
 
 
+def test_a_webhook_starts_no_training_that_cannot_read_the_labels(tmp_path, caplog):
+    from tests.service.test_app import fixture
+
+    app = create_app({"MODEL_DIR": tmp_path, "TRAIN_DEBOUNCE": 0})
+    backend = app.extensions["camsam"]
+    submitted = []
+    backend.submit = backend.feedback = lambda name, payload: submitted.append(name)
+    client = app.test_client()
+    assert client.post("/setup", json=fixture("009_setup.json")["body"]).status_code == 200
+    with caplog.at_level(logging.WARNING, logger="ml_backend.app"):
+        answer = client.post(
+            "/webhook", json=fixture("017_webhook_annotation_created.json")["body"]
+        )
+    assert answer.status_code == 200 and answer.json["status"] == "training not started"
+    assert "LABEL_STUDIO_URL" in answer.json["reason"] and submitted == []
+    assert any("no training started" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_training_run_is_said_as_a_warning(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="worker.training.job"):
+        outcome = train_project("15", Settings.from_env({"MODEL_DIR": str(tmp_path)}))
+    assert outcome["outcome"] == "failed" and "LABEL_STUDIO_URL" in outcome["reason"]
+    (record,) = [r for r in caplog.records if "training failed" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "reading labels" in record.getMessage()
+
+
 def test_webhooks_as_label_studio_sends_them_trigger_training(tmp_path):
     from tests.service.test_app import fixture
 
-    client = create_app({"MODEL_DIR": tmp_path, "TRAIN_DEBOUNCE": 30}).test_client()
     # Label Studio sets the project up first; a webhook naming a project it did not is ignored.
-    unknown = client.post("/webhook", json=fixture("017_webhook_annotation_created.json")["body"])
+    bare = create_app({"MODEL_DIR": tmp_path}).test_client()
+    unknown = bare.post("/webhook", json=fixture("017_webhook_annotation_created.json")["body"])
     assert unknown.status_code == 200 and unknown.json["status"] == "ignored"
+    settings = {"MODEL_DIR": tmp_path, "TRAIN_DEBOUNCE": 30, **UNREACHABLE_LS}
+    client = create_app(settings).test_client()
     assert client.post("/setup", json=fixture("009_setup.json")["body"]).status_code == 200
     answers = [
         client.post("/webhook", json=fixture(name)["body"]).json

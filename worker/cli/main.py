@@ -269,7 +269,7 @@ def _grouped(groups: dict) -> str:
     if groups["by"] == "none":
         return "split image by image"
     if groups["by"] == "near-duplicates":
-        return f"split by {groups['groups']} groups of near-duplicates found"
+        return f"split by {groups['groups']} groups (images that are near-duplicates joined)"
     return f"split by {groups['groups']} groups of --group {groups['by']!r}"
 
 
@@ -443,11 +443,16 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = write_dataset(out / "data")
     models = str(out / "models")
+    split = str(out / "split.json")
     common = ["--model-dir", models]
+    # eval judges images training never saw: on its own training images a model flatters itself
     steps = [
+        ["split", str(data), "--out", split, "--test-fraction", "0.25"],
         [
             "train",
             str(data),
+            "--split",
+            split,
             *common,
             "--background-class",
             "Clean",
@@ -470,6 +475,8 @@ def run_demo(args: argparse.Namespace) -> int:
         [
             "eval",
             str(data),
+            "--split",
+            split,
             *common,
             "--background-class",
             "Clean",

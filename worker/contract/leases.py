@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from worker.contract.connections import redis_connection
+from worker.contract.errors import CamsamError
 from worker.contract.queues import TRAIN_JOB, TRAIN_QUEUE, describe
 from worker.contract.registry import resolve
 from worker.contract.settings import Settings
@@ -102,6 +103,8 @@ class JobThreads:
             name, payload = self.jobs.get()
             try:
                 resolve(name)(payload)
+            except CamsamError as error:  # said in a line: a setting or Label Studio's answer
+                log.error("background job %s failed: %s", name, error)
             except Exception:  # a thread has nobody to raise to
                 log.exception("background job %s failed", name)
 

@@ -19,7 +19,8 @@ def connect(url: str, api_key: str):
     """A label-studio-sdk client. Raises: LabelStudioError when url or key is missing."""
     if not url or not api_key:
         raise LabelStudioError(
-            "writing to Label Studio needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (a legacy "
+            "reading labels from and writing predictions to Label Studio needs "
+            "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (a legacy "
             "token or a personal access token from Account & Settings)"
         )
     from label_studio_sdk import LabelStudio

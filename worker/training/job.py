@@ -67,7 +67,11 @@ def train_project(project: str, settings: Settings) -> dict:
 
 def _record(models: ModelDir, project: str, outcome: dict) -> dict:
     outcome.update(project=project, finished=time.time())
-    log.info("project %s: training %s: %s", project, outcome["outcome"], outcome.get("reason"))
+    failed = outcome["outcome"] in ("failed", "crashed")
+    level = logging.WARNING if failed else logging.INFO
+    log.log(
+        level, "project %s: training %s: %s", project, outcome["outcome"], outcome.get("reason")
+    )
     status = json.dumps(outcome, indent=1).encode()
     atomic_write(models.root / STATUS_FILE, lambda f: f.write(status))
     return outcome
