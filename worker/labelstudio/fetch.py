@@ -101,9 +101,15 @@ class ImageFetcher:
             return self._download(ref)
         if ref.startswith("/") and parsed.path.startswith(("/tasks/", "/projects/", "/data/")):
             if not self.base:
+                local = parsed.path.startswith("/data/local-files")
                 raise ImageError(
                     f"image {ref} is relative to Label Studio: set LABEL_STUDIO_URL and "
                     "LABEL_STUDIO_API_KEY so camsam can fetch it"
+                    + (
+                        ", or LOCAL_FILES_DOCUMENT_ROOT to read local-files storage here"
+                        if local
+                        else ""
+                    )
                 )
             refuse_ambiguous(ref)  # urljoin drops tabs and newlines, which could move the host
             if {".", ".."} & set(unquote(parsed.path).split("/")):

@@ -327,3 +327,10 @@ def test_the_deadline_holds_through_an_http_proxy(tmp_path, monkeypatch):
         next(proxy, None)
     manager = DeadlineAdapter().proxy_manager_for(f"http://{address}")
     assert manager.pool_classes_by_scheme == DeadlineAdapter().poolmanager.pool_classes_by_scheme
+
+
+def test_an_image_relative_to_label_studio_names_the_settings_that_would_fetch_it():
+    with pytest.raises(ImageError, match="LABEL_STUDIO_URL.*or LOCAL_FILES_DOCUMENT_ROOT"):
+        ImageFetcher().fetch("/data/local-files/?d=tiles/a.png")
+    with pytest.raises(ImageError, match="LABEL_STUDIO_API_KEY so camsam can fetch it$"):
+        ImageFetcher().fetch("/data/upload/4/a.png")  # an upload lives in Label Studio only
