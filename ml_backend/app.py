@@ -72,6 +72,7 @@ class CamsamBackend:
         self.known = KnownProjects(settings)
         self.warnings = startup_warnings(settings)
         self.setup_ignored = False
+        self.untrainable: set[str] = set()  # projects whose webhooks could start no training
 
     def models(self, project: str):
         return models_for(self.settings, project)
@@ -244,12 +245,12 @@ class CamsamBackend:
         if unknown:
             self.metrics.count_tasks("webhook_unknown_project")
             return {"status": "ignored", "event": event, "reason": unknown}
-        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
-            reason = (
-                "training reads the labels from Label Studio: set LABEL_STUDIO_URL and "
-                "LABEL_STUDIO_API_KEY"
-            )
-            log.warning("project %s: %s webhook: no training started: %s", project, event, reason)
+        reason = self.why_no_training()
+        if reason:
+            self.metrics.count_tasks("webhook_not_started")
+            if project not in self.untrainable:  # Label Studio sends many: say it once a project
+                self.untrainable.add(project)
+                log.warning("project %s: no training started: %s", project, reason)
             return {"status": "training not started", "event": event, "reason": reason}
         payload = {"project": project, "settings": self.settings.for_worker()}
         remember_project(self.training_store, payload)
@@ -258,6 +259,20 @@ class CamsamBackend:
             self.feedback(FEEDBACK_JOB, {**payload, "annotation": annotation})
         self.metrics.count_tasks(f"webhook_{event.lower()}")
         return {"status": "training queued" if queued else "training pending", "event": event}
+
+    def why_no_training(self) -> str | None:
+        """Why a training run started now could not read the labels, or None. Embedded only: in
+        Redis mode the training workers' own LABEL_STUDIO_URL and key win over the web side's."""
+        settings = self.settings
+        if self.runner.mode != "embedded" or (
+            settings.label_studio_url and settings.label_studio_api_key
+        ):
+            return None
+        return (
+            "training reads the labels from Label Studio: set LABEL_STUDIO_URL and "
+            "LABEL_STUDIO_API_KEY (or let an authenticated /setup supply them, see "
+            "SETUP_CREDENTIALS)"
+        )
 
     def health_warnings(self) -> list[str]:
         warnings = list(self.warnings)

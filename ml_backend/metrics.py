@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from worker.contract.defaults import ACCEPT_IOU
 from worker.contract.errors import CamsamError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -30,7 +31,7 @@ GAUGE_HELP = {
     "camsam_model_version": "Each project's current model version (always 1).",
     "camsam_live_masks": "Masks annotators submitted, by project and model version.",
     "camsam_live_accept_rate": (
-        "Share of predicted masks annotators kept (IoU >= 0.5 with what they submitted)."
+        f"Share of predicted masks annotators kept (IoU >= {ACCEPT_IOU} with what they submitted)."
     ),
     "camsam_live_mean_iou": "Mean IoU of predicted masks with the submitted ones.",
 }

@@ -14,7 +14,7 @@ from gunicorn.app.base import BaseApplication
 
 from worker.contract.leases import reconcile_every
 
-LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 # Not imported from ml_backend.metrics: that imports prometheus_client, before the variable is set.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What prometheus_client's multiprocess mode writes: <kind>_<pid>.db (gauges: gauge_<mode>_<pid>).
@@ -34,7 +34,9 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
 def log_to_stderr() -> None:
     """camsam's own lines (a training run's outcome, a job that failed) on stderr from INFO up;
     without a handler Python shows only warnings. The libraries' INFO lines (an HTTP client
-    logs every request) stay out."""
+    logs every request) stay out. Where logging is configured already, it is left as it is."""
+    if logging.getLogger().handlers:
+        return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     for name in ("ml_backend", "worker"):

@@ -54,9 +54,7 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
     assert ModelDir(models).current_version() == "v0001"
     said = capsys.readouterr().out
     assert "version v0001 is current" in said
-    assert (
-        "groups (images that are near-duplicates joined)" in said
-    )  # the validation share's groups
+    assert "near-duplicates joined" in said  # the validation share's groups
 
     out = tmp_path / "tasks.json"
     overlays = tmp_path / "overlays"

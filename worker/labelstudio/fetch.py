@@ -101,15 +101,9 @@ class ImageFetcher:
             return self._download(ref)
         if ref.startswith("/") and parsed.path.startswith(("/tasks/", "/projects/", "/data/")):
             if not self.base:
-                local = parsed.path.startswith("/data/local-files")
                 raise ImageError(
                     f"image {ref} is relative to Label Studio: set LABEL_STUDIO_URL and "
-                    "LABEL_STUDIO_API_KEY so camsam can fetch it"
-                    + (
-                        ", or LOCAL_FILES_DOCUMENT_ROOT to read local-files storage here"
-                        if local
-                        else ""
-                    )
+                    "LABEL_STUDIO_API_KEY so camsam can fetch it" + self._local_hint(parsed.path)
                 )
             refuse_ambiguous(ref)  # urljoin drops tabs and newlines, which could move the host
             if {".", ".."} & set(unquote(parsed.path).split("/")):
@@ -148,6 +142,13 @@ class ImageFetcher:
             return resolved.read_bytes()
         except OSError as error:
             raise ImageError(f"cannot read image {ref}: {error}") from error
+
+    def _local_hint(self, path: str) -> str:
+        if not path.startswith("/data/local-files"):
+            return ""
+        if self.document_root is None:
+            return ", or LOCAL_FILES_DOCUMENT_ROOT to read local-files storage here"
+        return f" (LOCAL_FILES_DOCUMENT_ROOT {self.document_root} is not a folder on this host)"
 
     def _download(self, url: str, redirects: int = 0) -> bytes:
         """GET within the size limit and one deadline for every hop and every read, so a

@@ -334,3 +334,5 @@ def test_an_image_relative_to_label_studio_names_the_settings_that_would_fetch_i
         ImageFetcher().fetch("/data/local-files/?d=tiles/a.png")
     with pytest.raises(ImageError, match="LABEL_STUDIO_API_KEY so camsam can fetch it$"):
         ImageFetcher().fetch("/data/upload/4/a.png")  # an upload lives in Label Studio only
+    with pytest.raises(ImageError, match="is not a folder on this host"):
+        ImageFetcher(document_root="/no/such/folder").fetch("/data/local-files/?d=a.png")
