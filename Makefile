@@ -2,10 +2,13 @@
 #   make serve   run the Label Studio ML backend on port 9090 (models from MODEL_DIR, default models/)
 #   make test    run the test suite
 
-.PHONY: setup serve demo test lint
+.PHONY: setup setup-tests serve demo test lint
 
 setup:
 	@bash scripts/bootstrap.sh
+
+setup-tests:
+	@bash scripts/bootstrap.sh --tests
 
 serve: setup
 	.venv/bin/camsam serve --model-dir $${MODEL_DIR:-models}
@@ -13,9 +16,9 @@ serve: setup
 demo: setup
 	.venv/bin/camsam demo --out demo
 
-test: setup
+test: setup-tests
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
-lint: setup
+lint: setup-tests
 	.venv/bin/ruff check worker ml_backend tests
 	.venv/bin/ruff format --check worker ml_backend tests

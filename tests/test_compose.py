@@ -33,7 +33,7 @@ def compose_config(directory, *options: str) -> subprocess.CompletedProcess:
     if command is None:
         pytest.skip(
             "neither docker-compose nor the docker compose plugin is installed "
-            "(scripts/bootstrap.sh installs Debian's docker-compose as root)"
+            "(scripts/bootstrap.sh --tests installs Debian's docker-compose as root)"
         )
     return subprocess.run(
         [*command, "-f", "docker-compose.yml", "config", *options],

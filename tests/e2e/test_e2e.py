@@ -406,7 +406,9 @@ def test_a_browser_shows_the_pre_annotated_mask(stack):
     CAMSAM_KEEP_SCREENSHOT is set)."""
     playwright = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.is_file():
-        pytest.skip("Debian's chromium is not installed (scripts/bootstrap.sh installs it as root)")
+        pytest.skip(
+            "Debian's chromium is not installed (scripts/bootstrap.sh --tests installs it as root)"
+        )
     shown = stack.get("shown")
     assert shown, "the end-to-end test did not leave a pre-annotated task to look at"
     flags = [
