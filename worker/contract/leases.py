@@ -203,7 +203,8 @@ def run_pending(
             store.set(RUNNING + project, "1", ex=lease)
             store.set(QUEUED + project, "1", ex=lease)
 
-    threading.Thread(target=renew, name=f"camsam-lease-{project}", daemon=True).start()
+    renewer = threading.Thread(target=renew, name=f"camsam-lease-{project}", daemon=True)
+    renewer.start()
     runs = 0
     try:
         while store.getdel(PENDING + project) is not None:
@@ -211,6 +212,7 @@ def run_pending(
             train_once()
     finally:
         done.set()
+        renewer.join()  # gone before the next job starts its own: one renewer a training thread
         store.delete(RUNNING + project)
         store.delete(QUEUED + project)
     if store.get(PENDING + project) is not None:  # came after the last check: one more job
