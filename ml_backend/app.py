@@ -112,7 +112,7 @@ class CamsamBackend:
             return None
         environment = self.environment
         if not setup_trusted(environment):
-            if environment.label_studio_url and environment.label_studio_api_key:
+            if environment.reaches_label_studio:
                 return None  # the environment names Label Studio: nothing to take, nothing lost
             note = (
                 "hostname and access_token ignored: SETUP_CREDENTIALS="
@@ -263,10 +263,7 @@ class CamsamBackend:
     def why_no_training(self) -> str | None:
         """Why a training run started now could not read the labels, or None. Embedded only: in
         Redis mode the training workers' own LABEL_STUDIO_URL and key win over the web side's."""
-        settings = self.settings
-        if self.runner.mode != "embedded" or (
-            settings.label_studio_url and settings.label_studio_api_key
-        ):
+        if self.runner.mode != "embedded" or self.settings.reaches_label_studio:
             return None
         return (
             "training reads the labels from Label Studio: set LABEL_STUDIO_URL and "

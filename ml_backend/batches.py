@@ -37,7 +37,7 @@ class Batches:
         """
         count = len(payload["tasks"])
         if self.too_long(count, settings):
-            if settings.label_studio_url and settings.label_studio_api_key:
+            if settings.reaches_label_studio:
                 return self.defer(payload, version)
             raise TooLarge(self.too_long_message(count, settings))
         return self.run(payload, settings)
@@ -82,7 +82,7 @@ class Batches:
         if limit > 0:
             return tasks > limit
         estimate = tasks * self.seconds_per_task
-        if settings.label_studio_url and settings.label_studio_api_key:
+        if settings.reaches_label_studio:
             return estimate > 0.8 * settings.predict_timeout
         # Nowhere to write to: refuse only what the measured speed says cannot fit at all (a
         # first answer also paid for loading the models, so it overestimates).

@@ -105,6 +105,12 @@ class Settings:
     def has_sam2(self) -> bool:
         return bool(self.sam2_checkpoint or self.sam2_hub_id)
 
+    @property
+    def reaches_label_studio(self) -> bool:
+        """Whether Label Studio's address and key are both known: what reading labels and
+        writing predictions back need."""
+        return bool(self.label_studio_url and self.label_studio_api_key)
+
     def with_label_studio(self, url: str, api_key: str) -> Settings:
         """Label Studio's address and key as a trusted ``/setup`` sent them, filling in only
         what the environment left unset (the environment always wins). A key goes only where
