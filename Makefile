@@ -2,7 +2,10 @@
 #   make serve   run the Label Studio ML backend on port 9090 (models from MODEL_DIR, default models/)
 #   make test    run the test suite
 
-.PHONY: setup setup-tests serve demo test lint
+#   make lock       write requirements/*.txt anew after a change to what they are made from
+#   make upgrades   the suite with the newest versions allowed, and what moved (.upgrades/)
+
+.PHONY: setup setup-tests serve demo test lint lock upgrades
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -22,3 +25,9 @@ test: setup-tests
 lint: setup-tests
 	.venv/bin/ruff check worker ml_backend tests
 	.venv/bin/ruff format --check worker ml_backend tests
+
+lock:
+	@bash scripts/lock.sh
+
+upgrades:
+	@bash scripts/upgrades.sh

@@ -6,8 +6,8 @@
 #       --background-class Free --epochs 3
 #
 # Everything runs on loopback and is started here, in OUT_DIR: a redis-server, Label Studio
-# 1.23.2 (installed from PyPI into .venv-label-studio on first use, as the end-to-end test does)
-# with an admin and a project of TASKS images of DATA_DIR served from local files, and a version
+# 1.23.2 (installed into .venv-label-studio by scripts/label_studio_venv.sh, as the end-to-end
+# test does) with an admin and a project of TASKS images of DATA_DIR served from local files, and a version
 # trained on DATA_DIR with the options given, shared through Redis (MODEL_STORE=redis). The bench
 # then starts its own `camsam worker` processes, one MODEL_DIR each. Figures go to OUT_DIR/bench.json.
 set -euo pipefail
@@ -19,15 +19,10 @@ tasks=${positional[2]:-240} workers=${positional[3]:-2}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 camsam=${CAMSAM:-$repo/.venv/bin/camsam}
 python=${camsam%camsam}python
-ls_venv=$repo/.venv-label-studio
 token=camsam-bench-token-0123456789
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 
-if [ ! -f "$ls_venv/.label-studio-1.23.2" ]; then
-  python3 -m venv --clear "$ls_venv"
-  "$ls_venv/bin/python" -m pip install -q label-studio==1.23.2
-  touch "$ls_venv/.label-studio-1.23.2"
-fi
+label_studio=$("$repo/scripts/label_studio_venv.sh")
 
 free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(free_port) ls_port=$(free_port)
@@ -57,7 +52,7 @@ PY
 
 ML_BLOCK_LOCAL_IP=false SSRF_PROTECTION_ENABLED=false LOCAL_FILES_SERVING_ENABLED=true \
   LOCAL_FILES_DOCUMENT_ROOT=$documents LABEL_STUDIO_BASE_DATA_DIR=$out/ls-data \
-  "$ls_venv/bin/label-studio" start --no-browser --port "$ls_port" --data-dir "$out/ls-data" \
+  "$label_studio" start --no-browser --port "$ls_port" --data-dir "$out/ls-data" \
   --username admin@camsam.test --password camsam-bench-pw --user-token "$token" \
   --enable-legacy-api-token >"$out/label-studio.log" 2>&1 &
 pids+=($!)

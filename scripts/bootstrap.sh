@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Create or update .venv/ with everything camsam needs; with --tests also what the test suite
 # needs (pytest, ruff, playwright, import-linter and, as root on Debian, redis-server, chromium
-# and docker-compose). Idempotent: a second run with the same pyproject.toml returns at once.
+# and docker-compose). Every version comes from a lock, checked against its hashes:
+# requirements/run.txt, or requirements/test.txt with --tests (scripts/lock.sh writes them).
+# Idempotent: a second run with the same locks returns at once.
 #
 #   scripts/bootstrap.sh [--tests]
-#   TORCH_SPEC        torch requirement (default torch==2.14.1)
-#   TORCHVISION_SPEC  torchvision requirement (default torchvision==0.29.1)
+#   TORCH_SPEC        another torch build than the lock's (a requirement, e.g. 'torch==2.14.1');
+#                     the rest of the lock is then installed at its versions without hashes
+#   TORCHVISION_SPEC  the torchvision to go with it (default: the newest that pip finds)
 #   PYTHON            interpreter for the venv (default python3, must be >= 3.11)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
-torch_spec=${TORCH_SPEC:-torch==2.14.1}
-torchvision_spec=${TORCHVISION_SPEC:-torchvision==0.29.1}
 tests=${1:-}
+lock=requirements/run.txt
+[ "$tests" = --tests ] && lock=requirements/test.txt
 stamp=.venv/.camsam-installed
-digest=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+digest=$(cat pyproject.toml scripts/bootstrap.sh scripts/locks.py requirements/run.txt \
+  requirements/test.txt | { cat; echo "${TORCH_SPEC:-} ${TORCHVISION_SPEC:-}"; } \
+  | sha256sum | cut -c1-16)
 want="$digest ${tests:-run}"
 
 # The tests start their own redis-server on a free port, the end-to-end test drives Debian's
@@ -47,11 +52,13 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
 
-echo "camsam: installing into .venv/ (torch, SAM2 from source, the rest)" >&2
+echo "camsam: installing $lock into .venv/ (torch, SAM2 from source, the rest)" >&2
 pip install -q --upgrade pip setuptools wheel
-pip install -q "$torch_spec" "$torchvision_spec"
-# sam2 ships no wheel: build it against the torch above, without its optional CUDA extension
-# (it only speeds up hole filling) and without build isolation, which would fetch another torch.
-SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation "sam2>=1.1"
-if [ "$tests" = --tests ]; then pip install -q -e ".[test]"; else pip install -q -e .; fi
+# sam2 ships no wheel: locks.py builds it against the lock's torch (scripts/locks.py says how).
+torch_args=()
+[ -n "${TORCH_SPEC:-}" ] && torch_args+=(--torch "$TORCH_SPEC")
+[ -n "${TORCHVISION_SPEC:-}" ] && torch_args+=(--torchvision "$TORCHVISION_SPEC")
+.venv/bin/python scripts/locks.py install "$lock" "${torch_args[@]}"
+# camsam itself, editable; what it requires is in the lock.
+pip install -q --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"

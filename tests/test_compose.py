@@ -15,6 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
+from tests.test_locks import locks
 
 
 def compose_command() -> list[str] | None:
@@ -99,45 +100,37 @@ def forbidden_distributions() -> set[str]:
     return {canonicalize_name(d) for m in modules for d in providers[m]}
 
 
-def closure(names: set[str]) -> set[str]:
-    """These distributions and what they require (no extras), by this environment's metadata."""
-    seen: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in importlib.metadata.requires(name) or []:
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(canonicalize_name(requirement.name))
-    return seen
-
-
 def test_the_web_image_installs_no_torch():
-    """Statically: Dockerfile.web installs the package with --no-deps, and only requirements
-    that pyproject.toml lists, with the same bounds; none of them, nor what they require
-    (as the versions installed here declare it), is torch or another of the worker side's."""
+    """Statically: Dockerfile.web installs its lock, hash-checked, and the package with
+    --no-deps; the lock's inputs carry pyproject.toml's bounds, and nothing in the lock (every
+    package it would install, what they require included) is torch or another of the worker
+    side's."""
     installs = pip_installs("Dockerfile.web")
-    assert ["--no-deps", "."] in installs
-    wanted = [arg for args in installs if args != ["--no-deps", "."] for arg in args]
-    assert wanted and not any(arg.startswith("-") for arg in wanted), wanted
+    assert installs == [["--require-hashes", "-r", "requirements/web.txt"], ["--no-deps", "."]]
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in project}
-    requirements = [Requirement(arg) for arg in wanted]
-    for requirement in requirements:
+    inputs = [Requirement(r) for r in requirement_lines(REPO / "requirements" / "web.in")]
+    assert inputs
+    for requirement in inputs:
         name = canonicalize_name(requirement.name)
         assert name in declared, f"{name} is not in pyproject.toml's dependencies"
         assert requirement.specifier == declared[name].specifier, name
-    pulled = closure({canonicalize_name(r.name) for r in requirements})
-    assert not pulled & forbidden_distributions(), pulled & forbidden_distributions()
+    locked = {p.name for p in locks.read_lock(REPO / "requirements" / "web.txt")}
+    assert {canonicalize_name(r.name) for r in inputs} <= locked
+    assert not locked & forbidden_distributions(), locked & forbidden_distributions()
 
 
-def test_the_worker_image_still_installs_the_worker_side():
-    installs = pip_installs("Dockerfile")
-    assert ["."] in installs
-    assert any("${TORCH_SPEC}" in args for args in installs)
+def requirement_lines(path) -> list[str]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def test_the_worker_image_installs_the_worker_side_from_its_lock():
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    assert "python scripts/locks.py install requirements/run.txt" in text
+    assert ["--no-deps", "--no-build-isolation", "."] in pip_installs("Dockerfile")
+    copied = re.findall(r"^COPY (\S+) ", text, flags=re.MULTILINE)
+    assert {"requirements/run.txt", "scripts/locks.py"} <= set(copied)
 
 
 def test_the_worker_host_file_joins_a_stack_by_its_addresses_and_needs_them():

@@ -29,7 +29,6 @@ from worker.labelstudio.results import decode_mask
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-LS_VERSION = "1.23.2"
 LS_VENV = REPO / ".venv-label-studio"
 TILES = REPO.parent / "shared" / "data" / "magnetic-tile"
 CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven", "Free")
@@ -38,14 +37,24 @@ CONFIG = (REPO / "label_config.xml").read_text()
 
 
 def label_studio_command() -> Path:
-    """Label Studio's command, installed from PyPI into its own venv on first use."""
-    stamp = LS_VENV / f".label-studio-{LS_VERSION}"
-    if not stamp.is_file():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(LS_VENV)], check=True)
-        pip = [str(LS_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, f"label-studio=={LS_VERSION}"], check=True, timeout=1800)
-        stamp.touch()
-    return LS_VENV / "bin" / "label-studio"
+    """Label Studio's command: the one in ``CAMSAM_LABEL_STUDIO_VENV`` where that names a venv
+    (scripts/upgrades.sh's, with the newest versions Label Studio allows), else the locked one,
+    installed by scripts/label_studio_venv.sh on first use."""
+    chosen = os.environ.get("CAMSAM_LABEL_STUDIO_VENV")
+    if chosen:
+        command = Path(chosen) / "bin" / "label-studio"
+        assert command.is_file(), f"CAMSAM_LABEL_STUDIO_VENV={chosen} has no label-studio"
+        return command
+    script = REPO / "scripts" / "label_studio_venv.sh"
+    made = subprocess.run(
+        [str(script), str(LS_VENV)],
+        check=True,
+        timeout=1800,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    return Path(made.stdout.strip().splitlines()[-1])
 
 
 def wait_for(check: Callable[[], object], seconds: float, what: str):
