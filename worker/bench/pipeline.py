@@ -257,7 +257,12 @@ def _sam2_figures(
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     from worker.pipeline.pipeline import Pipeline
-    from worker.pipeline.segmenters.sam2 import Sam2Segmenter, sam2_context
+    from worker.pipeline.segmenters.sam2 import (
+        Sam2Segmenter,
+        answers_with_three,
+        sam2_context,
+        sam2_precision,
+    )
 
     image, cheap, sync = scene.images[0], scene.cheap, scene.sync
     # On a CPU a SAM2 pass takes seconds, so few samples; on a GPU milliseconds, where one
@@ -274,7 +279,10 @@ def _sam2_figures(
         def bare_decode(predictor=predictor):
             with sam2_context(device):
                 predictor.predict(
-                    prompts.points, prompts.labels, prompts.box, multimask_output=True
+                    prompts.points,
+                    prompts.labels,
+                    prompts.box,
+                    multimask_output=answers_with_three(prompts),
                 )
 
         embed = median_ms(bare_embed, scene.repeat if device == "cpu" else cheap, sync)
@@ -285,6 +293,7 @@ def _sam2_figures(
         bare = embed + stages["classifier_forward_backward"]
         row = scene.pipeline_row(sam2_pipeline, bare, heavy)
         row["bare_sam2_images_per_s"] = round(1000 / embed, 2)
+        row["precision"] = sam2_precision(device)
         # The pipeline decodes once per masked class; bare ``set_image`` leaves that out, a
         # sliver of an embedding on a CPU and a fifth of the models' time on a GPU.
         with_decode = bare + decode

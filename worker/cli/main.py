@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip choosing each class's CAM refinement on the training masks",
     )
     train.add_argument("--device", default="auto")
+    serving = train.add_argument_group(
+        "the SAM2 predictions will use: the mask gate is then calibrated on its masks"
+    )
+    serving.add_argument("--sam2-config", help="e.g. configs/sam2.1/sam2.1_hiera_t.yaml")
+    serving.add_argument("--sam2-checkpoint", help="SAM2 checkpoint file (.pt)")
+    serving.add_argument("--sam2-hub-id", help="Hugging Face id, e.g. facebook/sam2.1-hiera-tiny")
     train.set_defaults(handler=run_train)
 
     predict = commands.add_parser("predict", help="pre-annotate images as Label Studio tasks")
@@ -226,16 +232,27 @@ def run_train(args: argparse.Namespace) -> int:
     from worker.contract.store import ModelDir
     from worker.pipeline.checkpoint import publish
     from worker.pipeline.classifier import resolve_device
+    from worker.pipeline.segmenters.base import SegmenterOptions
     from worker.training.choose import CHOSEN, choose_recipe, describe_choice
     from worker.training.classifier import TrainConfig, train
 
     dataset = read_dataset(args, "train")
     given = {f.name: getattr(args, f.name, None) for f in fields(Recipe)}
+    device = resolve_device(args.device)
+    serve_with = None
+    if args.sam2_checkpoint or args.sam2_hub_id:
+        serve_with = SegmenterOptions(
+            sam2_config=args.sam2_config,
+            sam2_checkpoint=args.sam2_checkpoint,
+            sam2_hub_id=args.sam2_hub_id,
+            device=device,
+        )
     config = TrainConfig(
         **{name: value for name, value in given.items() if value is not None},
         tune_masks=not args.no_tune_masks,
         pretrained=args.pretrained,
-        device=resolve_device(args.device),
+        device=device,
+        serve_with=serve_with,
     )
     started = time.perf_counter()
     chosen = {name for name in CHOSEN if given[name] is not None}

@@ -399,4 +399,24 @@ def load_pipeline(model_dir, version: str, settings: Settings):
             for old in [k for k in _pipelines if k[0] == key[0] and k[1] != version]:
                 del _pipelines[old]  # an older version of this model: training replaced it
             _pipelines[key] = pipeline
+            warn_of_another_gate(pipeline)
         return _pipelines[key]
+
+
+def warn_of_another_gate(pipeline) -> None:
+    """Say so when a version's gate was calibrated on another segmenter's masks than the one
+    serving (a version trained without the SAM2 settings, served with them, or the reverse):
+    the thresholds then sit on another scale of evidence."""
+    spec = pipeline.classifier.spec
+    calibrated = spec.metrics.get("gate_segmenter", "cam")
+    serving = pipeline.segmenter.name
+    if pipeline.options.gate and spec.gate and calibrated != serving:
+        log.warning(
+            "%s: its mask gate was calibrated on %s masks, and %s serves: train the next version "
+            "with the same SAM2 settings as the prediction workers (SAM2_* on the trainer, or "
+            "camsam train --sam2-...) to calibrate it on %s's, or set MASK_GATE=0",
+            spec.version,
+            calibrated,
+            serving,
+            serving,
+        )

@@ -175,7 +175,10 @@ class Pipeline:
         (mask,) = self.segmenter.for_prompts().segment(image, [seeded], [prompts])
         details = {**mask.details, "interactive": True}
         if not mask.mask.any():
-            # A person asked for a mask here: the focused CAM itself beats answering nothing.
+            # Negative clicks alone say only where the object is not: nothing to paint.
+            if not len(prompts.positives) and prompts.box is None:
+                return None
+            # A person marked the object: the focused CAM itself beats answering nothing.
             # seed_cam peaks at 1 wherever the prompt touches the image, and is 0 everywhere else.
             fallback = seeded.cam >= 0.5
             if not fallback.any():

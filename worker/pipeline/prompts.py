@@ -1,9 +1,11 @@
 """From a CAM to SAM prompts: points (positive and negative) and a box, in image pixels.
 
 ``argmax`` is the single brightest point, the weakest prompt, kept as a baseline. The default,
-``peaks+box``, gives SAM several separated CAM peaks as positive points, low-CAM points just
-around the object as negatives (they tell SAM where the object stops), and the box of the CAM's
-main region.
+``peaks+box``, gives SAM the box of the CAM's main region, separated CAM peaks inside that region
+as positive points, and low-CAM points around it as negatives (they tell SAM where the object
+stops). The prompts agree with each other, since SAM2 obeys boxes and negative points closely:
+no positive lies outside the box, and negatives keep a margin from the box, because a CAM covers
+less of an object than the object itself.
 """
 
 from __future__ import annotations
@@ -81,10 +83,11 @@ def make_prompts(
     if strategy == "argmax":
         y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
         return Prompts(np.array([[x, y]], dtype=np.float32), np.array([1], dtype=np.int32))
-    box = main_region_box(cam, box_threshold)
+    region = main_region(cam, box_threshold)
+    box = box_of(region)
     if strategy == "box":
         return Prompts(np.zeros((0, 2), np.float32), np.zeros(0, np.int32), box)
-    positives = find_peaks(cam, max_peaks, peak_threshold)
+    positives = find_peaks(np.where(region, cam, 0), max_peaks, peak_threshold)
     negatives = find_negatives(cam, box, max_negatives)
     points = np.concatenate([positives, negatives]).astype(np.float32)
     labels = np.array([1] * len(positives) + [0] * len(negatives), dtype=np.int32)
@@ -113,22 +116,27 @@ def find_peaks(cam: np.ndarray, count: int, threshold: float) -> np.ndarray:
 
 
 def find_negatives(cam: np.ndarray, box: np.ndarray, count: int) -> np.ndarray:
-    """Low-CAM points in a ring around the box: where the object is known to stop."""
+    """Low-CAM points in a ring around the box, a margin away from it: where the object is known
+    to stop. The margin (a quarter of the box's larger side) is room for the object's parts the
+    CAM did not light up; the first negative is the nearest such point, the next ones spread."""
     if count == 0:
         return np.zeros((0, 2), np.float32)
     height, width = cam.shape
     x0, y0, x1, y1 = box
-    pad_x, pad_y = 0.5 * (x1 - x0) + 4, 0.5 * (y1 - y0) + 4
+    margin = 0.25 * max(x1 - x0, y1 - y0) + 2
+    pad_x, pad_y = 0.5 * (x1 - x0) + margin + 4, 0.5 * (y1 - y0) + margin + 4
     ring = np.zeros_like(cam, dtype=bool)
     ring[
         int(max(0, y0 - pad_y)) : int(min(height, y1 + pad_y + 1)),
         int(max(0, x0 - pad_x)) : int(min(width, x1 + pad_x + 1)),
     ] = True
-    ring[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1] = False
+    ring[
+        int(max(0, np.floor(y0 - margin))) : int(np.ceil(y1 + margin)) + 1,
+        int(max(0, np.floor(x0 - margin))) : int(np.ceil(x1 + margin)) + 1,
+    ] = False
     ring &= cam < 0.15
     if not ring.any():
         return np.zeros((0, 2), np.float32)
-    # Spread the negatives out: each next one is the ring point farthest from those chosen.
     ys, xs = np.nonzero(ring)
     centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
     candidates = np.stack([xs, ys], axis=1).astype(np.float32)
@@ -143,13 +151,23 @@ def find_negatives(cam: np.ndarray, box: np.ndarray, count: int) -> np.ndarray:
     return np.array(chosen, dtype=np.float32)
 
 
-def main_region_box(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """XYXY box of the connected CAM region (at ``threshold`` of its peak) holding the peak."""
+def main_region(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """The connected CAM region (at ``threshold`` of its peak) that holds the peak."""
     region = (cam >= threshold * float(cam.max())).astype(np.uint8)
     _, components = cv2.connectedComponents(region)
     y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    ys, xs = np.nonzero(components == components[y, x])
+    return components == components[y, x]
+
+
+def box_of(region: np.ndarray) -> np.ndarray:
+    """The XYXY box of a region's pixels."""
+    ys, xs = np.nonzero(region)
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+def main_region_box(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """XYXY box of the connected CAM region (at ``threshold`` of its peak) holding the peak."""
+    return box_of(main_region(cam, threshold))
 
 
 def seed_cam(cam: np.ndarray, prompts: Prompts) -> np.ndarray:

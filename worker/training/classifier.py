@@ -36,7 +36,8 @@ from worker.pipeline.classifier import (
 from worker.pipeline.pretrained import resolve_start
 from worker.pipeline.refiners.base import RefineParams, to_plain
 from worker.pipeline.refiners.learned import LearnedRefiner
-from worker.training.gate import calibrate_gate
+from worker.pipeline.segmenters.base import SegmenterOptions
+from worker.training.gate import calibrate_gate, gate_segmenter
 from worker.training.learned_refiner import fit_learned_refiner
 from worker.training.tune_refiners import tune_refiners
 
@@ -54,6 +55,7 @@ class TrainConfig(defaults.Recipe):
     device: str = "cpu"
     progress: bool = True
     choice: dict | None = None  # how the recipe was chosen, when it was (worker.training.choose)
+    serve_with: SegmenterOptions | None = None  # the SAM2 that will serve, to calibrate the gate
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,16 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         held_out = val_samples if val_samples is not train_samples else []
         # Mirrored, as the backend classifies by default (CLASSIFIER_MIRROR=1).
         gate, borrowed = calibrate_gate(
-            Classifier(spec, model, extras, mirror=True), held_out, groups.grouping
+            Classifier(spec, model, extras, mirror=True),
+            held_out,
+            groups.grouping,
+            segmenter=config.serve_with,
         )
-        metrics = {**spec.metrics, "gate_borrowed": borrowed}
+        metrics = {
+            **spec.metrics,
+            "gate_borrowed": borrowed,
+            "gate_segmenter": gate_segmenter(config.serve_with),
+        }
         spec = ClassifierSpec(**{**asdict(spec), "gate": gate, "metrics": metrics})
     return TrainResult(spec, state, history, val_samples)
 

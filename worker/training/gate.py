@@ -24,26 +24,41 @@ def calibrate_gate(
     held_out: Sequence[Sample],
     grouping: Grouping | None = None,
     z: float = GATE_Z,
+    segmenter: SegmenterOptions | None = None,
 ) -> tuple[dict[str, float | None], list[str]]:
     """Per mask class, the threshold expected to save the most on ``held_out`` (None: abstain),
     with accepted masks from enough groups (``grouping``; None: every image its own) above it,
     at the accept rate's lower bound ``z`` (``best_threshold``), and the classes that, with
     too few masks of their own, borrowed the threshold of those that earned one
-    (``class_thresholds``)."""
+    (``class_thresholds``). The masks are those of the segmenter that will serve
+    (``gate_segmenter``)."""
     saved, lost = MINUTES_MANUAL - MINUTES_REVIEW, MINUTES_REVIEW
-    return class_thresholds(gate_rows(classifier, held_out, grouping), saved, lost, z=z)
+    rows = gate_rows(classifier, held_out, grouping, segmenter)
+    return class_thresholds(rows, saved, lost, z=z)
+
+
+def gate_segmenter(options: SegmenterOptions | None) -> str:
+    """The segmenter a gate is calibrated on: ``sam2`` where SAM2 weights are named, as the
+    backend then serves SAM2's masks, whose evidence (probability times SAM2's predicted IoU)
+    is on another scale than the ``cam`` segmenter's (the probability squared)."""
+    return "sam2" if options is not None and options.has_sam2 else "cam"
 
 
 def gate_rows(
-    classifier: Classifier, held_out: Sequence[Sample], grouping: Grouping | None = None
+    classifier: Classifier,
+    held_out: Sequence[Sample],
+    grouping: Grouping | None = None,
+    segmenter: SegmenterOptions | None = None,
 ) -> dict[str, list[tuple[float, bool, str]]]:
     """Per mask class, (evidence, accepted, group) for each mask shown on ``held_out``.
 
     Images whose classes include a mask class without a ground-truth mask cannot judge masks
-    and are left out. Masks are made by the ``cam`` segmenter with the refinement training
-    chose (what the backend uses without SAM2).
+    and are left out. Masks are made as the backend will make them: by SAM2 where
+    ``segmenter`` names its weights, else by the ``cam`` segmenter with the refinement training
+    chose.
     """
-    segmenter = build_segmenter("cam", SegmenterOptions(), classifier)
+    options = segmenter or SegmenterOptions()
+    segmenter = build_segmenter(gate_segmenter(options), options, classifier)
     # Every mask is judged: a gate the classifier already carries must not hide any.
     pipeline = Pipeline(classifier, segmenter, PipelineOptions(gate=False))
     mask_classes = classifier.spec.mask_classes

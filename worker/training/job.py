@@ -102,6 +102,23 @@ def _train(project: str, settings: Settings, models: ModelDir) -> dict:
     return train_version(dataset, settings, models, lineage)
 
 
+def serving_sam2(settings: Settings):
+    """The SAM2 the prediction workers serve with (the same ``SAM2_*`` settings, which a
+    trainer shares with them), on this trainer's device: the gate is calibrated on its masks.
+    None without SAM2 weights: then the ``cam`` segmenter serves, and calibrates."""
+    if not settings.has_sam2:
+        return None
+    from worker.pipeline.classifier import resolve_device
+    from worker.pipeline.segmenters.base import SegmenterOptions
+
+    return SegmenterOptions(
+        sam2_config=settings.sam2_config or None,
+        sam2_checkpoint=settings.sam2_checkpoint or None,
+        sam2_hub_id=settings.sam2_hub_id or None,
+        device=resolve_device(settings.device),
+    )
+
+
 def train_version(
     dataset: Dataset, settings: Settings, models: ModelDir, lineage: dict | None = None
 ) -> dict:
@@ -131,6 +148,7 @@ def train_version(
         seed=seed,
         pretrained=start,
         progress=False,
+        serve_with=serving_sam2(settings),
     )
     if not fine_tune and recipe.input == "flat" and not settings.train_pretrained:
         recipe = replace(recipe, pretrained="none")  # as the choice judged it: from scratch

@@ -10,7 +10,12 @@ from worker.labelstudio.results import decode_mask, to_prediction
 from worker.pipeline.cam.base import CamMap
 from worker.pipeline.classifier import Classifier
 from worker.pipeline.pipeline import Pipeline, PipelineOptions, split_instances
-from worker.pipeline.segmenters.base import MaskResult, SegmenterOptions, build_segmenter
+from worker.pipeline.segmenters.base import (
+    MaskResult,
+    Segmenter,
+    SegmenterOptions,
+    build_segmenter,
+)
 from worker.pipeline.segmenters.cam import CamSegmenter
 
 
@@ -119,6 +124,32 @@ def test_a_prompt_with_nothing_to_focus_on_gives_no_mask(checkpoint):
         np.zeros((0, 2), np.float32), np.zeros(0, np.int32), np.array([200, 200, 240, 240])
     )
     assert pipeline.segment_prompted(image, "Spot", outside) is None
+
+
+class DrawsNothing(Segmenter):
+    """A segmenter whose every answer is empty, as random SAM2 weights may give."""
+
+    name = "nothing"
+
+    def segment(self, image, cams, prompts):
+        empty = np.zeros(image.shape[:2], bool)
+        pairs = zip(cams, prompts, strict=True)
+        return [MaskResult(c.label, empty, 0.0, self.name, p) for c, p in pairs]
+
+
+def test_an_empty_answer_to_negative_clicks_alone_paints_nothing(checkpoint):
+    """Negative clicks say only where the object is not; the focused CAM they leave covers
+    nearly the whole image, which is no mask to offer. A positive click still gets one."""
+    from worker.pipeline.prompts import Prompts
+
+    pipeline = Pipeline(Classifier.load(checkpoint), DrawsNothing())
+    image, _ = make_image(np.random.default_rng(5), "Spot", (80, 100))
+    negative = Prompts(np.array([[10.0, 10.0]], np.float32), np.array([0], np.int32))
+    assert pipeline.segment_prompted(image, "Pore", negative) is None
+    assert pipeline.segment_prompted(image, "Spot", negative) is None
+    positive = Prompts(np.array([[50.0, 40.0]], np.float32), np.array([1], np.int32))
+    mask = pipeline.segment_prompted(image, "Pore", positive)
+    assert mask.details["fallback"] == "focused CAM" and 0 < mask.mask.mean() < 0.5
 
 
 def test_score_is_low_where_the_cam_does_not_set_the_mask_apart(checkpoint):

@@ -11,7 +11,13 @@ from worker.pipeline.cam.base import CamMap
 from worker.pipeline.prompts import make_prompts
 from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
 from worker.pipeline.segmenters.cam import CamSegmenter
-from worker.pipeline.segmenters.sam2 import Sam2Segmenter, _image_key, choose_mask, sam2_context
+from worker.pipeline.segmenters.sam2 import (
+    Sam2Segmenter,
+    _image_key,
+    choose_mask,
+    sam2_context,
+    sam2_precision,
+)
 from worker.pipeline.segmenters.threshold import ThresholdSegmenter
 
 
@@ -137,10 +143,32 @@ def test_sam2_context_autocasts_to_bfloat16_only_on_a_gpu():
         assert torch.is_inference_mode_enabled() and not torch.is_autocast_enabled("cpu")
     if not torch.cuda.is_available():
         return
+    native = sam2_precision("cuda:0") == "bfloat16"
     with sam2_context("cuda:0"):
-        assert torch.is_autocast_enabled("cuda")
-        assert torch.get_autocast_dtype("cuda") == torch.bfloat16
+        assert torch.is_autocast_enabled("cuda") == native
+        if native:
+            assert torch.get_autocast_dtype("cuda") == torch.bfloat16
     assert not torch.is_autocast_enabled("cuda")
+
+
+def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch):
+    """T4/V100-class GPUs (compute capability 7.x) emulate bfloat16 slowly: float32 there."""
+    import torch
+
+    from worker.pipeline.segmenters import sam2 as module
+
+    capability = {0: (7, 5), 1: (8, 0), 2: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    module._native_bfloat16.cache_clear()
+    try:
+        assert sam2_precision("cuda:0") == "float32"
+        assert sam2_precision("cuda:1") == "bfloat16"
+        assert sam2_precision("cuda") == "bfloat16"  # the current device
+        assert sam2_precision("cuda:2") == "bfloat16"
+        assert sam2_precision("cpu") == "float32"
+    finally:
+        module._native_bfloat16.cache_clear()
 
 
 @pytest.mark.gpu
@@ -197,6 +225,93 @@ def test_sam2_without_weights_says_how_to_fix(tmp_path):
         )
     with pytest.raises(SegmenterError, match="choose one of"):
         build_segmenter("watershed", SegmenterOptions(), None)
+
+
+def test_sam2_errors_name_the_fix(tmp_path, monkeypatch):
+    with pytest.raises(SegmenterError, match="sam2 knows no hub id 'facebook/sam3'.*sam2.1-hiera"):
+        build_segmenter("sam2", SegmenterOptions(sam2_hub_id="facebook/sam3"), None)
+    both = SegmenterOptions(
+        sam2_hub_id="facebook/sam2.1-hiera-tiny",
+        sam2_config=SAM2_TINY_CONFIG,
+        sam2_checkpoint=tmp_path / "x.pt",
+    )
+    with pytest.raises(SegmenterError, match="unset SAM2_CONFIG and SAM2_CHECKPOINT"):
+        build_segmenter("sam2", both, None)
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    checkpoint.write_bytes(b"")
+    for path in ("/etc/sam2.1_hiera_t.yaml", "sam2.1_hiera_t.yaml"):
+        options = SegmenterOptions(sam2_config=path, sam2_checkpoint=checkpoint)
+        with pytest.raises(SegmenterError, match="not a file.*configs/sam2.1/sam2.1_hiera_t.yaml"):
+            build_segmenter("sam2", options, None)
+
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    def offline(hub_id, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(SAM2ImagePredictor, "from_pretrained", offline)
+    with pytest.raises(
+        SegmenterError, match=r"Without the internet: download sam2.1_hiera_tiny.pt"
+    ):
+        build_segmenter("sam2", SegmenterOptions(sam2_hub_id="facebook/sam2.1-hiera-tiny"), None)
+
+
+@pytest.mark.slow
+def test_one_sam2_serves_every_project_and_version(sam2, sam2_checkpoint):
+    """SAM2 does not change with the classifier: built once a process for its weights, with one
+    cache; a caller's mask choice is its own."""
+    options = SegmenterOptions(
+        sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint, mask_choice="best-iou"
+    )
+    other = build_segmenter("sam2", options, object())
+    assert other.predictor is sam2.predictor and other.cache is sam2.cache
+    assert other.lock is sam2.lock and other.stats is sam2.stats
+    assert other.mask_choice == "best-iou" and sam2.mask_choice == "cam"
+    assert sam2.for_prompts().mask_choice == "best-iou" and sam2.mask_choice == "cam"
+    with pytest.raises(SegmenterError, match="choose one of"):
+        sam2.with_choice("largest")
+
+
+@pytest.mark.slow
+def test_sam2_reads_its_cache_hits_before_embedding_evicts_them(sam2):
+    """Re-predicting recent tasks: a hit among the oldest entries must survive the embedding of
+    the misses beside it, which makes room by evicting the oldest."""
+    image, cam = scene(64, 64)
+    small = Sam2Segmenter(sam2.predictor, cache_size=2)
+    a, b, c, d = (np.roll(image, 9 * k, axis=1) for k in range(4))
+    prompts = [make_prompts(cam.cam)]
+    small.segment_batch([a, b], [[cam], [cam]], [prompts, prompts])
+    rows = small.segment_batch([a, c, d], [[cam]] * 3, [prompts] * 3)
+    assert [len(row) for row in rows] == [1, 1, 1]
+    assert small.cache_stats() == {"hits": 1, "misses": 4} and len(small.cache) == 2
+
+
+@pytest.mark.slow
+def test_a_cached_embedding_owns_its_memory(sam2):
+    """An entry that were a view into its batch's tensor would keep the whole batch alive."""
+    image, cam = scene(64, 64)
+    small = Sam2Segmenter(sam2.predictor, cache_size=4)
+    prompts = [make_prompts(cam.cam)]
+    small.segment_batch([image, image[::-1].copy()], [[cam], [cam]], [prompts, prompts])
+    assert len(small.cache) == 2
+    for features, _ in small.cache.values():
+        for tensor in [features["image_embed"], *features["high_res_feats"]]:
+            assert tensor.shape[0] == 1
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+@pytest.mark.slow
+def test_a_sam2_failure_is_a_segmenter_error_the_job_retries_image_by_image(sam2, monkeypatch):
+    image, cam = scene(64, 64)
+    segmenter = Sam2Segmenter(sam2.predictor, cache_size=0)
+
+    def broken(**kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(sam2.predictor, "predict", broken)
+    with pytest.raises(SegmenterError, match="SAM2 failed on 1 image.*out of memory"):
+        segmenter.segment(image, [cam], [make_prompts(cam.cam)])
+    assert not segmenter.lock.locked()
 
 
 def test_choose_mask_by_cam_agreement_iou_or_index():

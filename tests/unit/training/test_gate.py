@@ -58,3 +58,83 @@ def test_a_gate_the_classifier_carries_hides_no_mask_from_calibration(
     classifier.spec = replace(classifier.spec, gate=dict.fromkeys(classifier.spec.mask_classes))
     assert calibrate_gate(classifier, held_out)[0] == ungated  # recalibrating a closed version
     assert ungated["Scratch"] is not None
+
+
+def test_where_sam2_serves_the_gate_is_calibrated_on_sams_masks(
+    trained_model_dir, synthetic_dataset, sam2_checkpoint, monkeypatch
+):
+    """SAM2's evidence (probability times its predicted IoU) is on another scale than the cam
+    segmenter's (probability squared): the rows that set the thresholds are SAM2's own."""
+    import pytest
+
+    from tests.conftest import SAM2_TINY_CONFIG
+    from worker.pipeline.gate import evidence
+    from worker.pipeline.segmenters.base import SegmenterOptions
+    from worker.training import gate as module
+    from worker.training.gate import gate_rows, gate_segmenter
+
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    held_out = [s for s in synthetic_dataset.samples if "Scratch" in s.classes][:2]
+    options = SegmenterOptions(sam2_config=SAM2_TINY_CONFIG, sam2_checkpoint=sam2_checkpoint)
+    assert gate_segmenter(options) == "sam2" and gate_segmenter(None) == "cam"
+    judged = []
+
+    def recording(prediction, mask):
+        judged.append(mask.segmenter)
+        return evidence(prediction, mask)
+
+    monkeypatch.setattr(module, "evidence", recording)
+    rows = gate_rows(classifier, held_out, segmenter=options)
+    assert judged and set(judged) == {"sam2"}
+    assert sum(len(r) for r in rows.values()) == len(judged)
+    judged.clear()
+    gate_rows(classifier, held_out)
+    assert judged and set(judged) == {"cam"}
+    with pytest.raises(Exception, match="sam2 knows no hub id"):
+        gate_rows(classifier, held_out, segmenter=SegmenterOptions(sam2_hub_id="x/y"))
+
+
+def test_training_records_the_segmenter_its_gate_was_calibrated_on(trained_model_dir):
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    assert classifier.spec.metrics["gate_segmenter"] == "cam"
+
+
+def test_a_trainer_with_the_workers_sam2_settings_calibrates_on_sam2(tmp_path):
+    from worker.contract.settings import Settings
+    from worker.pipeline.classifier import resolve_device
+    from worker.training.job import serving_sam2
+
+    assert serving_sam2(Settings.from_env({})) is None
+    options = serving_sam2(
+        Settings.from_env(
+            {"SAM2_CONFIG": "configs/sam2.1/sam2.1_hiera_t.yaml", "SAM2_CHECKPOINT": "/w/t.pt"}
+        )
+    )
+    assert options.has_sam2 and options.sam2_checkpoint == "/w/t.pt"
+    assert options.device == resolve_device("auto")  # the trainer's own
+    hub = serving_sam2(Settings.from_env({"SAM2_HUB_ID": "facebook/sam2.1-hiera-tiny"}))
+    assert hub.sam2_hub_id == "facebook/sam2.1-hiera-tiny" and hub.sam2_config is None
+
+
+def test_serving_with_another_segmenter_than_the_gate_was_calibrated_on_is_said(
+    trained_model_dir, caplog
+):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from worker.jobs.predict import warn_of_another_gate
+
+    classifier = Classifier.load(ModelDir(trained_model_dir).current_path())
+    classifier.spec = replace(classifier.spec, gate={"Scratch": 0.5})
+    pipeline = SimpleNamespace(
+        classifier=classifier,
+        segmenter=SimpleNamespace(name="sam2"),
+        options=SimpleNamespace(gate=True),
+    )
+    with caplog.at_level("WARNING"):
+        warn_of_another_gate(pipeline)
+    assert "calibrated on cam masks, and sam2 serves" in caplog.text
+    caplog.clear()
+    pipeline.segmenter.name = "cam"
+    warn_of_another_gate(pipeline)
+    assert not caplog.text

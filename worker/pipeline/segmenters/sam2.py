@@ -1,22 +1,40 @@
-"""``sam2``: SAM2's image predictor prompted by the CAM's points and box, one of its three masks
-chosen by agreement with the CAM (or SAM2's own predicted IoU, or by index)."""
+"""``sam2``: SAM2's image predictor prompted by the CAM's points and box, used as sam2's own
+predictor and examples use it.
+
+- Three masks only for a prompt SAM2 learnt to answer with three: one point, no box (every SAM2.1
+  config says ``multimask_max_pt_num: 1``, a box counting as two points). A box or several points
+  get one mask, with the stability fallback ``build_sam2`` turns on for single-mask outputs.
+- Of three masks, pre-annotation picks by agreement with the CAM (or SAM2's predicted IoU, or an
+  index: ``mask_choice``); a person's click takes SAM2's own best (highest predicted IoU), as
+  sam2's notebook and Label Studio's SAM2 backend do.
+- One SAM2 per process and set of weights, shared by every project and classifier version (SAM2
+  does not change with the classifier), with one embedding cache whose entries own their memory.
+- bfloat16 autocast only on GPUs that compute it natively; float32 elsewhere.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from worker.contract.errors import SegmenterError
+from worker.contract.errors import CamsamError, SegmenterError
 from worker.pipeline.cam.base import CamMap
 from worker.pipeline.masks import iou
 from worker.pipeline.prompts import Prompts
 from worker.pipeline.segmenters import MASK_CHOICES
 from worker.pipeline.segmenters.base import MaskResult, Segmenter, SegmenterOptions
+
+# One SAM2 per process for each set of weights and device (``Sam2Segmenter.from_options``).
+_shared: dict[tuple, Sam2Segmenter] = {}
+_shared_lock = threading.Lock()
 
 
 class Sam2Segmenter(Segmenter):
@@ -31,10 +49,24 @@ class Sam2Segmenter(Segmenter):
 
     @classmethod
     def from_options(cls, options: SegmenterOptions, classifier) -> Sam2Segmenter:
-        predictor = build_sam2_predictor(
-            options.sam2_config, options.sam2_checkpoint, options.device, options.sam2_hub_id
+        """The process's SAM2 for these weights, built on first use: every project and version
+        shares it, its lock and its embedding cache; only the mask choice is this caller's."""
+        key = (
+            options.sam2_config,
+            str(options.sam2_checkpoint or ""),
+            options.sam2_hub_id,
+            str(options.device),
         )
-        return cls(predictor, options.mask_choice)
+        with _shared_lock:
+            if key not in _shared:
+                predictor = build_sam2_predictor(
+                    options.sam2_config,
+                    options.sam2_checkpoint,
+                    options.device,
+                    options.sam2_hub_id,
+                )
+                _shared[key] = cls(predictor)
+            return _shared[key].with_choice(options.mask_choice)
 
     def __init__(
         self,
@@ -43,18 +75,32 @@ class Sam2Segmenter(Segmenter):
         mask_threshold: float = 0.0,
         cache_size: int = 16,
     ) -> None:
-        if mask_choice not in MASK_CHOICES:
-            raise SegmenterError(
-                f"unknown mask choice {mask_choice!r}: choose one of {MASK_CHOICES}"
-            )
         predictor.model.eval()  # build_sam2 does this too; a predictor made elsewhere may not
         self.predictor = predictor
-        self.mask_choice = mask_choice
+        self.mask_choice = checked_choice(mask_choice)
         self.mask_threshold = mask_threshold
         self.lock = threading.Lock()
         self.cache_size = cache_size
         self.cache: OrderedDict[str, tuple] = OrderedDict()
         self.stats = {"hits": 0, "misses": 0}
+
+    def with_choice(self, mask_choice: str) -> Sam2Segmenter:
+        """This SAM2 (the same predictor, lock and cache) choosing among masks by ``mask_choice``.
+
+        Raises:
+            SegmenterError: an unknown choice.
+        """
+        view = copy.copy(self)
+        view.mask_choice = checked_choice(mask_choice)
+        return view
+
+    def for_prompts(self) -> Sam2Segmenter:
+        """A person's click or box: SAM2's own best mask, as sam2's examples take it."""
+        return self.with_choice("best-iou")
+
+    @property
+    def precision(self) -> str:
+        return sam2_precision(self.predictor.device)
 
     def cache_stats(self) -> dict[str, int]:
         return dict(self.stats)
@@ -63,22 +109,37 @@ class Sam2Segmenter(Segmenter):
         return self.segment_batch([image], [cams], [prompts])[0]
 
     def segment_batch(self, images, cams, prompts):
-        """Embed the images not in the cache in one ``set_image_batch``, then decode each."""
+        """Embed the images not in the cache in one ``set_image_batch``, then decode each.
+
+        Raises:
+            SegmenterError: SAM2 failed on this batch (the caller may retry image by image).
+        """
         wanted = [i for i, image_cams in enumerate(cams) if image_cams]
         keys = {i: _image_key(images[i]) for i in wanted}
-        with self.lock:
-            missing = list({keys[i]: i for i in wanted if keys[i] not in self.cache}.values())
-            self.stats["hits"] += len(wanted) - len(missing)
-            self.stats["misses"] += len(missing)
-            embedded = self._embed([images[i] for i in missing], [keys[i] for i in missing])
-            results: list[list[MaskResult]] = [[] for _ in images]
-            for i in wanted:
-                self._restore(embedded.get(keys[i]) or self.cache[keys[i]])
-                if keys[i] in self.cache:
-                    self.cache.move_to_end(keys[i])
-                pairs = zip(cams[i], prompts[i], strict=True)
-                results[i] = [self._decode(c, p) for c, p in pairs]
-            return results
+        try:
+            with self.lock:
+                # The hits are taken before embedding the misses, which may evict them.
+                entries = {keys[i]: self.cache[keys[i]] for i in wanted if keys[i] in self.cache}
+                for key in entries:
+                    self.cache.move_to_end(key)
+                missing = list({keys[i]: i for i in wanted if keys[i] not in entries}.values())
+                self.stats["hits"] += len(wanted) - len(missing)
+                self.stats["misses"] += len(missing)
+                entries.update(
+                    self._embed([images[i] for i in missing], [keys[i] for i in missing])
+                )
+                results: list[list[MaskResult]] = [[] for _ in images]
+                for i in wanted:
+                    self._restore(entries[keys[i]])
+                    pairs = zip(cams[i], prompts[i], strict=True)
+                    results[i] = [self._decode(c, p) for c, p in pairs]
+                return results
+        except CamsamError:
+            raise
+        except Exception as error:  # torch's own (out of memory, a shape): name the step
+            raise SegmenterError(
+                f"SAM2 failed on {len(wanted)} image(s): {type(error).__name__}: {error}"
+            ) from error
 
     def _embed(self, images: list[np.ndarray], keys: list[str]) -> dict[str, tuple]:
         """Image embeddings by image key (``keys``, one an image), put in the cache; one
@@ -94,9 +155,10 @@ class Sam2Segmenter(Segmenter):
         features = predictor._features
         embedded = {}
         for k, (image, key) in enumerate(zip(images, keys, strict=True)):
+            # Copies, not views: a view would keep its whole batch's tensor alive in the cache.
             one = {
-                "image_embed": features["image_embed"][k : k + 1],
-                "high_res_feats": [f[k : k + 1] for f in features["high_res_feats"]],
+                "image_embed": features["image_embed"][k : k + 1].clone(),
+                "high_res_feats": [f[k : k + 1].clone() for f in features["high_res_feats"]],
             }
             embedded[key] = (one, [tuple(image.shape[:2])])
         if self.cache_size:
@@ -112,12 +174,13 @@ class Sam2Segmenter(Segmenter):
         predictor._is_image_set, predictor._is_batch = True, False
 
     def _decode(self, cam: CamMap, prompts: Prompts) -> MaskResult:
+        multimask = answers_with_three(prompts)
         with sam2_context(self.predictor.device):
             logits, predicted_iou, _ = self.predictor.predict(
                 point_coords=prompts.points if len(prompts.points) else None,
                 point_labels=prompts.labels if len(prompts.points) else None,
                 box=prompts.box,
-                multimask_output=True,
+                multimask_output=multimask,
                 return_logits=True,
             )
         masks = logits > self.mask_threshold
@@ -126,14 +189,49 @@ class Sam2Segmenter(Segmenter):
             "mask_index": index,
             "predicted_iou": float(predicted_iou[index]),
             "cam_agreement": agreement,
-            "mask_choice": self.mask_choice,
+            "mask_choice": self.mask_choice if multimask else "single",
+            "precision": self.precision,
         }
         score = cam.probability * float(np.clip(predicted_iou[index], 0.0, 1.0))
         return MaskResult(cam.label, masks[index], score, self.name, prompts, details)
 
 
+def checked_choice(mask_choice: str) -> str:
+    if mask_choice not in MASK_CHOICES:
+        raise SegmenterError(f"unknown mask choice {mask_choice!r}: choose one of {MASK_CHOICES}")
+    return mask_choice
+
+
+def answers_with_three(prompts: Prompts) -> bool:
+    """Whether SAM2 was trained to answer ``prompts`` with three masks: one point and no box
+    (SAM2.1's ``multimask_max_pt_num: 1``; a box counts as two points). sam2's predictor says
+    a single mask gives better results for prompts that are not ambiguous."""
+    return prompts.box is None and len(prompts.points) == 1
+
+
+@functools.cache
+def _native_bfloat16(index: int) -> bool:
+    import torch
+
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def sam2_precision(device) -> str:
+    """``bfloat16`` on a GPU that computes it natively (compute capability 8.0 and up: A100,
+    L4, H100, RTX 30xx and later), as sam2's examples run; ``float32`` elsewhere, where
+    T4/V100-class GPUs would emulate bfloat16 slowly and a CPU gains nothing."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "float32"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return "bfloat16" if _native_bfloat16(index) else "float32"
+
+
 def sam2_context(device) -> contextlib.ExitStack:
-    """What every SAM2 call runs in: ``inference_mode``, and on a GPU bf16 autocast.
+    """What every SAM2 call runs in: ``inference_mode``, and bfloat16 autocast where
+    ``sam2_precision`` chooses it.
 
     Entered per call, because autocast is thread-local: a worker's request threads each get it,
     and nothing leaks into the classifier's Grad-CAM, which needs float32 gradients.
@@ -142,7 +240,7 @@ def sam2_context(device) -> contextlib.ExitStack:
 
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
-    if torch.device(device).type == "cuda":
+    if sam2_precision(device) == "bfloat16":
         stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
     return stack
 
@@ -176,21 +274,38 @@ def build_sam2_predictor(
     device: str = "cpu",
     hub_id: str | None = None,
 ):
-    """SAM2ImagePredictor from a config name + checkpoint file, or from a Hugging Face hub id.
+    """SAM2ImagePredictor from a config name + checkpoint file, or from a Hugging Face hub id,
+    built as sam2 builds it (``build_sam2``, eval mode, its post-processing on).
 
     Raises:
-        SegmenterError: neither is given, the checkpoint file is missing, or it does not load.
+        SegmenterError: neither or both are given, a hub id or config name sam2 does not know,
+            a download that fails, a checkpoint that is missing or does not load.
     """
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+    if hub_id and (config or checkpoint):
+        raise SegmenterError(
+            f"SAM2 hub id {hub_id!r} names its own config and weights: unset SAM2_CONFIG and "
+            "SAM2_CHECKPOINT (--sam2-config, --sam2-checkpoint), or unset SAM2_HUB_ID to use them"
+        )
     if hub_id:
-        return SAM2ImagePredictor.from_pretrained(hub_id, device=device)
+        config_name, filename = known_hub_id(hub_id)
+        try:
+            return SAM2ImagePredictor.from_pretrained(hub_id, device=device)
+        except Exception as error:  # huggingface_hub's and the network's errors alike
+            raise SegmenterError(
+                f"cannot load SAM2 {hub_id!r} from the Hugging Face hub "
+                f"({type(error).__name__}: {error}). Without the internet: download {filename} "
+                f"from https://huggingface.co/{hub_id} on a machine that has it, then set "
+                f"SAM2_CONFIG={config_name} and SAM2_CHECKPOINT=<that file> instead of SAM2_HUB_ID"
+            ) from error
     if not config or not checkpoint:
         raise SegmenterError(
             "the sam2 segmenter needs --sam2-config (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) and "
             "--sam2-checkpoint (the .pt file), or --sam2-hub-id; use --segmenter cam without them"
         )
+    known_config(config)
     if not Path(checkpoint).is_file():
         raise SegmenterError(f"SAM2 checkpoint {checkpoint} does not exist")
     try:
@@ -198,3 +313,41 @@ def build_sam2_predictor(
     except Exception as error:
         raise SegmenterError(f"cannot build SAM2 from {config} + {checkpoint}: {error}") from error
     return SAM2ImagePredictor(model)
+
+
+def known_hub_id(hub_id: str) -> tuple[str, str]:
+    """The config name and checkpoint file sam2 downloads for ``hub_id``.
+
+    Raises:
+        SegmenterError: a hub id sam2 does not list, with the ones it does.
+    """
+    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+    if hub_id not in HF_MODEL_ID_TO_FILENAMES:
+        raise SegmenterError(
+            f"sam2 knows no hub id {hub_id!r}: use one of {', '.join(HF_MODEL_ID_TO_FILENAMES)}"
+        )
+    return HF_MODEL_ID_TO_FILENAMES[hub_id]
+
+
+def known_config(config: str) -> None:
+    """sam2 finds configs by name inside its own package (hydra), not by file path.
+
+    Raises:
+        SegmenterError: a config that is not there, with the names that are.
+    """
+    configs = resources.files("sam2")
+    if configs.joinpath(config).is_file():
+        return
+    names = sorted(
+        f"configs/{folder.name}/{entry.name}"
+        for folder in configs.joinpath("configs").iterdir()
+        if folder.is_dir() and not folder.name.endswith("_training")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    )
+    raise SegmenterError(
+        f"SAM2 config {config!r} is not one of sam2's: SAM2_CONFIG (--sam2-config) names a "
+        f"config inside the sam2 package, not a file, e.g. configs/sam2.1/sam2.1_hiera_t.yaml "
+        f"for sam2.1_hiera_tiny.pt; sam2 has {', '.join(names)}"
+    )
