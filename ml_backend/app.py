@@ -341,6 +341,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                 "model_class": "CamsamBackend",
                 "mode": runner.mode,
                 "segmenter": "sam2" if settings.has_sam2 else "cam",
+                "sam2_precision": metrics.sam2_precision,
                 "note": segmenter_note(settings),
                 "warnings": backend.health_warnings(),
                 **backend.model_summary(),

@@ -69,6 +69,8 @@ class Batches:
         self.metrics.count_tasks("failed", failed)
         if "embedding_cache" in answer:
             self.metrics.embedding_cache = answer["embedding_cache"]
+        if "sam2_precision" in answer:
+            self.metrics.sam2_precision = answer["sam2_precision"]
         if "seconds" in answer and tasks:
             measured = answer["seconds"] / tasks
             old = self.seconds_per_task if self.measured else measured

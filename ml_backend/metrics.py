@@ -84,6 +84,8 @@ class Metrics:
         )
         # The embedded mode's own SAM2 cache counts, as the last answer reported them.
         self.embedding_cache: dict[str, int] = {}
+        # The precision SAM2 runs in on the device that answered last (None: not known yet).
+        self.sam2_precision: str | None = None
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()

@@ -39,6 +39,12 @@ status=${PIPESTATUS[0]}
   echo
   echo "Test suite with the newest versions: $( [ "$status" = 0 ] && echo passed || echo "FAILED (exit $status)")"
   echo "($(tail -1 "$out/pytest.log"); the whole log in $out/pytest.log)"
+  if [ "$status" != 0 ]; then
+    echo
+    echo '```'
+    grep -E '^E   ' "$out/pytest.log" | awk '!seen[$0]++' | tail -25
+    echo '```'
+  fi
   echo
   echo "## camsam (.venv-latest/ against requirements/test.txt)"
   echo '```'

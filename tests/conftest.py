@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -90,6 +91,27 @@ def reply(handler, body: bytes, status: int = 200) -> None:
     handler.wfile.write(body)
 
 
+def stop_process(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """Ask a process to stop (SIGTERM); kill it if it has not within ``grace`` seconds, its whole
+    session where it leads one. A worker still in a SAM2 pass on a busy machine may outlast
+    the grace: left alive, it would take later tests' jobs from the queues they share."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,8 +142,7 @@ def redis_url(tmp_path_factory):
         pytest.skip("redis-server is not installed")
     server, url = start_redis(free_port(), tmp_path_factory.mktemp("redis"))
     yield url
-    server.terminate()
-    server.wait(timeout=10)
+    stop_process(server, 10)
 
 
 class _LabelStudioHandler(SimpleHTTPRequestHandler):

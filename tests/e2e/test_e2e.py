@@ -76,19 +76,29 @@ class Stack:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.processes: list[subprocess.Popen] = []
+        self.named: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, command: list, env: dict) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (kept open for the process)
-        self.processes.append(
-            subprocess.Popen(
-                command,
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+        self.processes.append(process)
+        self.named[name] = process
+
+    def running(self, name: str) -> bool:
+        """True while ``name`` runs; a process that ended fails the wait at once, with the end
+        of its log (Label Studio dying at start-up, say, after a dependency's release)."""
+        code = self.named[name].poll()
+        if code is not None:
+            tail = (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{name} exited with {code}; the end of its log:\n{tail}")
+        return True
 
     def stop(self) -> None:
         for process in self.processes:
@@ -175,8 +185,16 @@ def stack(tmp_path_factory, redis_url):
         )
         session = requests.Session()
         session.headers["Authorization"] = f"Token {TOKEN}"
-        wait_for(lambda: session.get(f"{ls_url}/api/projects/").ok, 240, "Label Studio")
-        wait_for(lambda: requests.get(f"{backend_url}/health").ok, 60, "camsam serve")
+        wait_for(
+            lambda: stack.running("label-studio") and session.get(f"{ls_url}/api/projects/").ok,
+            240,
+            "Label Studio",
+        )
+        wait_for(
+            lambda: stack.running("serve") and requests.get(f"{backend_url}/health").ok,
+            60,
+            "camsam serve",
+        )
         yield {
             "ls": ls_url,
             "backend": backend_url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from pathlib import Path
 
@@ -246,9 +247,18 @@ def test_second_click_on_an_image_reuses_its_sam2_embedding(
         }
     )
     client = app.test_client()
-    assert client.get("/health").json["segmenter"] == "sam2"
+    health = client.get("/health").json
+    assert health["segmenter"] == "sam2" and health["sam2_precision"] is None  # not known yet
     spot = sorted((synthetic_dir / "Spot").glob("*.png"))[1]
     task = {"id": 1, "data": {"image": f"/data/local-files/?d=Spot/{spot.name}"}}
+
+    def cache() -> dict[str, float]:
+        """The process's SAM2 cache counts (one SAM2 a process: other tests' count too)."""
+        metrics = client.get("/metrics").get_data(as_text=True)
+        found = re.findall(r'^camsam_embedding_cache\{outcome="(\w+)"\} (\S+)$', metrics, re.M)
+        return {outcome: float(value) for outcome, value in found}
+
+    counts = []
     for x in (30.0, 60.0):
         click = {
             "type": "keypointlabels",
@@ -260,9 +270,14 @@ def test_second_click_on_an_image_reuses_its_sam2_embedding(
         assert response.status_code == 200
         (region,) = response.json["results"][0]["result"]
         assert region["meta"]["segmenter"] == "sam2"
-    metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'camsam_embedding_cache{outcome="hits"} 1.0\n' in metrics
-    assert 'camsam_embedding_cache{outcome="misses"} 1.0\n' in metrics
+        counts.append(cache())
+    first, second = counts
+    assert second["hits"] == first["hits"] + 1 and second["misses"] == first["misses"]
+    from worker.pipeline.classifier import resolve_device
+    from worker.pipeline.segmenters.sam2 import sam2_precision
+
+    expected = sam2_precision(resolve_device("auto"))  # float32 on a CPU
+    assert client.get("/health").json["sam2_precision"] == expected
 
 
 def test_a_batch_too_long_to_wait_for_is_written_back_through_the_api(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ml_backend.protocol import predict_payload
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_process
 from tests.service.test_app import predict_body
 from worker.contract.queues import BULK_QUEUE, PREDICT_JOB, own_queue
 from worker.contract.settings import Settings
@@ -43,9 +43,7 @@ def start_host(redis_url: str, name: str, model_dir: Path, log: Path) -> subproc
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        process.wait(timeout=60)
+    stop_process(process, 60)
 
 
 def wait_for(check, what: str, seconds: float = WAIT):

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop_process
 from tests.service.test_app import predict_body
 from tests.service.test_queue import start_worker, stop
 
@@ -52,8 +52,7 @@ def backend(redis_url, trained_model_dir, synthetic_dir):
         except requests.RequestException:
             time.sleep(0.2)
     yield url
-    server.terminate()
-    server.wait(timeout=20)
+    stop_process(server, 20)
 
 
 def images(synthetic_dir) -> list[dict]:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ml_backend.app import create_app
-from tests.conftest import REPO, SAM2_TINY_CONFIG
+from tests.conftest import REPO, SAM2_TINY_CONFIG, stop_process
 from tests.service.test_app import predict_body
 
 pytestmark = pytest.mark.skipif(
@@ -31,8 +31,7 @@ def start_worker(redis_url: str, name: str, role: str = "predict") -> subprocess
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(timeout=20)
+    stop_process(process, 20)
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def predict(payload: dict) -> dict:
         "model_version": project.version,
         "failed": failed,
         "seconds": time.perf_counter() - started,
-        **project.cache_stats(),
+        **project.segmenter_figures(),
     }
 
 
@@ -232,7 +232,7 @@ def interactive(payload: dict) -> dict:
         "results": [result],
         "model_version": project.version,
         "failed": 0,
-        **project.cache_stats(),
+        **project.segmenter_figures(),
     }
 
 
@@ -352,12 +352,16 @@ class _Project:
             for k in range(len(tasks))
         ]
 
-    def cache_stats(self) -> dict:
-        """The SAM2 embedding cache's hits and misses in this process, when SAM2 is in use."""
+    def segmenter_figures(self) -> dict:
+        """When SAM2 is in use: its embedding cache's hits and misses in this process, and the
+        precision it runs in on this worker's device (``/health`` shows the last reported)."""
         if self.version is None:
             return {}
-        stats = self.pipeline().segmenter.cache_stats()
-        return {"embedding_cache": dict(stats)} if stats is not None else {}
+        segmenter = self.pipeline().segmenter
+        stats = segmenter.cache_stats()
+        figures = {"embedding_cache": dict(stats)} if stats is not None else {}
+        precision = getattr(segmenter, "precision", None)
+        return {**figures, "sam2_precision": precision} if precision else figures
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -5,9 +5,9 @@ painting by hand. So each class has a threshold on the mask's evidence (the clas
 probability for the class times the mask's own score), chosen by training on images the model
 did not learn from (:func:`worker.training.gate.calibrate_gate`), with the masks of the
 segmenter that serves (SAM2's where its weights are configured on the trainer, else the ``cam``
-segmenter's: their scores are on different scales), and a mask below it is not shown. ``None`` for a class means abstain: no threshold was seen to save time yet, so its masks
-are not shown until a version earns it. A checkpoint without a gate (older ones) shows every
-mask.
+segmenter's: their scores are on different scales), and a mask below it is not shown.
+``None`` for a class means abstain: no threshold was seen to save time yet, so its masks are
+not shown until a version earns it. A checkpoint without a gate (older ones) shows every mask.
 """
 
 from __future__ import annotations

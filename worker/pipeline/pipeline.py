@@ -164,6 +164,10 @@ class Pipeline:
         segmenter refines the class's CAM focused on the prompt, or the prompt alone for a label
         the classifier does not know.
         """
+        if not len(prompts.positives) and prompts.box is None:
+            # Negative clicks alone say only where the object is not: nothing to draw (SAM2 was
+            # never trained on such a prompt, and the CAM they focus covers the rest).
+            return None
         height, width = image.shape[:2]
         if label in self.classifier.spec.classes:
             (cam,) = compute_cams(
@@ -175,9 +179,6 @@ class Pipeline:
         (mask,) = self.segmenter.for_prompts().segment(image, [seeded], [prompts])
         details = {**mask.details, "interactive": True}
         if not mask.mask.any():
-            # Negative clicks alone say only where the object is not: nothing to paint.
-            if not len(prompts.positives) and prompts.box is None:
-                return None
             # A person marked the object: the focused CAM itself beats answering nothing.
             # seed_cam peaks at 1 wherever the prompt touches the image, and is 0 everywhere else.
             fallback = seeded.cam >= 0.5

@@ -8,6 +8,7 @@ one kept.
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import sys
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from worker.contract import defaults
-from worker.contract.errors import DatasetError
+from worker.contract.errors import DatasetError, SegmenterError
 from worker.data.dataset import Dataset, Grouping, Sample, stable_split
 from worker.data.groups import Groups, groups_for
 from worker.data.images import load_image
@@ -42,6 +43,8 @@ from worker.training.learned_refiner import fit_learned_refiner
 from worker.training.tune_refiners import tune_refiners
 
 MIN_STEPS_PER_EPOCH = 8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,16 +145,23 @@ def train(dataset: Dataset, config: TrainConfig) -> TrainResult:
         # share to spare, nothing is known yet: every class abstains).
         held_out = val_samples if val_samples is not train_samples else []
         # Mirrored, as the backend classifies by default (CLASSIFIER_MIRROR=1).
-        gate, borrowed = calibrate_gate(
-            Classifier(spec, model, extras, mirror=True),
-            held_out,
-            groups.grouping,
-            segmenter=config.serve_with,
-        )
+        classifier = Classifier(spec, model, extras, mirror=True)
+        serve_with = config.serve_with
+        try:
+            gate, borrowed = calibrate_gate(
+                classifier, held_out, groups.grouping, segmenter=serve_with
+            )
+        except SegmenterError as error:
+            # The weights are trained: a SAM2 this trainer cannot build (a checkpoint only
+            # the workers have, no internet) must not lose them. The workers say the gate is
+            # another segmenter's (worker.jobs.predict.warn_of_another_gate).
+            log.warning("the gate is calibrated on the cam segmenter's masks: %s", error)
+            serve_with = None
+            gate, borrowed = calibrate_gate(classifier, held_out, groups.grouping)
         metrics = {
             **spec.metrics,
             "gate_borrowed": borrowed,
-            "gate_segmenter": gate_segmenter(config.serve_with),
+            "gate_segmenter": gate_segmenter(serve_with),
         }
         spec = ClassifierSpec(**{**asdict(spec), "gate": gate, "metrics": metrics})
     return TrainResult(spec, state, history, val_samples)

@@ -131,24 +131,36 @@ class DrawsNothing(Segmenter):
 
     name = "nothing"
 
+    def __init__(self) -> None:
+        self.asked = 0
+
     def segment(self, image, cams, prompts):
+        self.asked += 1
         empty = np.zeros(image.shape[:2], bool)
         pairs = zip(cams, prompts, strict=True)
         return [MaskResult(c.label, empty, 0.0, self.name, p) for c, p in pairs]
 
 
-def test_an_empty_answer_to_negative_clicks_alone_paints_nothing(checkpoint):
-    """Negative clicks say only where the object is not; the focused CAM they leave covers
-    nearly the whole image, which is no mask to offer. A positive click still gets one."""
+def test_negative_clicks_alone_ask_no_segmenter_and_paint_nothing(checkpoint):
+    """Negative clicks say only where the object is not: SAM2 was never trained on such a
+    prompt (its best of three would be painted), and the CAM they focus covers nearly the whole
+    image. A positive click still gets a mask, the focused CAM where the segmenter draws none."""
     from worker.pipeline.prompts import Prompts
 
-    pipeline = Pipeline(Classifier.load(checkpoint), DrawsNothing())
+    nothing = DrawsNothing()
+    pipeline = Pipeline(Classifier.load(checkpoint), nothing)
     image, _ = make_image(np.random.default_rng(5), "Spot", (80, 100))
-    negative = Prompts(np.array([[10.0, 10.0]], np.float32), np.array([0], np.int32))
-    assert pipeline.segment_prompted(image, "Pore", negative) is None
-    assert pipeline.segment_prompted(image, "Spot", negative) is None
+    negatives = Prompts(np.array([[10.0, 10.0], [70, 60]], np.float32), np.array([0, 0], np.int32))
+    nowhere = Prompts(np.zeros((0, 2), np.float32), np.zeros(0, np.int32))
+    for prompts in (negatives, nowhere):
+        for label in ("Pore", "Spot"):
+            assert pipeline.segment_prompted(image, label, prompts) is None
+    assert nothing.asked == 0
+    cam_pipeline = Pipeline(Classifier.load(checkpoint), CamSegmenter())
+    assert cam_pipeline.segment_prompted(image, "Spot", negatives) is None
     positive = Prompts(np.array([[50.0, 40.0]], np.float32), np.array([1], np.int32))
     mask = pipeline.segment_prompted(image, "Pore", positive)
+    assert nothing.asked == 1
     assert mask.details["fallback"] == "focused CAM" and 0 < mask.mask.mean() < 0.5
 
 

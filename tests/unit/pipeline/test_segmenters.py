@@ -15,6 +15,7 @@ from worker.pipeline.segmenters.sam2 import (
     Sam2Segmenter,
     _image_key,
     choose_mask,
+    known_config,
     sam2_context,
     sam2_precision,
 )
@@ -239,10 +240,16 @@ def test_sam2_errors_name_the_fix(tmp_path, monkeypatch):
         build_segmenter("sam2", both, None)
     checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
     checkpoint.write_bytes(b"")
-    for path in ("/etc/sam2.1_hiera_t.yaml", "sam2.1_hiera_t.yaml"):
+    a_file = tmp_path / "sam2.1_hiera_t.yaml"
+    a_file.write_text("model: {}\n")
+    training = "configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"
+    for path in (str(a_file), "sam2.1_hiera_t.yaml", training):
         options = SegmenterOptions(sam2_config=path, sam2_checkpoint=checkpoint)
         with pytest.raises(SegmenterError, match="not a file.*configs/sam2.1/sam2.1_hiera_t.yaml"):
             build_segmenter("sam2", options, None)
+
+    for name in ("configs/sam2.1/sam2.1_hiera_t", "/configs/sam2.1/sam2.1_hiera_t.yaml"):
+        known_config(name)  # what hydra finds, build_sam2 finds
 
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 

@@ -138,3 +138,28 @@ def test_serving_with_another_segmenter_than_the_gate_was_calibrated_on_is_said(
     pipeline.segmenter.name = "cam"
     warn_of_another_gate(pipeline)
     assert not caplog.text
+
+
+def test_a_sam2_the_trainer_cannot_build_keeps_the_weights_and_calibrates_on_cam(
+    synthetic_dataset, caplog
+):
+    """A checkpoint only the workers have, or no internet on the trainer: the epochs are not
+    thrown away at the end; the version says its gate is the cam segmenter's."""
+    from worker.pipeline.segmenters.base import SegmenterOptions
+    from worker.training.classifier import TrainConfig, train
+
+    unknown = SegmenterOptions(sam2_hub_id="facebook/no-such-sam")
+    config = TrainConfig(
+        image_size=64,
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        tune_masks=False,
+        pretrained="none",
+        serve_with=unknown,
+    )
+    with caplog.at_level("WARNING"):
+        result = train(synthetic_dataset, config)
+    assert result.spec.metrics["gate_segmenter"] == "cam" and result.state_dict
+    assert "calibrated on the cam segmenter's masks" in caplog.text
+    assert "sam2 knows no hub id" in caplog.text

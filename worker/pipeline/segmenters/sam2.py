@@ -51,11 +51,17 @@ class Sam2Segmenter(Segmenter):
     def from_options(cls, options: SegmenterOptions, classifier) -> Sam2Segmenter:
         """The process's SAM2 for these weights, built on first use: every project and version
         shares it, its lock and its embedding cache; only the mask choice is this caller's."""
+        import torch
+
+        device = torch.device(options.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        checkpoint = options.sam2_checkpoint
         key = (
             options.sam2_config,
-            str(options.sam2_checkpoint or ""),
+            str(Path(checkpoint).resolve()) if checkpoint else "",
             options.sam2_hub_id,
-            str(options.device),
+            str(device),
         )
         with _shared_lock:
             if key not in _shared:
@@ -154,11 +160,17 @@ class Sam2Segmenter(Segmenter):
                 predictor.set_image_batch(images)
         features = predictor._features
         embedded = {}
+        # What the cache keeps is a copy of its image's slice: a view would keep the whole
+        # batch's tensor alive. One image's slice is its whole tensor already.
+        copied = self.cache_size > 0 and len(images) > 1
+
+        def own(tensor):
+            return tensor.clone() if copied else tensor
+
         for k, (image, key) in enumerate(zip(images, keys, strict=True)):
-            # Copies, not views: a view would keep its whole batch's tensor alive in the cache.
             one = {
-                "image_embed": features["image_embed"][k : k + 1].clone(),
-                "high_res_feats": [f[k : k + 1].clone() for f in features["high_res_feats"]],
+                "image_embed": own(features["image_embed"][k : k + 1]),
+                "high_res_feats": [own(f[k : k + 1]) for f in features["high_res_feats"]],
             }
             embedded[key] = (one, [tuple(image.shape[:2])])
         if self.cache_size:
@@ -218,8 +230,9 @@ def _native_bfloat16(index: int) -> bool:
 
 def sam2_precision(device) -> str:
     """``bfloat16`` on a GPU that computes it natively (compute capability 8.0 and up: A100,
-    L4, H100, RTX 30xx and later), as sam2's examples run; ``float32`` elsewhere, where
-    T4/V100-class GPUs would emulate bfloat16 slowly and a CPU gains nothing."""
+    L4, H100, RTX 30xx and later); ``float32`` elsewhere, where T4/V100-class GPUs would
+    emulate bfloat16 slowly and a CPU gains nothing. (sam2's notebooks autocast to bfloat16 on
+    any GPU; its image path needs no autocast, casting to float32 where it matters.)"""
     import torch
 
     device = torch.device(device)
@@ -331,23 +344,33 @@ def known_hub_id(hub_id: str) -> tuple[str, str]:
 
 
 def known_config(config: str) -> None:
-    """sam2 finds configs by name inside its own package (hydra), not by file path.
+    """sam2 finds configs by name inside its own package (hydra), not by file path: asked
+    here of hydra itself, as ``build_sam2`` will ask it.
 
     Raises:
-        SegmenterError: a config that is not there, with the names that are.
+        SegmenterError: a name hydra does not find, or a config without a model (a training
+            one), with the names that would do.
     """
-    configs = resources.files("sam2")
-    if configs.joinpath(config).is_file():
+    import sam2  # noqa: F401 (importing sam2 points hydra at its configs)
+    from hydra import compose
+    from hydra.errors import MissingConfigException
+
+    try:
+        found = "model" in compose(config_name=config)
+    except MissingConfigException:
+        found = False
+    if found:
         return
+    configs = resources.files("sam2").joinpath("configs")
     names = sorted(
         f"configs/{folder.name}/{entry.name}"
-        for folder in configs.joinpath("configs").iterdir()
+        for folder in configs.iterdir()
         if folder.is_dir() and not folder.name.endswith("_training")
         for entry in folder.iterdir()
         if entry.name.endswith(".yaml")
     )
     raise SegmenterError(
-        f"SAM2 config {config!r} is not one of sam2's: SAM2_CONFIG (--sam2-config) names a "
-        f"config inside the sam2 package, not a file, e.g. configs/sam2.1/sam2.1_hiera_t.yaml "
-        f"for sam2.1_hiera_tiny.pt; sam2 has {', '.join(names)}"
+        f"SAM2 config {config!r} is not one of sam2's model configs: SAM2_CONFIG "
+        f"(--sam2-config) names a config inside the sam2 package, not a file, e.g. "
+        f"configs/sam2.1/sam2.1_hiera_t.yaml for sam2.1_hiera_tiny.pt; sam2 has {', '.join(names)}"
     )
