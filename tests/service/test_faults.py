@@ -144,3 +144,56 @@ def test_a_training_worker_killed_mid_run_leaves_no_version_and_the_next_one_tra
         assert models.current_version() == "v0001"
     finally:
         stop(replacement)
+
+
+@pytest.mark.slow
+def test_sam2_failing_on_one_image_fails_only_that_task(
+    trained_model_dir, synthetic_dir, sam2_checkpoint, tmp_path, monkeypatch
+):
+    """Out of memory, a shape SAM2 cannot take: the chunk is retried image by image, and the
+    other tasks of the job still get their masks."""
+    import cv2
+
+    from tests.conftest import SAM2_TINY_CONFIG
+    from tests.service.test_app import SYNTHETIC_CONFIG
+    from worker.jobs.predict import load_pipeline, predict
+
+    spots = sorted((synthetic_dir / "Spot").glob("*.png"))[:2]
+    odd = tmp_path / "odd.png"
+    cv2.imwrite(str(odd), cv2.resize(cv2.imread(str(spots[0])), (77, 61)))
+    shutil.copy(odd, synthetic_dir / "Spot" / "odd-one.png")
+    names = [spots[0].name, "odd-one.png", spots[1].name]
+    tasks = [
+        {"id": k, "data": {"image": f"/data/local-files/?d=Spot/{name}"}}
+        for k, name in enumerate(names)
+    ]
+    settings = Settings(
+        model_dir=str(trained_model_dir),
+        local_files_document_root=str(synthetic_dir),
+        sam2_config=SAM2_TINY_CONFIG,
+        sam2_checkpoint=str(sam2_checkpoint),
+        device="cpu",
+        mask_gate=0,
+    )
+    models = ModelDir(trained_model_dir)
+    predictor = load_pipeline(models, models.current_version(), settings).segmenter.predictor
+    real = predictor.predict
+
+    def fails_on_the_odd_one(**kwargs):
+        if predictor._orig_hw[0] == (61, 77):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(**kwargs)
+
+    monkeypatch.setattr(predictor, "predict", fails_on_the_odd_one)
+    payload = {
+        "project": "sam2-faults",
+        "label_config": SYNTHETIC_CONFIG,
+        "tasks": tasks,
+        "settings": settings.for_worker(),
+    }
+    try:
+        answer = predict(payload)
+    finally:
+        (synthetic_dir / "Spot" / "odd-one.png").unlink()
+    masks = [any(r["type"] == "brushlabels" for r in a["result"]) for a in answer["results"]]
+    assert masks == [True, False, True] and answer["failed"] == 1

@@ -10,7 +10,7 @@ less of an object than the object itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -22,11 +22,16 @@ STRATEGIES = ("argmax", "peaks", "box", "peaks+box")
 
 @dataclass(frozen=True)
 class Prompts:
-    """Points as (N, 2) float x, y pixels; labels (N,) 1 = object, 0 = background; XYXY box."""
+    """Points as (N, 2) float x, y pixels; labels (N,) 1 = object, 0 = background; XYXY box.
+
+    ``others``: the prompts of the class's other objects (separate CAM regions), each with a
+    box of its own; a segmenter that prompts per object (SAM2) draws each and joins them.
+    """
 
     points: np.ndarray
     labels: np.ndarray
     box: np.ndarray | None = None
+    others: tuple[Prompts, ...] = ()
 
     @property
     def positives(self) -> np.ndarray:
@@ -40,14 +45,18 @@ class Prompts:
         """The same prompts on the image scaled by ``x`` across and ``y`` down."""
         factor = np.array([x, y], np.float32)
         box = None if self.box is None else self.box * np.tile(factor, 2)
-        return Prompts(self.points * factor, self.labels, box)
+        others = tuple(other.scaled(x, y) for other in self.others)
+        return Prompts(self.points * factor, self.labels, box, others)
 
     def to_dict(self) -> dict:
-        return {
+        found = {
             "points": self.points.round(1).tolist(),
             "labels": self.labels.tolist(),
             "box": None if self.box is None else self.box.round(1).tolist(),
         }
+        if self.others:
+            found["others"] = [other.to_dict() for other in self.others]
+        return found
 
 
 PROMPT_SIDE = 256
@@ -60,8 +69,11 @@ def make_prompts(
     max_negatives: int = 2,
     peak_threshold: float = 0.5,
     box_threshold: float = 0.35,
+    max_objects: int = 4,
 ) -> Prompts:
-    """Prompts for one class's CAM (H, W, values in [0, 1]).
+    """Prompts for one class's CAM (H, W, values in [0, 1]): the main region's, with those of
+    up to ``max_objects - 1`` other regions whose own peak reaches ``peak_threshold`` in
+    ``others`` (not for ``argmax``, a single point).
 
     Raises:
         CamsamError: an unknown strategy.
@@ -75,15 +87,28 @@ def make_prompts(
         height, width = (max(1, round(n / scale)) for n in cam.shape)
         small = cv2.resize(cam, (width, height), interpolation=cv2.INTER_AREA)
         found = make_prompts(
-            small, strategy, max_peaks, max_negatives, peak_threshold, box_threshold
+            small, strategy, max_peaks, max_negatives, peak_threshold, box_threshold, max_objects
         )
-        factor = np.array([cam.shape[1] / width, cam.shape[0] / height], np.float32)
-        box = None if found.box is None else found.box * np.tile(factor, 2)
-        return Prompts(found.points * factor, found.labels, box)
+        return found.scaled(cam.shape[1] / width, cam.shape[0] / height)
     if strategy == "argmax":
         y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
         return Prompts(np.array([[x, y]], dtype=np.float32), np.array([1], dtype=np.int32))
-    region = main_region(cam, box_threshold)
+    main, *others = [
+        object_prompts(cam, region, strategy, max_peaks, max_negatives, peak_threshold)
+        for region in object_regions(cam, box_threshold, peak_threshold, max_objects)
+    ]
+    return replace(main, others=tuple(others))
+
+
+def object_prompts(
+    cam: np.ndarray,
+    region: np.ndarray,
+    strategy: str,
+    max_peaks: int,
+    max_negatives: int,
+    peak_threshold: float,
+) -> Prompts:
+    """One object's prompts: its region's box, peaks inside the region, negatives around."""
     box = box_of(region)
     if strategy == "box":
         return Prompts(np.zeros((0, 2), np.float32), np.zeros(0, np.int32), box)
@@ -92,6 +117,23 @@ def make_prompts(
     points = np.concatenate([positives, negatives]).astype(np.float32)
     labels = np.array([1] * len(positives) + [0] * len(negatives), dtype=np.int32)
     return Prompts(points, labels, box if strategy == "peaks+box" else None)
+
+
+def object_regions(
+    cam: np.ndarray, threshold: float, peak_threshold: float, count: int
+) -> list[np.ndarray]:
+    """The connected CAM regions (at ``threshold`` of the CAM's peak): the one holding the
+    peak first, then up to ``count - 1`` others whose own peak reaches ``peak_threshold``,
+    strongest first."""
+    main = main_region(cam, threshold)
+    above = (cam >= threshold * float(cam.max())).astype(np.uint8)
+    found, components = cv2.connectedComponents(above)
+    peaks = np.zeros(found, np.float32)
+    np.maximum.at(peaks, components.ravel(), cam.ravel())
+    main_label = int(components[main][0])
+    others = [k for k in range(1, found) if k != main_label and peaks[k] >= peak_threshold]
+    others.sort(key=lambda k: -peaks[k])
+    return [main, *(components == k for k in others[: count - 1])]
 
 
 def find_peaks(cam: np.ndarray, count: int, threshold: float) -> np.ndarray:

@@ -42,6 +42,44 @@ def test_prompts_agree_positives_inside_the_box_negatives_a_margin_outside():
         assert outside >= margin, (x, y, outside, margin)
 
 
+def test_each_object_of_a_class_gets_its_own_box_and_points():
+    """Two defects of one class: one box per object (a box around both would take the surface
+    between them), each object's positives inside its own box; a faint region is no object."""
+    cam = blob_cam(shape=(120, 300), centres=((30, 40), (90, 160), (60, 260)))
+    cam[:, 230:] *= 0.4  # the third blob peaks at 0.4, under the peak threshold
+    prompts = make_prompts(cam, "peaks+box")
+    assert len(prompts.others) == 1
+    (other,) = prompts.others
+    for one, (x, y) in ((prompts, (40, 30)), (other, (160, 90))):
+        x0, y0, x1, y1 = one.box
+        assert x0 <= x <= x1 and y0 <= y <= y1
+        assert np.linalg.norm(one.positives - [x, y], axis=1).min() < 3  # found at 256 px
+        for px, py in one.positives:
+            assert x0 <= px <= x1 and y0 <= py <= y1
+    assert prompts.box[2] < other.box[0]  # apart, as the objects are
+    assert make_prompts(cam, "peaks+box", max_objects=1).others == ()
+    assert make_prompts(cam, "argmax").others == ()
+    assert (
+        len(make_prompts(cam, "box").others) == 1
+        and make_prompts(cam, "box").others[0].box is not None
+    )
+
+
+def test_prompts_of_a_large_cam_keep_every_object_at_the_cams_scale():
+    small = blob_cam(shape=(120, 200), centres=((30, 40), (90, 160)))
+    large = np.kron(small, np.ones((4, 4), np.float32))  # 480 x 800: found on a smaller copy
+    prompts = make_prompts(large)
+    (other,) = prompts.others
+    for x, y in ((4 * 40, 4 * 30), (4 * 160, 4 * 90)):  # each blob in one of the boxes
+        inside = [
+            one.box[0] <= x <= one.box[2] and one.box[1] <= y <= one.box[3]
+            for one in (prompts, other)
+        ]
+        assert sum(inside) == 1
+    described = prompts.scaled(0.5, 0.5).to_dict()
+    assert described["others"][0]["box"] == (other.box * 0.5).round(1).tolist()
+
+
 def test_box_covers_the_peak_region_only():
     cam = blob_cam(centres=((60, 50),), sigma=8)
     x0, y0, x1, y1 = main_region_box(cam, 0.35)

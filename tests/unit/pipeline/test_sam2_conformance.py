@@ -119,6 +119,25 @@ def test_automatic_prompts_box_and_points_ask_for_one_mask(recorded):
     assert result.details["mask_index"] == 0 and result.details["mask_choice"] == "single"
 
 
+def test_a_class_with_two_objects_asks_once_per_object_and_joins_the_masks(recorded):
+    segmenter, calls = recorded
+    image, _ = scene()
+    ys, xs = np.mgrid[0:72, 0:96]
+    blobs = [
+        np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * 6.0**2)) for cy, cx in ((20, 20), (50, 75))
+    ]
+    cam = CamMap("Spot", np.maximum(*blobs).astype(np.float32), 0.8)
+    prompts = make_prompts(cam.cam)
+    assert len(prompts.others) == 1
+    (result,) = segmenter.segment(image, [cam], [prompts])
+    _, *decodes = calls
+    assert len(decodes) == 2
+    for decode, one in zip(decodes, (prompts, *prompts.others), strict=True):
+        assert_documented_predict(decode, one, multimask=False)
+    joined = np.logical_or(*[decode["returned"][0][0] > 0.0 for decode in decodes])
+    assert np.array_equal(result.mask, joined) and result.details["objects"] == 2
+
+
 def test_one_click_asks_for_three_and_takes_sams_best(recorded):
     """Even where the CAM would pick another: here the CAM is the mask SAM2 scores lowest."""
     segmenter, calls = recorded

@@ -186,6 +186,30 @@ class Sam2Segmenter(Segmenter):
         predictor._is_image_set, predictor._is_batch = True, False
 
     def _decode(self, cam: CamMap, prompts: Prompts) -> MaskResult:
+        """The class's mask: SAM2 asked once per object (``prompts``, then its ``others``, each
+        with its own box), the answers joined. The predicted IoU is the objects' own, weighted
+        by their areas: an estimate of the joined mask's."""
+        answers = [self._ask(cam, one) for one in (prompts, *prompts.others)]
+        mask = np.logical_or.reduce([answer["mask"] for answer in answers])
+        areas = [max(int(answer["mask"].sum()), 1) for answer in answers]
+        ious = [answer["predicted_iou"] for answer in answers]
+        predicted = float(np.average(ious, weights=areas))
+        region = cam.cam >= 0.5 * float(cam.cam.max())
+        details = {
+            "mask_index": answers[0]["index"],
+            "predicted_iou": predicted,
+            "cam_agreement": iou(mask, region),
+            "mask_choice": answers[0]["choice"],
+            "precision": self.precision,
+        }
+        if prompts.others:
+            details["objects"] = len(answers)
+            details["object_ious"] = [round(value, 4) for value in ious]
+        score = cam.probability * float(np.clip(predicted, 0.0, 1.0))
+        return MaskResult(cam.label, mask, score, self.name, prompts, details)
+
+    def _ask(self, cam: CamMap, prompts: Prompts) -> dict:
+        """One object's answer: SAM2's mask for ``prompts`` (of three, the chosen one)."""
         multimask = answers_with_three(prompts)
         with sam2_context(self.predictor.device):
             logits, predicted_iou, _ = self.predictor.predict(
@@ -196,16 +220,13 @@ class Sam2Segmenter(Segmenter):
                 return_logits=True,
             )
         masks = logits > self.mask_threshold
-        index, agreement = choose_mask(masks, predicted_iou, cam.cam, self.mask_choice)
-        details = {
-            "mask_index": index,
+        index, _ = choose_mask(masks, predicted_iou, cam.cam, self.mask_choice)
+        return {
+            "mask": masks[index],
+            "index": index,
             "predicted_iou": float(predicted_iou[index]),
-            "cam_agreement": agreement,
-            "mask_choice": self.mask_choice if multimask else "single",
-            "precision": self.precision,
+            "choice": self.mask_choice if multimask else "single",
         }
-        score = cam.probability * float(np.clip(predicted_iou[index], 0.0, 1.0))
-        return MaskResult(cam.label, masks[index], score, self.name, prompts, details)
 
 
 def checked_choice(mask_choice: str) -> str:
