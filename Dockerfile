@@ -23,7 +23,7 @@ RUN pip install setuptools wheel \
 COPY pyproject.toml README.md label_config.xml ./
 COPY worker ./worker
 COPY ml_backend ./ml_backend
-RUN pip install --no-deps --no-build-isolation .
+RUN pip install --no-deps .
 
 VOLUME ["/data", "/models"]
 ENTRYPOINT ["camsam"]

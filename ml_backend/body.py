@@ -1,10 +1,13 @@
 """A request's JSON body, read within bounds: its size (``MAX_REQUEST_BYTES``, with or without a
-Content-Length), its nesting depth, and no ``NaN`` or ``Infinity``."""
+Content-Length), a body that can be read at all (a malformed chunked encoding is the client's
+fault), its nesting depth, no ``NaN`` or ``Infinity``, and text that is text (no lone UTF-16
+surrogate, which JSON's escapes can carry and UTF-8 cannot)."""
 
 from __future__ import annotations
 
 import json
 
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ml_backend.errors import BadRequest, TooLarge
@@ -34,18 +37,23 @@ def json_object(request, limit: int | None) -> dict:
         raise BadRequest("expected a JSON object body")
     if deeper_than(body, MAX_JSON_DEPTH):
         raise BadRequest(_too_deep())
+    if not all_text(body):
+        raise BadRequest(
+            "the JSON body holds a lone UTF-16 surrogate (an escape such as \\ud800 without its "
+            "pair): not text"
+        )
     return body
 
 
 def read_body(request, limit: int | None) -> bytes:
     """At most ``limit`` bytes of the body; a chunked body (no Content-Length) is read only up
     to the limit, never whole first."""
-    if limit is None:
-        return request.get_data()
-    if request.content_length is not None and request.content_length > limit:
+    if limit is not None and request.content_length is not None and request.content_length > limit:
         raise TooLarge(_too_large(limit))
     chunks, size = [], 0
     try:
+        if limit is None:
+            return request.get_data()
         while chunk := request.stream.read(min(_READ, limit + 1 - size)):
             size += len(chunk)
             if size > limit:
@@ -53,7 +61,34 @@ def read_body(request, limit: int | None) -> bytes:
             chunks.append(chunk)
     except RequestEntityTooLarge:  # Werkzeug's own check of MAX_CONTENT_LENGTH
         raise TooLarge(_too_large(limit)) from None
+    except (ParseException, OSError, ValueError) as error:
+        # gunicorn's chunked reader (a bad chunk size, a missing CRLF, a trailer that is no
+        # header, a body cut short), or Werkzeug's: the client's fault, not a 500.
+        raise BadRequest(f"the request body cannot be read: {_unreadable(error)}") from None
     return b"".join(chunks)
+
+
+def _unreadable(error: Exception) -> str:
+    name = type(error).__name__
+    return f"{name}: {_short(error)}" if str(error) else name
+
+
+def all_text(value: object) -> bool:
+    """Whether every string in ``value`` (keys too) encodes as UTF-8 (no recursion)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return True
 
 
 def deeper_than(value: object, limit: int) -> bool:

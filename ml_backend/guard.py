@@ -29,6 +29,8 @@ def authorised(header: str, settings: Settings) -> bool:
         return _same(header[7:], settings.auth_token)
     if not settings.basic_auth_user or not header.startswith("Basic "):
         return False
+    if not settings.basic_auth_pass:  # a user without a password lets nobody in
+        return False
     try:
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
@@ -61,6 +63,11 @@ def startup_warnings(settings: Settings) -> list[str]:
     """What is unsafe, or will not work, in this configuration; create_app logs each line and
     /health lists them."""
     warnings = []
+    if settings.basic_auth_user and not settings.basic_auth_pass:
+        warnings.append(
+            "BASIC_AUTH_USER without BASIC_AUTH_PASS: Basic credentials are refused, since an "
+            "empty password is none; set BASIC_AUTH_PASS (or AUTH_TOKEN for a bearer token)"
+        )
     if settings.setup_credentials == "always" and not needs_credentials(settings):
         warnings.append(
             "SETUP_CREDENTIALS=always without BASIC_AUTH_USER/PASS or AUTH_TOKEN: anyone who "

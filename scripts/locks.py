@@ -2,6 +2,7 @@
 
     python scripts/locks.py install requirements/test.txt [--torch SPEC --torchvision SPEC]
     python scripts/locks.py diff requirements/test.txt VENV_PYTHON
+    python scripts/locks.py digest
 
 ``install`` runs pip with the interpreter that runs this script. Every file is checked against
 the lock's hashes (pip's ``--require-hashes``), in two steps: everything but sam2, then sam2,
@@ -12,7 +13,9 @@ from the specs given instead, and the rest of the lock is installed at its versi
 hashes, since another torch build may need other versions of its own libraries.
 
 ``diff`` lists the packages whose installed version differs from the lock, the new ones and the
-ones gone: what an upgrade would change.
+ones gone: what an upgrade would change. ``digest`` is the SHA-256 of what the locks are made
+from (pyproject.toml's requirements and requirements/*.in), which scripts/lock.sh writes at the
+end of each lock and tests/test_locks.py recomputes.
 
 Only the standard library: this runs before anything is installed.
 """
@@ -20,6 +23,7 @@ Only the standard library: this runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -30,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BUILT_HERE = "sam2"
+REPO = Path(__file__).resolve().parent.parent
+DIGEST_LINE = "# camsam-inputs-sha256: "
 TORCH = ("torch", "torchvision")
 REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(;[^\\]*)?")
 
@@ -108,6 +114,27 @@ def torch_stack(packages: list[Locked]) -> set[str]:
     return stack
 
 
+def inputs_digest(repo: Path = REPO) -> str:
+    """SHA-256 over what the locks are made from: pyproject.toml's requirements (dependencies,
+    optional dependencies, requires-python) and every requirements/*.in file."""
+    import tomllib
+
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    wanted = {
+        key: project.get(key)
+        for key in ("dependencies", "optional-dependencies", "requires-python")
+    }
+    inputs = {path.name: path.read_text() for path in sorted(repo.glob("requirements/*.in"))}
+    text = json.dumps({"pyproject": wanted, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def written_digest(lock: Path) -> str | None:
+    """The inputs' digest a lock was written with (its last such line), if any."""
+    lines = [line for line in lock.read_text().splitlines() if line.startswith(DIGEST_LINE)]
+    return lines[-1].removeprefix(DIGEST_LINE).strip() if lines else None
+
+
 def pip(*args: str, env: dict | None = None) -> None:
     command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "-q", *args]
     subprocess.run(command, check=True, env=env)
@@ -124,21 +151,37 @@ def install(lock: Path, torch: str | None, torchvision: str | None) -> None:
     built = [p for p in packages if p.name == BUILT_HERE]
     rest = [p for p in packages if p.name != BUILT_HERE]
     hashed = torch is None
-    if not hashed:
-        pip(torch, torchvision or "torchvision")
-        stack = torch_stack(packages)
-        rest = [p for p in rest if p.name not in stack]
-
-    def requirements(group: list[Locked]) -> list[str]:
-        return [line for p in group for line in p.lines] if hashed else [p.pin for p in group]
-
     checking = ["--require-hashes"] if hashed else []
     with tempfile.TemporaryDirectory() as folder:
+        if not hashed:
+            pip(torch, torchvision or "torchvision")
+            stack = torch_stack(packages)
+            rest = [p for p in rest if p.name not in stack]
+            # The torch chosen stays: nothing below may swap it for another build.
+            held = [f"{name}=={installed_version(name)}" for name in TORCH]
+            checking = ["-c", write(held, folder, "torch.txt")]
+
+        def requirements(group: list[Locked]) -> list[str]:
+            return [line for p in group for line in p.lines] if hashed else [p.pin for p in group]
+
         pip(*checking, "-r", write(requirements(rest), folder, "rest.txt"))
         if built:
             sam2 = write(requirements(built), folder, "sam2.txt")
             no_cuda = {**os.environ, "SAM2_BUILD_CUDA": "0"}
             pip(*checking, "--no-deps", "--no-build-isolation", "-r", sam2, env=no_cuda)
+
+
+def installed_version(name: str) -> str:
+    """The version of ``name`` installed for this interpreter, as pip sees it now."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "show", name],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return next(
+        line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Version:")
+    )
 
 
 def installed(python: str) -> dict[str, str]:
@@ -206,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     to_compare = commands.add_parser("diff", help="what an environment changes against a lock")
     to_compare.add_argument("lock", type=Path)
     to_compare.add_argument("python", help="the environment's interpreter")
+    commands.add_parser("digest", help="the digest of the locks' inputs")
     args = parser.parse_args(argv)
+    if args.command == "digest":
+        print(inputs_digest())
+        return 0
     if args.command == "install":
         if args.torchvision and not args.torch:
             parser.error("--torchvision needs --torch")

@@ -68,12 +68,36 @@ def test_each_lock_holds_what_its_inputs_ask_within_their_bounds(lock, extras):
     assert_locked_within(REQUIREMENTS / lock, wanted)
 
 
-def test_the_web_lock_takes_the_worker_images_versions():
+@pytest.mark.parametrize("lock", ["test.txt", "web.txt"])
+def test_the_tests_and_the_web_image_take_the_worker_images_versions(lock):
     run = {(p.name, p.version) for p in locks.read_lock(REQUIREMENTS / "run.txt")}
     run_names = {name for name, _ in run}
-    for package in locks.read_lock(REQUIREMENTS / "web.txt"):
+    for package in locks.read_lock(REQUIREMENTS / lock):
         if package.name in run_names:
             assert (package.name, package.version) in run, package.name
+
+
+@pytest.mark.parametrize("lock", ["run.txt", "test.txt", "web.txt", "label-studio.txt"])
+def test_each_lock_was_written_from_the_inputs_as_they_are(lock):
+    """pyproject.toml's requirements or an .in file changed (a requirement removed, an extra
+    added, a bound moved) without `scripts/lock.sh`: the locks install what nobody asked for."""
+    written = locks.written_digest(REQUIREMENTS / lock)
+    assert written == locks.inputs_digest(), f"{lock} is older than its inputs: scripts/lock.sh"
+
+
+def test_the_inputs_digest_sees_a_removed_requirement_and_an_added_extra(tmp_path):
+    (tmp_path / "requirements").mkdir()
+    for name in ("pyproject.toml", "requirements/pins.in", "requirements/web.in"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    before = locks.inputs_digest(tmp_path)
+    pyproject = (tmp_path / "pyproject.toml").read_text()
+    (tmp_path / "pyproject.toml").write_text(pyproject.replace('    "matplotlib>=3.8",\n', ""))
+    removed = locks.inputs_digest(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        pyproject.replace('"requests>=2.31"', '"requests[socks]>=2.31"')
+    )
+    extra = locks.inputs_digest(tmp_path)
+    assert len({before, removed, extra}) == 3
 
 
 def test_the_label_studio_lock_keeps_the_bounds_that_let_it_start():
@@ -181,12 +205,16 @@ def test_install_with_another_torch_keeps_the_rest_at_its_versions_without_hashe
     path = tmp_path / "lock.txt"
     path.write_text(LOCK)
     calls = record_pip(monkeypatch)
+    installed = {"torch": "2.14.1+cpu", "torchvision": "0.29.1+cpu"}
+    monkeypatch.setattr(locks, "installed_version", installed.get)
     locks.install(path, "torch==2.14.1+cpu", None)
-    (torch, _, _), (_, rest, _), (sam2_args, sam2, cuda) = calls
+    (torch, _, _), (_, (held, rest), _), (sam2_args, (held_again, sam2), cuda) = calls
     assert torch == ("torch==2.14.1+cpu", "torchvision")
-    assert rest[0].split() == ["camsam-dep==1.0", "shared==2.0"]
+    # the torch chosen is held while the rest installs, and the torch stack is left to it
+    assert held.split() == held_again.split() == ["torch==2.14.1+cpu", "torchvision==0.29.1+cpu"]
+    assert rest.split() == ["camsam-dep==1.0", "shared==2.0"]
     assert "--require-hashes" not in sam2_args and "--no-build-isolation" in sam2_args
-    assert sam2[0].strip() == "sam2==1.1.0" and cuda == "0"
+    assert sam2.strip() == "sam2==1.1.0" and cuda == "0"
 
 
 def test_differences_name_what_moved_came_and_went():

@@ -1102,3 +1102,28 @@ def test_zz_the_service_is_still_up_after_every_probe(client, huge):
     assert app.test_client().get("/health").json["status"] == "UP"
     grown = resident_mb() - warm
     assert grown < 300, f"{grown:.0f} MB more resident than with the models warm"
+
+
+def test_a_user_without_a_password_lets_nobody_in_and_health_says_so(tmp_path):
+    app = create_app({"MODEL_DIR": tmp_path, "BASIC_AUTH_USER": "ls"})
+    client = app.test_client()
+    for given in (b"ls:", b"ls", b":"):
+        headers = {"Authorization": "Basic " + base64.b64encode(given).decode()}
+        for route in ("/predict", "/setup"):
+            assert_json_error(client.post(route, json={}, headers=headers), 401)
+        assert_json_error(client.get("/metrics", headers=headers), 401)
+    warnings = client.get("/health").json["warnings"]
+    assert any("BASIC_AUTH_USER without BASIC_AUTH_PASS" in w for w in warnings)
+
+
+@pytest.mark.parametrize("field", ["label_config", "schema", "project"])
+@pytest.mark.parametrize("route", ["/setup", "/predict"])
+def test_a_lone_surrogate_in_the_body_is_a_400(client, route, field):
+    """JSON's \\ud800 escape decodes to a string UTF-8 cannot hold: not text, the client's fault."""
+    body = json.dumps({**predict_body([], project="2.1"), "label_config": SYNTHETIC_CONFIG})
+    body = body[:-1] + f', "{field}": "a\\ud800b"' + "}"
+    answer = client.post(route, data=body.encode(), content_type="application/json")
+    assert "lone UTF-16 surrogate" in assert_json_error(answer, 400)["error"]
+    key = '{"\\udfff": 1, ' + body[1:]
+    answer = client.post(route, data=key.encode(), content_type="application/json")
+    assert_json_error(answer, 400)
