@@ -1,7 +1,7 @@
 """A request's JSON body, read within bounds: its size (``MAX_REQUEST_BYTES``, with or without a
 Content-Length), a body that can be read at all (a malformed chunked encoding is the client's
-fault), its nesting depth, no ``NaN`` or ``Infinity``, and text that is text (no lone UTF-16
-surrogate, which JSON's escapes can carry and UTF-8 cannot)."""
+fault), its nesting depth, no ``NaN`` or ``Infinity``, and text that is text outside the tasks
+(no lone UTF-16 surrogate, which JSON's escapes can carry and UTF-8 cannot)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def json_object(request, limit: int | None) -> dict:
         raise BadRequest("expected a JSON object body")
     if deeper_than(body, MAX_JSON_DEPTH):
         raise BadRequest(_too_deep())
-    if not all_text(body):
+    # Tasks are judged one by one downstream: a bad one gets an empty result, not the batch's 400.
+    if not all_text({key: value for key, value in body.items() if key != "tasks"}):
         raise BadRequest(
             "the JSON body holds a lone UTF-16 surrogate (an escape such as \\ud800 without its "
             "pair): not text"

@@ -11,10 +11,11 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-$repo/.venv-label-studio}
 lock=$repo/requirements/label-studio.txt
 stamp=$venv/.camsam-label-studio
-want=$(sha256sum "$lock" "$repo/scripts/locks.py" | sha256sum | cut -c1-16)
+python=${PYTHON:-python3}
+want=$({ sha256sum "$lock" "$repo/scripts/locks.py"; "$python" --version; } | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "camsam: installing Label Studio from $lock into $venv" >&2
-  "${PYTHON:-python3}" -m venv --clear "$venv"
+  "$python" -m venv --clear "$venv"
   "$venv/bin/python" "$repo/scripts/locks.py" install "$lock" >&2
   echo "$want" > "$stamp"
 fi
