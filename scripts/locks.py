@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -172,16 +173,8 @@ def install(lock: Path, torch: str | None, torchvision: str | None) -> None:
 
 
 def installed_version(name: str) -> str:
-    """The version of ``name`` installed for this interpreter, as pip sees it now."""
-    shown = subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", "show", name],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return next(
-        line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Version:")
-    )
+    """The version of ``name`` installed for this interpreter."""
+    return importlib.metadata.version(name)
 
 
 def installed(python: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop_process
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed"
@@ -51,12 +50,7 @@ def start_web(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
 
 def stop_web(server: subprocess.Popen) -> None:
     """gunicorn's master stops its workers on SIGTERM; their group is killed if it does not."""
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
+    stop_process(server, 30)
 
 
 def send_batch(url: str) -> None:

@@ -360,7 +360,7 @@ class _Project:
         segmenter = self.pipeline().segmenter
         stats = segmenter.cache_stats()
         figures = {"embedding_cache": dict(stats)} if stats is not None else {}
-        precision = getattr(segmenter, "precision", None)
+        precision = segmenter.precision
         return {**figures, "sam2_precision": precision} if precision else figures
 
 

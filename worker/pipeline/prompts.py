@@ -125,15 +125,15 @@ def object_regions(
     """The connected CAM regions (at ``threshold`` of the CAM's peak): the one holding the
     peak first, then up to ``count - 1`` others whose own peak reaches ``peak_threshold``,
     strongest first."""
-    main = main_region(cam, threshold)
     above = (cam >= threshold * float(cam.max())).astype(np.uint8)
     found, components = cv2.connectedComponents(above)
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    main = int(components[y, x])
     peaks = np.zeros(found, np.float32)
     np.maximum.at(peaks, components.ravel(), cam.ravel())
-    main_label = int(components[main][0])
-    others = [k for k in range(1, found) if k != main_label and peaks[k] >= peak_threshold]
+    others = [k for k in range(1, found) if k != main and peaks[k] >= peak_threshold]
     others.sort(key=lambda k: -peaks[k])
-    return [main, *(components == k for k in others[: count - 1])]
+    return [components == k for k in [main, *others[: count - 1]]]
 
 
 def find_peaks(cam: np.ndarray, count: int, threshold: float) -> np.ndarray:
@@ -193,14 +193,6 @@ def find_negatives(cam: np.ndarray, box: np.ndarray, count: int) -> np.ndarray:
     return np.array(chosen, dtype=np.float32)
 
 
-def main_region(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """The connected CAM region (at ``threshold`` of its peak) that holds the peak."""
-    region = (cam >= threshold * float(cam.max())).astype(np.uint8)
-    _, components = cv2.connectedComponents(region)
-    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    return components == components[y, x]
-
-
 def box_of(region: np.ndarray) -> np.ndarray:
     """The XYXY box of a region's pixels."""
     ys, xs = np.nonzero(region)
@@ -209,7 +201,8 @@ def box_of(region: np.ndarray) -> np.ndarray:
 
 def main_region_box(cam: np.ndarray, threshold: float) -> np.ndarray:
     """XYXY box of the connected CAM region (at ``threshold`` of its peak) holding the peak."""
-    return box_of(main_region(cam, threshold))
+    (main,) = object_regions(cam, threshold, peak_threshold=1.0, count=1)
+    return box_of(main)
 
 
 def seed_cam(cam: np.ndarray, prompts: Prompts) -> np.ndarray:

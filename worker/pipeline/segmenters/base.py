@@ -83,6 +83,11 @@ class Segmenter(ABC):
         """Hits and misses of the segmenter's image cache (None: it keeps none)."""
         return None
 
+    @property
+    def precision(self) -> str | None:
+        """The precision its model runs in on its device (None: no model of its own)."""
+        return None
+
 
 def build_segmenter(name: str, options: SegmenterOptions, classifier) -> Segmenter:
     """The segmenter registered as ``name``, built for ``classifier``.

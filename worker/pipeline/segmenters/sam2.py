@@ -51,17 +51,12 @@ class Sam2Segmenter(Segmenter):
     def from_options(cls, options: SegmenterOptions, classifier) -> Sam2Segmenter:
         """The process's SAM2 for these weights, built on first use: every project and version
         shares it, its lock and its embedding cache; only the mask choice is this caller's."""
-        import torch
-
-        device = torch.device(options.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
         checkpoint = options.sam2_checkpoint
         key = (
             options.sam2_config,
             str(Path(checkpoint).resolve()) if checkpoint else "",
             options.sam2_hub_id,
-            str(device),
+            str(exact_device(options.device)),
         )
         with _shared_lock:
             if key not in _shared:
@@ -194,11 +189,10 @@ class Sam2Segmenter(Segmenter):
         areas = [max(int(answer["mask"].sum()), 1) for answer in answers]
         ious = [answer["predicted_iou"] for answer in answers]
         predicted = float(np.average(ious, weights=areas))
-        region = cam.cam >= 0.5 * float(cam.cam.max())
         details = {
             "mask_index": answers[0]["index"],
             "predicted_iou": predicted,
-            "cam_agreement": iou(mask, region),
+            "cam_agreement": iou(mask, cam_region(cam.cam)),
             "mask_choice": answers[0]["choice"],
             "precision": self.precision,
         }
@@ -254,13 +248,20 @@ def sam2_precision(device) -> str:
     L4, H100, RTX 30xx and later); ``float32`` elsewhere, where T4/V100-class GPUs would
     emulate bfloat16 slowly and a CPU gains nothing. (sam2's notebooks autocast to bfloat16 on
     any GPU; its image path needs no autocast, casting to float32 where it matters.)"""
+    device = exact_device(device)
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if _native_bfloat16(device.index) else "float32"
+
+
+def exact_device(device):
+    """``device`` as a ``torch.device``, a GPU with its index (``cuda`` is the current one)."""
     import torch
 
     device = torch.device(device)
-    if device.type != "cuda":
-        return "float32"
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return "bfloat16" if _native_bfloat16(index) else "float32"
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def sam2_context(device) -> contextlib.ExitStack:
@@ -287,11 +288,16 @@ def _image_key(image: np.ndarray) -> str:
     return f"{digest}{image.shape}{image.dtype.str}"
 
 
+def cam_region(cam: np.ndarray) -> np.ndarray:
+    """Where the CAM is at half its peak or more: what a mask is held against."""
+    return cam >= 0.5 * float(cam.max())
+
+
 def choose_mask(
     masks: np.ndarray, predicted_iou: np.ndarray, cam: np.ndarray, choice: str
 ) -> tuple[int, float]:
     """Pick one of SAM's candidate masks: by agreement with the CAM, SAM's own IoU, or index."""
-    region = cam >= 0.5 * float(cam.max())
+    region = cam_region(cam)
     agreements = [iou(mask, region) for mask in masks]
     if choice == "cam":
         index = max(range(len(masks)), key=lambda i: (agreements[i], float(predicted_iou[i])))
