@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker.bench.service import _env
+from worker.bench.service import _env, stop
 from worker.contract.connections import redis_connection
 from worker.contract.errors import CamsamError
 from worker.contract.fanout import Progress, enqueue_chunks
@@ -138,10 +138,7 @@ class _workers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=120)
+        stop(self.processes, 120)
 
 
 def _wait(check, what: str) -> None:

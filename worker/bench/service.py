@@ -71,10 +71,23 @@ def service_figures(models: Path, image: np.ndarray, work: Path) -> dict:
         figures["web_rss_mb"] = round(max(_rss_mb(pid) for pid in serving), 1)
         figures["web_loads_torch"] = any(_maps_torch(pid) for pid in serving)
     finally:
-        for process in processes[::-1]:
-            process.terminate()
-            process.wait(timeout=20)
+        for process in processes[::-1]:  # the web side first, Redis last
+            stop([process], 20)
     return figures
+
+
+def stop(processes: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM to each, then SIGKILL to any still running ``grace`` seconds later (a worker
+    finishing a model pass on a busy machine): a bench leaves nothing running behind it."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _timed(fn: Callable[[], object]) -> float:
