@@ -18,7 +18,7 @@ from worker.contract.errors import CamsamError
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ml_backend",
-        description="the camsam ML backend (the web side) under gunicorn",
+        description="the camsam ML backend (the web side) under waitress",
     )
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=9090)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ml_backend.errors import BadRequest, TooLarge
@@ -62,9 +61,10 @@ def read_body(request, limit: int | None) -> bytes:
             chunks.append(chunk)
     except RequestEntityTooLarge:  # Werkzeug's own check of MAX_CONTENT_LENGTH
         raise TooLarge(_too_large(limit)) from None
-    except (ParseException, OSError, ValueError) as error:
-        # gunicorn's chunked reader (a bad chunk size, a missing CRLF, a trailer that is no
-        # header, a body cut short), or Werkzeug's: the client's fault, not a 500.
+    except (OSError, ValueError) as error:
+        # A body the server could not hand over whole (waitress refuses a malformed chunked
+        # encoding itself, with a 400, before the app runs), or Werkzeug's reader: the
+        # client's fault, not a 500.
         raise BadRequest(f"the request body cannot be read: {_unreadable(error)}") from None
     return b"".join(chunks)
 

@@ -1,7 +1,7 @@
 """The web side's Prometheus metrics, through prometheus_client.
 
 Requests, their latency and tasks are counted in the process that answered. ``camsam serve``
-runs several gunicorn workers, so it sets ``PROMETHEUS_MULTIPROC_DIR`` (:mod:`ml_backend.server`)
+runs several web workers, so it sets ``PROMETHEUS_MULTIPROC_DIR`` (:mod:`ml_backend.server`)
 before prometheus_client is first imported: each worker then writes its counts to files there,
 and ``/metrics`` adds up every worker's, whichever worker answers the scrape. Without the variable
 (tests, one process) the counts stay in the app's own registry.
@@ -23,7 +23,7 @@ from worker.contract.errors import CamsamError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# From a click answered from the embedding cache to a batch that runs until gunicorn's timeout.
+# From a click answered from the embedding cache to a batch that runs for minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 GAUGE_HELP = {
     "camsam_queue_depth": "Jobs waiting on the Redis queues.",

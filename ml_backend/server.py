@@ -1,5 +1,6 @@
-"""``camsam serve`` and ``python -m ml_backend``: the Flask app under gunicorn, with threads so
-/health answers meanwhile, and /metrics adding up every gunicorn worker's counts."""
+"""``camsam serve`` and ``python -m ml_backend``: the Flask app under waitress (ml_backend.wsgi),
+with threads so /health answers during a long /predict, and /metrics adding up every web
+worker's counts."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import shutil
 import sys
 import tempfile
 
-from gunicorn.app.base import BaseApplication
-
+from ml_backend import wsgi
 from worker.contract.leases import reconcile_every
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -26,7 +26,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     master = os.getpid()
     try:
         run(host, port, workers, threads, metrics_dir)
-    finally:  # gunicorn exits with SystemExit, in the master and in each worker it forked
+    finally:  # the forked workers leave with os._exit and never come here
         if private and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -58,50 +58,38 @@ def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> N
     backend = app.extensions["camsam"]
     if workers != 1 and backend.runner.mode == "embedded":
         print(
-            "camsam serve: without REDIS_URL jobs run in the serving process, so one gunicorn "
+            "camsam serve: without REDIS_URL jobs run in the serving process, so one web "
             "worker serves them all (threads keep /health answering during a long /predict)",
             file=sys.stderr,
         )
         workers = 1
-
-    class Server(BaseApplication):
-        def load_config(self):
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", workers)
-            self.cfg.set("threads", threads)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("timeout", 300)
-            if "control_socket_disable" in self.cfg.settings:
-                # gunicorn 24+ opens a control socket at one path per user
-                # (~/.gunicorn/gunicorn.ctl): several instances would share, and remove, it.
-                self.cfg.set("control_socket_disable", True)
-            self.cfg.set(
-                "child_exit",
-                lambda _server, worker: multiprocess.mark_process_dead(worker.pid, metrics_dir),
-            )
-            if backend.runner.mode == "embedded":  # no trainer worker: reconcile in here
-                self.cfg.set(
-                    "post_worker_init",
-                    lambda _: reconcile_every(
-                        backend.settings.reconcile_seconds,
-                        backend.training_store,
-                        backend.submit,
-                    ),
-                )
-
-        def load(self):
-            return app
-
+    limit = backend.settings.max_request_bytes
+    listener = wsgi.listen(host, port)
     print(
         f"camsam ML backend on http://{host}:{port} ({backend.runner.mode} mode, "
         f"models in {backend.settings.model_dir})",
-        flush=True,  # before gunicorn forks, or each worker prints it again when it exits
+        flush=True,  # before the workers fork, or each prints it again when it exits
     )
-    Server().run()
+
+    def serve_one() -> None:
+        wsgi.serve(app, listener, threads, limit if limit > 0 else None)
+
+    if workers == 1:
+        if backend.runner.mode == "embedded":  # no trainer worker: reconcile in here
+            reconcile_every(
+                backend.settings.reconcile_seconds, backend.training_store, backend.submit
+            )
+        serve_one()
+        return
+    status = wsgi.prefork(
+        workers, serve_one, lambda pid: multiprocess.mark_process_dead(pid, metrics_dir)
+    )
+    if status:
+        raise SystemExit(status)
 
 
 def metrics_directory() -> tuple[str, bool]:
-    """Where the gunicorn workers write their metrics, set in ``PROMETHEUS_MULTIPROC_DIR`` for
+    """Where the web workers write their metrics, set in ``PROMETHEUS_MULTIPROC_DIR`` for
     them (they inherit it), and whether it is this instance's own temporary directory (removed
     on exit). A directory the user named is emptied of an earlier run's metric files, which
     /metrics would otherwise add to this run's counts."""

@@ -12,14 +12,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="camsam-hf-")
 
 import base64
+import itertools
 import json
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -112,18 +115,71 @@ def stop_process(process: subprocess.Popen, grace: float = 20.0) -> None:
     process.wait()
 
 
+def wait_while_progressing(done, progress, what: str, stall: float = 300.0):
+    """Wait until ``done()`` is true for as long as ``progress()`` keeps changing: on a busy
+    machine a test waits while the work goes on, and fails once nothing has moved for ``stall``
+    seconds (a hang, not a slow machine)."""
+    last, moved = progress(), time.monotonic()
+    while not done():
+        now = progress()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise AssertionError(f"{what}: nothing moved for {stall:.0f} s (last: {last})")
+        time.sleep(0.2)
+
+
+def start_serve(env: dict, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``camsam serve`` on a free loopback port in a session of its own (``env`` added to this
+    process's environment; no ``REDIS_URL`` unless ``env`` gives one), its output in ``log``;
+    its address once /health answers."""
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, **env}
+    command = [sys.executable, "-m", "worker.cli", "serve", "--host", "127.0.0.1"]
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [*command, "--port", str(port), *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(server, url, log)
+    return server, url
+
+
+def wait_until_up(server: subprocess.Popen, url: str, log: Path | None = None) -> None:
+    """Until ``url``/health answers; fails at once (with the log's end) if ``server`` exits."""
+    import requests
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(log.read_text()[-2000:] if log else f"exit {server.returncode}")
+        try:
+            if requests.get(url + "/health", timeout=5).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.2)
+    stop_process(server, 10)
+    raise AssertionError(f"nothing answered on {url}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_redis(port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """A redis-server on ``port`` (loopback, no persistence), up when this returns."""
+def start_redis(port: int, workdir: Path, databases: int = 16) -> tuple[subprocess.Popen, str]:
+    """A redis-server on ``port`` (loopback, no persistence), up when this returns; the address
+    of its database 0."""
     from redis import Redis
 
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(workdir)]
+    command += ["--appendonly", "no", "--dir", str(workdir), "--databases", str(databases)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
@@ -135,14 +191,44 @@ def start_redis(port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
     return server, url
 
 
+# One database per test (and per module fixture): far more than a run uses.
+DATABASES = 4096
+_databases = itertools.count(1)
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A redis-server of the tests' own on a free loopback port."""
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """A redis-server of the tests' own on a free loopback port; its address, no database."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server, url = start_redis(free_port(), tmp_path_factory.mktemp("redis"))
-    yield url
+    server, url = start_redis(free_port(), tmp_path_factory.mktemp("redis"), DATABASES)
+    yield url.rsplit("/", 1)[0]
     stop_process(server, 10)
+
+
+def own_database(server: str) -> Iterator[str]:
+    """A database no other test uses, empty when handed over and emptied afterwards. A process
+    another test left behind listens on its own database and cannot take this one's jobs."""
+    from redis import Redis
+
+    database = next(_databases)
+    assert database < DATABASES, "more Redis databases asked for than the server has"
+    url = f"{server}/{database}"
+    Redis.from_url(url).flushdb()
+    yield url
+    Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> Iterator[str]:
+    """This test's own Redis database (see own_database)."""
+    yield from own_database(redis_server)
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_server) -> Iterator[str]:
+    """A module's own Redis database, for module fixtures (a stack its tests share)."""
+    yield from own_database(redis_server)
 
 
 class _LabelStudioHandler(SimpleHTTPRequestHandler):

@@ -1,7 +1,7 @@
 """End to end: a real Label Studio (from PyPI, in its own venv) talking to a real camsam.
 
 Everything runs on loopback and is started here: Label Studio with a fresh data dir and an admin,
-a redis-server, ``camsam serve`` under gunicorn and two ``camsam worker`` processes (predictions,
+a redis-server, ``camsam serve`` (waitress) and two ``camsam worker`` processes (predictions,
 training), configured only through environment variables. Each step goes through Label Studio's
 API as a person would click it. The Label Studio venv is kept in ``.venv-label-studio/`` between
 local runs.
@@ -112,7 +112,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, redis_url):
+def stack(tmp_path_factory, module_redis_url):
     if not TILES.is_dir():
         pytest.skip(f"{TILES} (the magnetic-tile images) is not here")
     label_studio = label_studio_command()
@@ -136,7 +136,7 @@ def stack(tmp_path_factory, redis_url):
     }
     backend_env = {
         **os.environ,
-        "REDIS_URL": redis_url,
+        "REDIS_URL": module_redis_url,
         "MODEL_DIR": str(root / "models"),
         "LABEL_STUDIO_URL": ls_url,
         "LABEL_STUDIO_API_KEY": TOKEN,

@@ -1,9 +1,10 @@
 """Hostile input: the probes a tester ran against ``camsam serve``, each one able to fail.
 
 One section per issue item (3, 6, 7, 8, 9, 10, 11), then the items fixed elsewhere (1, 2, 4:
-image downloads; 5: version names; 12, the gunicorn control socket, is in test_metrics.py), then
-each class of input that already held. The last test checks the shared app still answers UP and
-this process's memory is back near where it was once the models were warm.
+image downloads; 5: version names; 12, a control socket every instance shared, is checked in
+test_metrics.py), then each class of input that already held. The last test checks the shared
+app still answers UP and this process's memory is back near where it was once the models were
+warm.
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def test_a_body_over_max_request_bytes_is_refused_before_it_is_read(client, rout
 
 def test_a_chunked_body_is_cut_off_at_max_request_bytes(tmp_path):
     client = create_app({"MODEL_DIR": tmp_path, "MAX_REQUEST_BYTES": 2000}).test_client()
-    chunked = {"wsgi.input_terminated": True}  # what gunicorn sets for a chunked body
+    chunked = {"wsgi.input_terminated": True}  # what waitress sets: the body is read whole
 
     def post(data: bytes):
         return client.post(

@@ -9,13 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from ml_backend.protocol import predict_payload
-from tests.conftest import REPO, stop_process
+from tests.conftest import REPO, stop_process, wait_while_progressing
 from tests.service.test_app import predict_body
 from worker.contract.queues import BULK_QUEUE, PREDICT_JOB, own_queue
 from worker.contract.settings import Settings
@@ -39,6 +40,7 @@ def start_host(redis_url: str, name: str, model_dir: Path, log: Path) -> subproc
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -171,6 +173,7 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
             env=env,
             stdout=subprocess.PIPE,
             stderr=log,
+            start_new_session=True,
         )
     started = StartedJobRegistry(BULK_QUEUE, connection=connection)
 
@@ -188,7 +191,18 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
         wait_for(victim_mid_chunk, "host-b half way through a chunk")
         hosts["host-b"].send_signal(signal.SIGKILL)
         hosts["host-b"].wait(timeout=30)
-        out, _ = command.communicate(timeout=WAIT)
+        out = bytearray()
+        reader = threading.Thread(target=lambda: out.extend(command.stdout.read()), daemon=True)
+        reader.start()
+        finished = FinishedJobRegistry(BULK_QUEUE, connection=connection)
+
+        def progress() -> tuple:
+            log = tmp_path / "command.log"
+            jobs = (len(started), len(finished), len(label_studio.predictions))
+            return (*jobs, log.stat().st_size if log.exists() else 0)
+
+        wait_while_progressing(lambda: command.poll() is not None, progress, "preannotate")
+        reader.join(60)
     finally:
         for process in [*hosts.values(), command]:
             if process.poll() is None:
@@ -199,7 +213,7 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
     assert sorted(per_task) == list(range(1, count + 1))  # nothing lost
     assert set(per_task.values()) == {1}  # nothing written twice
     assert all(p["model_version"] == "v0001" for p in label_studio.predictions)
-    summary = out.decode().strip().splitlines()[-1]
+    summary = bytes(out).decode().strip().splitlines()[-1]
     written, skipped = int(summary.split()[0]), int(summary.split(", ")[1].split()[0])
     assert written + skipped == count and summary.endswith("0 tasks failed"), summary
     assert skipped > 0  # the chunk run again left out what host-b had written of it

@@ -1,5 +1,5 @@
 """Load on loopback, bounded in count: concurrent batch and interactive /predict calls through
-``camsam serve`` (gunicorn) to one and to two ``camsam worker`` processes; nothing lost, no
+``camsam serve`` (waitress) to one and to two ``camsam worker`` processes; nothing lost, no
 error; and a worker's memory stays flat over hundreds of predictions.
 
 Figures are printed (``pytest tests/service/test_load.py -s``); the assertions are about
@@ -31,18 +31,20 @@ CLICK = {
 
 
 @pytest.fixture(scope="module")
-def backend(redis_url, trained_model_dir, synthetic_dir):
+def backend(module_redis_url, trained_model_dir, synthetic_dir):
     port = free_port()
     env = {
         **os.environ,
-        "REDIS_URL": redis_url,
+        "REDIS_URL": module_redis_url,
         "MODEL_DIR": str(trained_model_dir),
         "LOCAL_FILES_DOCUMENT_ROOT": str(synthetic_dir),
         "PREDICT_TIMEOUT": "80",
     }
     command = [sys.executable, "-m", "worker.cli", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", "2", "--threads", "8"]
-    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -96,7 +98,10 @@ def run_load(url: str, tasks: list[dict], requests_total: int, concurrency: int)
     }
 
 
-def test_concurrent_predictions_against_one_and_two_workers(redis_url, backend, synthetic_dir):
+def test_concurrent_predictions_against_one_and_two_workers(
+    module_redis_url, backend, synthetic_dir
+):
+    redis_url = module_redis_url
     tasks = images(synthetic_dir)
     workers = [start_worker(redis_url, "load-1")]
     try:
@@ -114,7 +119,10 @@ def test_concurrent_predictions_against_one_and_two_workers(redis_url, backend, 
         assert figures["errors"] == 0 and figures["lost"] == 0
 
 
-def test_worker_memory_stays_flat_over_hundreds_of_predictions(redis_url, backend, synthetic_dir):
+def test_worker_memory_stays_flat_over_hundreds_of_predictions(
+    module_redis_url, backend, synthetic_dir
+):
+    redis_url = module_redis_url
     tasks = images(synthetic_dir)
     worker = start_worker(redis_url, "memory")
     try:

@@ -1,4 +1,4 @@
-"""/metrics under gunicorn with two web workers: every scrape adds up both workers' counts
+"""/metrics under ``camsam serve --workers 2``: every scrape adds up both workers' counts
 (prometheus_client's multiprocess mode), whichever worker answers it."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ BATCH = 10  # of each route
 
 
 def start_web(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    """Two gunicorn workers in Redis mode (the embedded mode forces one), up when this returns.
+    """Two web workers in Redis mode (the embedded mode forces one), up when this returns.
 
     The readiness probe asks an unknown path, so it counts under ``unmatched``, not ``ROUTES``.
     """
@@ -49,7 +49,7 @@ def start_web(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
 
 
 def stop_web(server: subprocess.Popen) -> None:
-    """gunicorn's master stops its workers on SIGTERM; their group is killed if it does not."""
+    """The parent stops its forked workers on SIGTERM; their group is killed if it does not."""
     stop_process(server, 30)
 
 
@@ -109,7 +109,7 @@ def send_until_both_workers_counted(url: str, metrics_dir: Path) -> int:
     bug). Returns how many requests of each route were sent."""
     sent = 0
     while counting_processes(metrics_dir) < 2:
-        assert sent < 50 * BATCH, f"one gunicorn worker answered all {sent} requests"
+        assert sent < 50 * BATCH, f"one web worker answered all {sent} requests"
         send_batch(url)
         sent += BATCH
     return sent
@@ -136,8 +136,8 @@ def test_camsam_serve_adds_up_two_workers_in_a_private_directory(web_env, tmp_pa
         (metrics_dir,) = temp.glob("camsam-metrics-*")
         sent = send_until_both_workers_counted(url, metrics_dir)
         check_counts(url, sent)
-        # No control socket at a path shared by every instance of the user (~/.gunicorn).
-        assert not (home / ".gunicorn").exists()
+        # Nothing written at a path every instance of the user would share.
+        assert list(home.iterdir()) == []
     finally:
         stop_web(server)
     assert list(temp.iterdir()) == []

@@ -27,6 +27,7 @@ def start_worker(redis_url: str, name: str, role: str = "predict") -> subprocess
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

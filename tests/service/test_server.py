@@ -13,7 +13,7 @@ def test_the_served_backend_says_camsams_own_lines_and_leaves_the_libraries_out(
     try:
         log_to_stderr()
         assert [lg.handlers for lg in loggers] == [h for h, _, _ in before]
-        root.handlers[:] = []  # as under gunicorn: nothing configured
+        root.handlers[:] = []  # as under waitress: nothing configured
         log_to_stderr()
         logging.getLogger("worker.training.job").warning("project 4: training failed: no key")
         logging.getLogger("httpx").info("HTTP Request: GET /api/projects/4/")

@@ -12,7 +12,7 @@ from worker.contract.errors import CamsamError
 
 
 def add_service_commands(commands) -> None:
-    serve = commands.add_parser("serve", help="run the Label Studio ML backend under gunicorn")
+    serve = commands.add_parser("serve", help="run the Label Studio ML backend (waitress)")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=9090)
     serve.add_argument("--workers", type=int, default=1)
