@@ -102,10 +102,12 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
         str(report_path),
         "--report",
         str(tmp_path / "report"),
+        "--clicks",
+        "2",
     ]
     assert main(evaluate) == 0
     printed = capsys.readouterr().out
-    assert "accept rate" in printed and "mIoU" in printed
+    assert "accept rate" in printed and "mIoU" in printed and "NoC85" in printed
     report = json.loads(report_path.read_text())
     assert report["images"] == len(parts["test"])
     for key in (
@@ -122,6 +124,11 @@ def test_split_train_predict_eval(synthetic_dir, tmp_path, capsys):
         assert key in report
     assert set(report["per_class"]) == {"Scratch", "Spot"}
     assert report["model_version"] == "v0001" and report["segmenter"] == "cam"
+    clicks = report["clicks"]
+    assert clicks["segmenter"] == "cam" and clicks["objects"] > 0
+    assert set(clicks["per_class"]) <= {"Scratch", "Spot"} and len(clicks["miou_after"]) == 2
+    assert 1 <= clicks["noc_50"] <= 2 and 0 <= clicks["accepted_at_one_click"] <= 1
+    assert main([*evaluate[:-2], "--clicks", "-1"]) == 2
     picture = Image.open(tmp_path / "report" / "report.png")
     assert picture.width >= 800 and picture.height > 200
 

@@ -137,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="write the full report as JSON")
     evaluate.add_argument("--report", help="folder for report.png: IoU bars, best/worst images")
     evaluate.add_argument(
+        "--clicks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also replay up to N clicks per object, as interactive segmentation is measured "
+        "(mean IoU after each click, NoC@0.5/0.85, accepted at one click)",
+    )
+    evaluate.add_argument(
         "--minutes-per-mask",
         type=float,
         default=1.0,
@@ -395,10 +403,17 @@ def run_rank(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from worker.evaluation.evaluate import evaluate
 
+    if args.clicks < 0:
+        raise CamsamError(f"--clicks must be 0 (none) or more, not {args.clicks}")
     dataset = read_dataset(args, "test")
     pipeline = build_pipeline(args)
     report = evaluate(pipeline, dataset, args.minutes_per_mask, args.minutes_per_review)
     print(format_report(report))
+    if args.clicks:
+        from worker.evaluation.clicks import evaluate_clicks, format_clicks
+
+        report["clicks"] = evaluate_clicks(pipeline, dataset, args.clicks)
+        print(format_clicks(report["clicks"]))
     if args.report:
         from worker.evaluation.report import write_report
 
