@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 from ml_backend import wsgi
+from worker.contract.errors import CamsamError
 from worker.contract.leases import reconcile_every
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -22,6 +23,8 @@ METRIC_FILES = ("counter_*.db", "histogram_*.db", "gauge_*.db", "summary_*.db")
 
 
 def serve(host: str, port: int, workers: int, threads: int) -> None:
+    if workers < 1 or threads < 1:
+        raise CamsamError(f"--workers and --threads must be 1 or more, not {workers} and {threads}")
     metrics_dir, private = metrics_directory()
     master = os.getpid()
     try:
@@ -82,7 +85,10 @@ def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> N
         serve_one()
         return
     status = wsgi.prefork(
-        workers, serve_one, lambda pid: multiprocess.mark_process_dead(pid, metrics_dir)
+        workers,
+        serve_one,
+        lambda pid: multiprocess.mark_process_dead(pid, metrics_dir),
+        listener,
     )
     if status:
         raise SystemExit(status)

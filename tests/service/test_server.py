@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import logging
 
-from ml_backend.server import log_to_stderr
+import pytest
+
+from ml_backend.server import log_to_stderr, serve
+from worker.contract.errors import CamsamError
 
 
 def test_the_served_backend_says_camsams_own_lines_and_leaves_the_libraries_out(capsys):
@@ -29,3 +32,9 @@ def test_the_served_backend_says_camsams_own_lines_and_leaves_the_libraries_out(
             lg.handlers[:] = handlers
             lg.setLevel(level)
             lg.propagate = propagate
+
+
+@pytest.mark.parametrize(("workers", "threads"), [(0, 4), (1, 0), (-1, 4)])
+def test_no_worker_or_no_thread_is_refused_before_anything_starts(workers, threads):
+    with pytest.raises(CamsamError, match="must be 1 or more"):
+        serve("127.0.0.1", 0, workers, threads)

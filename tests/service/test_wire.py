@@ -110,3 +110,17 @@ def test_a_body_over_max_request_bytes_is_refused_on_the_wire_before_it_is_all_s
             pass  # refused and closed part way
         assert connection.recv(65536).startswith(b"HTTP/1.1 413")
         assert sent < 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "head",
+    [b"get / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /health HTTP/1.1\r\nBadheader\r\n\r\n"],
+)
+def test_a_request_refused_before_its_path_is_read_is_a_400_and_no_traceback(served, head):
+    port, log = served
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head)
+        assert connection.recv(65536).split(b" ", 2)[1] == b"400"
+    assert "Traceback" not in log.read_text(errors="replace")
+    assert "uncaptured python exception" not in log.read_text(errors="replace")

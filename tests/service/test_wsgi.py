@@ -142,9 +142,10 @@ def test_under_waitress_health_answers_while_the_only_other_thread_is_held(tmp_p
         stop_process(server, 10)
 
 
-def test_a_stop_finishes_the_request_in_flight_and_takes_no_new_one(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_finishes_the_request_in_flight_and_takes_no_new_one(tmp_path, workers):
     port = free_port()
-    server = tiny(port, workers=1)
+    server = tiny(port, workers=workers)
     release = tmp_path / "release"
     answers: list[requests.Response] = []
     slow = threading.Thread(
@@ -159,7 +160,7 @@ def test_a_stop_finishes_the_request_in_flight_and_takes_no_new_one(tmp_path):
             time.sleep(0.05)
         server.send_signal(signal.SIGTERM)
         refused = False
-        while not refused:  # the listening socket closes at once
+        while not refused:  # every copy of the listening socket closes at once
             try:
                 socket.create_connection(("127.0.0.1", port), 5).close()
                 time.sleep(0.05)
@@ -172,6 +173,22 @@ def test_a_stop_finishes_the_request_in_flight_and_takes_no_new_one(tmp_path):
         assert server.wait(60) == 0
     finally:
         release.touch()
+        stop_process(server, 10)
+
+
+def test_a_request_still_arriving_when_the_stop_comes_is_answered(tmp_path):
+    port = free_port()
+    server = tiny(port, workers=1)
+    try:
+        with socket.create_connection(("127.0.0.1", port), 60) as connection:
+            connection.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{}")
+            time.sleep(0.5)  # the head and half the body are in
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            connection.sendall(b"  ")
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+        assert server.wait(60) == 0
+    finally:
         stop_process(server, 10)
 
 
@@ -196,14 +213,33 @@ def test_a_web_worker_that_dies_is_replaced_and_a_stop_leaves_none(tmp_path):
             assert requests.get(f"http://127.0.0.1:{port}/pid", timeout=60).text != str(killed)
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0
-        for pid in now:
-            assert not Path(f"/proc/{pid}").exists() or "Z" in status_of(pid)
+        assert not [pid for pid in now if running(pid)]
     finally:
         stop_process(server, 10)
 
 
-def status_of(pid: int) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("State:"):
-            return line
-    return ""
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_web_workers_stop_when_their_parent_is_killed(tmp_path):
+    """A parent killed outright (SIGKILL, the OOM killer) leaves no worker holding the port."""
+    port = free_port()
+    server = tiny(port, workers=2)
+    try:
+        while len(workers := children(server.pid)) < 2:
+            time.sleep(0.05)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(60)
+        # Each is sent SIGTERM and ends within its grace (a zombie has ended).
+        while [pid for pid in workers if running(pid)]:
+            time.sleep(0.1)
+        socket.create_server(("127.0.0.1", port)).close()  # the port is free again
+    finally:
+        stop_process(server, 10)

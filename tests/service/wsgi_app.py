@@ -32,7 +32,8 @@ def main(port: int, workers: int, threads: int) -> int:
     if workers == 1:
         wsgi.serve(app, listener, threads, None)
         return 0
-    return wsgi.prefork(workers, lambda: wsgi.serve(app, listener, threads, None), lambda _: None)
+    serve_one = lambda: wsgi.serve(app, listener, threads, None)  # noqa: E731
+    return wsgi.prefork(workers, serve_one, lambda _: None, listener)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,21 @@ def remove_specks(mask: np.ndarray, min_area: float) -> np.ndarray:
     keep = areas >= min_area * mask.size
     keep[int(np.argmax(areas))] = True
     return np.isin(labels, np.nonzero(keep)[0] + 1)
+
+
+def parts_at(mask: np.ndarray, keep: np.ndarray, drop: np.ndarray) -> np.ndarray | None:
+    """The connected parts of ``mask`` that a point of ``keep`` (N, 2 as x, y pixels) falls in,
+    less those a point of ``drop`` falls in; None when no part is left."""
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    height, width = mask.shape
+
+    def parts(points: np.ndarray) -> set[int]:
+        found = set()
+        for x, y in np.asarray(points, np.float32).reshape(-1, 2):
+            row, column = int(round(float(y))), int(round(float(x)))
+            if 0 <= row < height and 0 <= column < width:
+                found.add(int(labels[row, column]))
+        return found - {0}
+
+    kept = parts(keep) - parts(drop)
+    return np.isin(labels, sorted(kept)) if kept else None

@@ -8,7 +8,9 @@ import pytest
 from tests.conftest import SAM2_TINY_CONFIG
 from worker.contract.errors import SegmenterError
 from worker.pipeline.cam.base import CamMap
-from worker.pipeline.prompts import make_prompts
+from worker.pipeline.masks import parts_at
+from worker.pipeline.prompts import Prompts, make_prompts
+from worker.pipeline.refiners.base import RefineParams
 from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
 from worker.pipeline.segmenters.cam import CamSegmenter
 from worker.pipeline.segmenters.sam2 import (
@@ -353,3 +355,44 @@ def test_an_image_is_known_by_its_pixels_and_shape_wherever_it_lies_in_memory():
     changed[39, 59, 2] ^= 1
     assert _image_key(changed) != _image_key(image)
     assert _image_key(image.reshape(60, 40, 3)) != _image_key(image)  # same bytes, other shape
+
+
+def two_spots() -> CamMap:
+    """A CAM with two separate peaks, at (20, 30) and (60, 30) as x, y."""
+    ys, xs = np.mgrid[0:60, 0:80].astype(np.float32)
+    cam = np.maximum(
+        np.exp(-((xs - 20) ** 2 + (ys - 30) ** 2) / 50),
+        np.exp(-((xs - 60) ** 2 + (ys - 30) ** 2) / 50),
+    )
+    return CamMap("Spot", cam, 0.9)
+
+
+def test_parts_at_keeps_the_parts_a_point_falls_in_less_those_dropped():
+    mask = two_spots().cam >= 0.5
+    left = parts_at(mask, np.array([[20, 30]]), np.zeros((0, 2)))
+    assert left[30, 20] and not left[30, 60]
+    assert parts_at(mask, np.array([[20, 30], [60, 30]]), np.zeros((0, 2))).sum() == mask.sum()
+    assert parts_at(mask, np.array([[20, 30]]), np.array([[21, 30]])) is None
+    assert parts_at(mask, np.array([[40, 5], [500, 500]]), np.zeros((0, 2))) is None
+
+
+def test_a_click_keeps_the_part_of_the_class_mask_it_falls_in_else_the_guided_cam():
+    image = np.full((60, 80, 3), 128, np.uint8)
+    cam = two_spots()
+    own = CamSegmenter(per_class={"Spot": RefineParams("none", cam_threshold=0.5)})
+    clicked = own.for_prompts()
+
+    def click(points, labels):
+        prompts = Prompts(np.array(points, np.float32), np.array(labels, np.int32))
+        (result,) = clicked.segment(image, [cam], [prompts])
+        return result
+
+    right = click([[60, 30]], [1])
+    assert right.details["parts"] == "clicked" and right.details["refiner"] == "none"
+    assert right.mask[30, 60] and not right.mask[30, 20]
+    (whole,) = own.segment(image, [cam], [None])
+    assert (right.mask <= whole.mask).all() and right.mask.sum() < whole.mask.sum()
+    # A click outside the class's mask, or one a negative click cancels: the focused CAM cut
+    # as before (the class's hand-made refiner; the guided CAM where it has trees).
+    for outside in (click([[40, 5]], [1]), click([[60, 30], [61, 30]], [1, 0])):
+        assert "parts" not in outside.details and outside.details["refiner"] == "none"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
+from worker.pipeline.masks import parts_at
 from worker.pipeline.refiners.base import SIGNAL_REFINERS, RefineParams, from_plain, refine_cam
 from worker.pipeline.refiners.learned import LearnedRefiner
 from worker.pipeline.segmenters.base import MaskResult, Segmenter, SegmenterOptions
@@ -38,9 +40,8 @@ class CamSegmenter(Segmenter):
         self.learned = learned or LearnedRefiner({})
 
     def for_prompts(self) -> CamSegmenter:
-        """This segmenter for a CAM a person's click or box has focused: the learned trees saw
-        only the classifier's own CAMs, so their classes take the guided CAM here."""
-        return CamSegmenter(self.default, self.per_class)
+        """This segmenter for a CAM a person's click or box has focused (see ClickedCam)."""
+        return ClickedCam(self.default, self.per_class, self.learned)
 
     def segment(self, image, cams, prompts):
         results = []
@@ -61,4 +62,32 @@ class CamSegmenter(Segmenter):
                 details["contrast_threshold"] = params.contrast_threshold
                 details.update(polarity=params.polarity, relative=params.relative)
             results.append(MaskResult(cam.label, mask, cam.probability, self.name, prompt, details))
+        return results
+
+
+class ClickedCam(CamSegmenter):
+    """A click picks among the parts of the class's own mask: the refiner training chose for the
+    class (learned trees or hand-made) cuts the CAM the prompt focused, and the parts a positive
+    click falls in are kept, less any a negative click falls in. Where the click falls in no
+    part (a defect the class's mask misses, a label the classifier does not know), the focused
+    CAM is cut as it was before clicks picked parts: by the class's hand-made refiner, or the
+    guided CAM where the class has trees (they never saw a focused CAM); so is a box alone.
+
+    On magnetic-tile, whole tiles held out, one click accepted 29% of the defect objects this way
+    against 8% with the focused CAM cut alone (docs/quality.md, "7. Clicks").
+    """
+
+    def segment(self, image, cams, prompts):
+        before = CamSegmenter(self.default, self.per_class)  # no trees: the guided CAM for them
+        results = []
+        for own, cam, prompt in zip(
+            super().segment(image, cams, prompts), cams, prompts, strict=True
+        ):
+            kept = None
+            if prompt is not None and len(prompt.positives):
+                kept = parts_at(own.mask, prompt.positives, prompt.negatives)
+            if kept is None:
+                results += before.segment(image, [cam], [prompt])
+            else:
+                results.append(replace(own, mask=kept, details={**own.details, "parts": "clicked"}))
         return results
