@@ -197,13 +197,20 @@ def children(pid: int) -> set[int]:
     return {int(child) for child in path.read_text().split()} if path.exists() else set()
 
 
+def two_workers(port: int) -> tuple[subprocess.Popen, set[int]]:
+    """The tiny app forked into two web workers, and their pids once both are up."""
+    server = tiny(port, workers=2)
+    while len(workers := children(server.pid)) < 2:
+        assert server.poll() is None
+        time.sleep(0.05)
+    return server, workers
+
+
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task").exists(), reason="needs Linux /proc")
 def test_a_web_worker_that_dies_is_replaced_and_a_stop_leaves_none(tmp_path):
     port = free_port()
-    server = tiny(port, workers=2)
+    server, first = two_workers(port)
     try:
-        while len(first := children(server.pid)) < 2:
-            time.sleep(0.05)
         killed = min(first)
         os.kill(killed, signal.SIGKILL)
         while len(now := children(server.pid)) < 2 or killed in now:
@@ -231,10 +238,8 @@ def running(pid: int) -> bool:
 def test_web_workers_stop_when_their_parent_is_killed(tmp_path):
     """A parent killed outright (SIGKILL, the OOM killer) leaves no worker holding the port."""
     port = free_port()
-    server = tiny(port, workers=2)
+    server, workers = two_workers(port)
     try:
-        while len(workers := children(server.pid)) < 2:
-            time.sleep(0.05)
         os.kill(server.pid, signal.SIGKILL)
         server.wait(60)
         # Each is sent SIGTERM and ends within its grace (a zombie has ended).
