@@ -53,19 +53,29 @@ def remove_specks(mask: np.ndarray, min_area: float) -> np.ndarray:
     return np.isin(labels, np.nonzero(keep)[0] + 1)
 
 
-def parts_at(mask: np.ndarray, keep: np.ndarray, drop: np.ndarray) -> np.ndarray | None:
-    """The connected parts of ``mask`` that a point of ``keep`` (N, 2 as x, y pixels) falls in,
-    less those a point of ``drop`` falls in; None when no part is left."""
-    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+def clicked_parts(mask: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """The connected parts of ``mask`` a positive click falls in, less, inside them, what lies
+    nearer a negative click there than any positive one; None when nothing is left.
+    ``points``: (N, 2) x, y pixels; ``labels``: 1 positive, 0 negative."""
+    _, parts = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     height, width = mask.shape
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    # A click at the right or bottom edge (100% in Label Studio) is in the last pixel.
+    columns = np.clip(np.floor(points[:, 0]).astype(int), 0, width - 1)
+    rows = np.clip(np.floor(points[:, 1]).astype(int), 0, height - 1)
+    hit = parts[rows, columns]
+    positive = np.asarray(labels) == 1
+    chosen = sorted(set(hit[positive & (hit > 0)].tolist()))
+    if not chosen:
+        return None
+    kept = np.isin(parts, chosen)
+    inside = np.isin(hit, chosen)
+    negatives = ~positive & inside
+    if negatives.any():
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
 
-    def parts(points: np.ndarray) -> set[int]:
-        found = set()
-        for x, y in np.asarray(points, np.float32).reshape(-1, 2):
-            row, column = int(round(float(y))), int(round(float(x)))
-            if 0 <= row < height and 0 <= column < width:
-                found.add(int(labels[row, column]))
-        return found - {0}
+        def nearest(selected: np.ndarray) -> np.ndarray:
+            return np.min([(xs - x) ** 2 + (ys - y) ** 2 for x, y in points[selected]], axis=0)
 
-    kept = parts(keep) - parts(drop)
-    return np.isin(labels, sorted(kept)) if kept else None
+        kept &= nearest(negatives) >= nearest(positive & inside)
+    return kept if kept.any() else None

@@ -15,7 +15,7 @@ import numpy as np
 from worker.pipeline.cam.base import CamMap, cam_method, compute_cams
 from worker.pipeline.classifier import Classifier, Prediction
 from worker.pipeline.gate import passes
-from worker.pipeline.prompts import Prompts, make_prompts, seed_cam
+from worker.pipeline.prompts import Prompts, make_prompts
 from worker.pipeline.segmenters.base import (
     MaskResult,
     Segmenter,
@@ -175,8 +175,9 @@ class Pipeline:
             )
         else:
             cam = CamMap(label, np.ones((height, width), np.float32), 1.0)
-        seeded = replace(cam, cam=seed_cam(cam.cam, prompts))
-        (mask,) = self.segmenter.for_prompts().segment(image, [seeded], [prompts])
+        segmenter = self.segmenter.for_prompts()
+        seeded = replace(cam, cam=segmenter.focus(cam.cam, prompts))
+        (mask,) = segmenter.segment(image, [seeded], [prompts])
         details = {**mask.details, "interactive": True}
         if not mask.mask.any():
             # A person marked the object: the focused CAM itself beats answering nothing.

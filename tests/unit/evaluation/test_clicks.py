@@ -39,6 +39,17 @@ def test_the_next_click_goes_into_the_larger_error_positive_or_negative():
     x, y, label = next_click(truth, spilled)
     assert label == 0 and x < 15  # the spill is larger than anything missed: negative, in it
     assert next_click(truth, truth) is None
+    # A tie between what was missed and what spilled over is a negative click, as in the field.
+    tie = np.zeros((40, 60), bool)
+    tie[10:15, 10:15] = True
+    shifted = np.zeros_like(tie)
+    shifted[10:15, 30:35] = True
+    assert next_click(tie, shifted)[2] == 0
+    # Never twice on one pixel.
+    clicked = np.zeros_like(truth)
+    clicked[15, 30] = True
+    x, y, _ = next_click(truth, np.zeros_like(truth), clicked)
+    assert (x, y) != (30, 15)
 
 
 def test_objects_are_connected_parts_and_specks_are_left_out():
@@ -119,6 +130,7 @@ def test_the_summary_counts_noc_capped_and_the_share_accepted_at_one_click():
     assert report["accepted_at_one_click"] == pytest.approx(1 / 3)
     assert report["noc_50"] == pytest.approx((1 + 3 + 3) / 3)  # b at 3, c never: capped at 3
     assert report["noc_85"] == pytest.approx((2 + 3 + 3) / 3)
+    assert report["noc_90"] == pytest.approx((2 + 3 + 3) / 3)
     assert report["seconds_per_click"] == pytest.approx(0.2)
     assert report["per_class"]["Crack"]["noc_50"] == pytest.approx(2.0)
     assert report["per_class"]["Spot"]["accepted_at_one_click"] == 0.0

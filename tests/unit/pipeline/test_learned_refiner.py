@@ -145,7 +145,7 @@ def test_the_cam_segmenter_runs_the_trees_and_falls_back_without_them(classifier
     assert fallback.details["refiner"] == "guided"
     prompted = CamSegmenter(per_class={"Spot": learned}, learned=refiner).for_prompts()
     (focused,) = prompted.segment(image, [cam], [None])
-    assert focused.details["refiner"] == "guided"  # the trees never saw a click-focused CAM
+    assert focused.details["refiner"] == "guided"  # no click to pick parts: as before clicks did
     with pytest.raises(SegmenterError, match="learned refiner needs the trees"):
         refine_cam(image, cam.cam, learned)
 

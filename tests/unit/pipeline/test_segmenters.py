@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import SAM2_TINY_CONFIG
 from worker.contract.errors import SegmenterError
 from worker.pipeline.cam.base import CamMap
-from worker.pipeline.masks import parts_at
+from worker.pipeline.masks import clicked_parts
 from worker.pipeline.prompts import Prompts, make_prompts
 from worker.pipeline.refiners.base import RefineParams
 from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
@@ -367,16 +367,25 @@ def two_spots() -> CamMap:
     return CamMap("Spot", cam, 0.9)
 
 
-def test_parts_at_keeps_the_parts_a_point_falls_in_less_those_dropped():
+def test_clicked_parts_keeps_what_a_positive_click_falls_in_and_a_negative_cuts_it():
     mask = two_spots().cam >= 0.5
-    left = parts_at(mask, np.array([[20, 30]]), np.zeros((0, 2)))
+    left = clicked_parts(mask, np.array([[20, 30]]), np.array([1]))
     assert left[30, 20] and not left[30, 60]
-    assert parts_at(mask, np.array([[20, 30], [60, 30]]), np.zeros((0, 2))).sum() == mask.sum()
-    assert parts_at(mask, np.array([[20, 30]]), np.array([[21, 30]])) is None
-    assert parts_at(mask, np.array([[40, 5], [500, 500]]), np.zeros((0, 2))) is None
+    both = clicked_parts(mask, np.array([[20, 30], [60, 30]]), np.array([1, 1]))
+    assert both.sum() == mask.sum()
+    # A negative click inside a kept part cuts away what lies nearer it than the positive one.
+    cut = clicked_parts(mask, np.array([[18, 30], [24, 30]]), np.array([1, 0]))
+    assert cut[30, 18] and not cut[30, 24] and cut.sum() < left.sum()
+    # A negative click alone, or on nothing kept, keeps nothing; so does a click outside.
+    assert clicked_parts(mask, np.array([[20, 30]]), np.array([0])) is None
+    assert clicked_parts(mask, np.array([[40, 5]]), np.array([1])) is None
+    # A click at the far edge (100% in Label Studio) lands in the last pixel.
+    edge = np.zeros((60, 80), bool)
+    edge[:, 79] = True
+    assert clicked_parts(edge, np.array([[80.0, 60.0]]), np.array([1])) is not None
 
 
-def test_a_click_keeps_the_part_of_the_class_mask_it_falls_in_else_the_guided_cam():
+def test_a_click_keeps_the_part_of_the_class_mask_it_falls_in_else_the_mask_as_before():
     image = np.full((60, 80, 3), 128, np.uint8)
     cam = two_spots()
     own = CamSegmenter(per_class={"Spot": RefineParams("none", cam_threshold=0.5)})
@@ -392,7 +401,46 @@ def test_a_click_keeps_the_part_of_the_class_mask_it_falls_in_else_the_guided_ca
     assert right.mask[30, 60] and not right.mask[30, 20]
     (whole,) = own.segment(image, [cam], [None])
     assert (right.mask <= whole.mask).all() and right.mask.sum() < whole.mask.sum()
-    # A click outside the class's mask, or one a negative click cancels: the focused CAM cut
-    # as before (the class's hand-made refiner; the guided CAM where it has trees).
-    for outside in (click([[40, 5]], [1]), click([[60, 30], [61, 30]], [1, 0])):
-        assert "parts" not in outside.details and outside.details["refiner"] == "none"
+    # A click outside the class's mask: the mask cut as before clicks picked parts (the class's
+    # hand-made refiner; the guided CAM where it has trees).
+    outside = click([[40, 5]], [1])
+    assert "parts" not in outside.details and outside.details["refiner"] == "none"
+
+
+def test_a_class_with_trees_keeps_the_clicked_part_of_their_mask_else_the_guided_cam():
+    """The trees (stood in for by a stub) draw only the left spot: a click there keeps it, a
+    second positive click elsewhere adds nothing, a click on the right alone gets the part of
+    the guided CAM's mask there (what answered clicks before)."""
+    image = np.full((60, 80, 3), 128, np.uint8)
+    cam = two_spots()
+
+    class LeftOnly:
+        def __contains__(self, label):
+            return True
+
+        def mask(self, image, cam, label):
+            left = np.zeros(cam.shape, bool)
+            left[25:36, 15:26] = True
+            return left
+
+        def threshold(self, label):
+            return 0.5
+
+    learned = CamSegmenter(per_class={"Spot": RefineParams("learned")}, learned=LeftOnly())
+
+    def click(points, labels):
+        prompts = Prompts(np.array(points, np.float32), np.array(labels, np.int32))
+        (result,) = learned.for_prompts().segment(image, [cam], [prompts])
+        return result
+
+    both = click([[20, 30], [60, 30]], [1, 1])
+    assert both.details["parts"] == "clicked" and both.details["refiner"] == "learned"
+    assert both.mask.sum() == 11 * 11
+    right = click([[60, 30]], [1])
+    assert right.details["refiner"] == "guided" and right.mask[30, 60] and not right.mask[30, 20]
+    # The focus leaves negative clicks out: they cut the clicked part instead.
+    negative = Prompts(np.array([[20, 30], [24, 30]], np.float32), np.array([1, 0], np.int32))
+    focused = learned.for_prompts().focus(cam.cam, negative)
+    assert focused[30, 24] > 0.5 * focused.max()
+    cut = click([[20, 30], [24, 30]], [1, 0])
+    assert cut.mask[30, 20] and not cut.mask[30, 24]

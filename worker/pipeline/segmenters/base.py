@@ -18,7 +18,7 @@ import numpy as np
 from worker.contract.errors import SegmenterError
 from worker.contract.registry import lookup
 from worker.pipeline.cam.base import CamMap
-from worker.pipeline.prompts import Prompts
+from worker.pipeline.prompts import Prompts, seed_cam
 from worker.pipeline.segmenters import SEGMENTERS
 
 
@@ -78,6 +78,10 @@ class Segmenter(ABC):
     def for_prompts(self) -> Segmenter:
         """This segmenter for a CAM that a person's click or box has focused."""
         return self
+
+    def focus(self, cam: np.ndarray, prompts: Prompts) -> np.ndarray:
+        """The CAM focused by a person's prompt, as this segmenter reads it (``seed_cam``)."""
+        return seed_cam(cam, prompts)
 
     def cache_stats(self) -> dict[str, int] | None:
         """Hits and misses of the segmenter's image cache (None: it keeps none)."""
