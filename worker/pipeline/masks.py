@@ -75,7 +75,10 @@ def clicked_parts(mask: np.ndarray, points: np.ndarray, labels: np.ndarray) -> n
         ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
 
         def nearest(selected: np.ndarray) -> np.ndarray:
-            return np.min([(xs - x) ** 2 + (ys - y) ** 2 for x, y in points[selected]], axis=0)
+            best = np.full((height, width), np.inf, np.float32)  # one map, however many clicks
+            for x, y in points[selected]:
+                np.minimum(best, (xs - x) ** 2 + (ys - y) ** 2, out=best)
+            return best
 
         kept &= nearest(negatives) >= nearest(positive & inside)
     return kept if kept.any() else None
