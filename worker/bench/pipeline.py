@@ -60,10 +60,13 @@ def run_bench(
     model_dir: str | None = None,
     repeat: int = 3,
     project: str | None = None,
+    *,
+    queue_runner: Callable[[str], object],
 ) -> dict:
     """Every figure in one run. ``sam2_configs``: the first gives the stage and ratio figures,
     each adds its throughput (default: hiera-tiny, and on a GPU also base-plus). ``project``:
-    also time ``preannotate`` over that Label Studio project."""
+    also time ``preannotate`` over that Label Studio project. ``queue_runner``: see
+    ``service_figures``."""
     import torch
 
     from worker.bench.service import preannotate_figures, service_figures
@@ -80,7 +83,7 @@ def run_bench(
         report["torch_threads"] = torch.get_num_threads()
         report.update(_pipeline_figures(models, pictures, sam2_configs, device, repeat))
         report.update(_training_figures(work, device))
-        report.update(service_figures(models, pictures[0], work))
+        report.update(service_figures(models, pictures[0], work, queue_runner))
         if project is not None:
             report["preannotate"] = preannotate_figures(project)
         return report

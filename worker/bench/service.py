@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 
 
-def service_figures(models: Path, image: np.ndarray, work: Path) -> dict:
+def service_figures(
+    models: Path, image: np.ndarray, work: Path, queue_runner: Callable[[str], object]
+) -> dict:
     """Queue round trip, HTTP pre-annotation latency and the web process's memory, against a
-    redis-server, a ``camsam worker`` and a ``camsam serve`` started here."""
+    redis-server, a ``camsam worker`` and a ``camsam serve`` started here. ``queue_runner``
+    builds, from a Redis URL, what the web side enqueues through (``ml_backend.runner.RqRunner``,
+    handed in by the command line: nothing else in worker/ imports the web side)."""
     import cv2
     import requests
-
-    from ml_backend.runner import RqRunner
 
     figures: dict = {"queue_roundtrip_ms_p50": None, "web_rss_mb": None}
     if shutil.which("redis-server") is None:
@@ -50,7 +52,7 @@ def service_figures(models: Path, image: np.ndarray, work: Path) -> dict:
                     command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                 )
             )
-        runner = RqRunner(url)
+        runner = queue_runner(url)
         runner.run("worker.bench.service.noop", {}, 120)
         trips = [_timed(lambda: runner.run("worker.bench.service.noop", {}, 60)) for _ in range(50)]
         figures["queue_roundtrip_ms_p50"] = round(statistics.median(trips), 2)

@@ -291,6 +291,8 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"memory": rows}, indent=1))
         return 0
+    from ml_backend.runner import RqRunner
+
     report = run_bench(
         args.device,
         args.images,
@@ -299,6 +301,7 @@ def run_bench(args: argparse.Namespace) -> int:
         args.model_dir,
         args.repeat,
         args.project,
+        queue_runner=RqRunner,
     )
     print(format_report(report))
     if args.json:
