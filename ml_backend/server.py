@@ -66,7 +66,6 @@ def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> N
             file=sys.stderr,
         )
         workers = 1
-    limit = backend.settings.max_request_bytes
     listener = wsgi.listen(host, port)
     print(
         f"camsam ML backend on http://{host}:{port} ({backend.runner.mode} mode, "
@@ -75,7 +74,7 @@ def run(host: str, port: int, workers: int, threads: int, metrics_dir: str) -> N
     )
 
     def serve_one() -> None:
-        wsgi.serve(app, listener, threads, limit if limit > 0 else None)
+        wsgi.serve(app, listener, threads, app.config["MAX_CONTENT_LENGTH"])  # None: no limit
 
     if workers == 1:
         if backend.runner.mode == "embedded":  # no trainer worker: reconcile in here

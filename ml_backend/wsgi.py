@@ -53,9 +53,6 @@ class Lanes:
         health = "/" + path.lstrip("/") in HEALTH_PATHS
         (self.health if health else self.main).add_task(channel)
 
-    def set_thread_count(self, count: int) -> None:
-        self.main.set_thread_count(count)
-
     def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> None:
         self.main.shutdown(cancel_pending, timeout)
         self.health.shutdown(cancel_pending, timeout)

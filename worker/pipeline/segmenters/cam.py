@@ -84,10 +84,10 @@ class ClickedCam(CamSegmenter):
         clicked part itself, where seed_cam's hole around it (6% of the image wide) would take
         the part, and the object, away. A box with negative clicks alone is focused by all."""
         positive = prompts.labels == 1
-        if not positive.any():
-            return seed_cam(cam, prompts)
-        clicks = replace(prompts, points=prompts.points[positive], labels=prompts.labels[positive])
-        return seed_cam(cam, clicks)
+        if positive.any():
+            positives = prompts.points[positive]
+            prompts = replace(prompts, points=positives, labels=prompts.labels[positive])
+        return seed_cam(cam, prompts)
 
     def segment(self, image, cams, prompts):
         before = CamSegmenter(self.default, self.per_class)  # no trees: the guided CAM for them
@@ -97,10 +97,10 @@ class ClickedCam(CamSegmenter):
                 results += before.segment(image, [cam], [prompt])
                 continue
             (own,) = super().segment(image, [cam], [prompt])
-            if self.per_class.get(cam.label, self.default).method == "learned":
-                if clicked_parts(own.mask, prompt.points, prompt.labels) is None:
-                    (own,) = before.segment(image, [cam], [prompt])
             kept = clicked_parts(own.mask, prompt.points, prompt.labels)
+            if kept is None and self.per_class.get(cam.label, self.default).method == "learned":
+                (own,) = before.segment(image, [cam], [prompt])
+                kept = clicked_parts(own.mask, prompt.points, prompt.labels)
             if kept is None:
                 results.append(own)
             else:
