@@ -201,7 +201,8 @@ def test_a_fanned_out_preannotation_writes_each_task_once_while_a_worker_is_kill
             jobs = (len(started), len(finished), len(label_studio.predictions))
             return (*jobs, log.stat().st_size if log.exists() else 0)
 
-        wait_while_progressing(lambda: command.poll() is not None, progress, "preannotate")
+        # A killed worker's chunk waits, with nothing moving, until rq finds it abandoned.
+        wait_while_progressing(lambda: command.poll() is not None, progress, "preannotate", WAIT)
         reader.join(60)
     finally:
         for process in [*hosts.values(), command]:
