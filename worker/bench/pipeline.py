@@ -11,7 +11,8 @@ Measured in one run on the same images, as medians, so the ratios hold on a nois
   pipeline's own Grad-CAM shares the forward pass and backpropagates through the head only, so
   its figure is timed beside the library's);
 - ``click_ratio``: the worker's decode on a cached embedding over a bare SAM2 decode, with the
-  end-to-end click latency through the web app beside it;
+  end-to-end click latency through the web app beside it; without SAM2, a click answered by
+  the click model and by the focused CAM (``stages``);
 - ``images_per_s``: batched pipeline throughput, and its ratio to one image at a time;
 - ``queue_roundtrip_ms_p50`` and ``web_rss_mb`` (Redis mode; needs ``redis-server``);
 - training: one epoch of camsam's loop over a bare timm loop on the same tensors.
@@ -213,7 +214,8 @@ def _stage_figures(scene: _Scene, cam_pipeline, contrast, cam, prompts) -> dict[
     from worker.data.images import load_image
     from worker.labelstudio.results import to_prediction
     from worker.pipeline.cam.base import compute_cams, target_layers
-    from worker.pipeline.prompts import make_prompts
+    from worker.pipeline.pipeline import Pipeline
+    from worker.pipeline.prompts import Prompts, make_prompts
 
     classifier, image, label = cam_pipeline.classifier, scene.images[0], scene.label
     encoded = cv2.imencode(".png", image[:, :, ::-1])[1].tobytes()
@@ -247,6 +249,18 @@ def _stage_figures(scene: _Scene, cam_pipeline, contrast, cam, prompts) -> dict[
         "rle": median_ms(lambda: to_prediction(result, "v"), cheap),
         "classifier_forward_backward": median_ms(forward_backward, cheap, sync),
     }
+    # A person's click without SAM2: the click model training fitted, and the focused CAM
+    # that answers where a checkpoint has none.
+    point = Prompts(prompts.positives[:1], np.ones(1, np.int32))
+    stages["click_model"] = median_ms(
+        lambda: cam_pipeline.segment_prompted(image, label, point), cheap
+    )
+    segmenter = cam_pipeline.segmenter
+    own = (segmenter.default, segmenter.per_class, segmenter.learned)
+    without = Pipeline(classifier, type(segmenter)(*own))  # no click model
+    stages["click_focused_cam"] = median_ms(
+        lambda: without.segment_prompted(image, label, point), cheap, sync
+    )
     library_cam.activations_and_grads.release()
     return stages
 
@@ -409,6 +423,11 @@ def format_report(report: dict) -> str:
     lines.append(
         f"click: cached decode {click['cached_decode_ms']:.1f} ms vs bare SAM2 decode "
         f"{click['bare_decode_ms']:.1f} -> click_ratio {click['click_ratio']:.2f}"
+    )
+    stages = report["stages_ms"]
+    lines.append(
+        f"click without SAM2: the click model {stages['click_model']:.1f} ms, the focused CAM "
+        f"{stages['click_focused_cam']:.1f} ms"
     )
     training = report["training"]
     lines.append(

@@ -19,4 +19,9 @@ class CampaignOptions:
     minutes_manual: float = 1.0
     minutes_review: float = 0.2
     minutes_relabel: float = 0.0
+    # A click of the interactive annotators: extreme clicking's four clicks took 7 s a box
+    # (Papadopoulos et al., ICCV 2017), 1.75 s a click, and a person also looks at each
+    # answer before the next (docs/campaign.md, "Clicks").
+    seconds_per_click: float = 2.0
+    max_clicks: int = 5  # clicks on one object before it is painted by hand
     target_accuracy: float = 0.0  # labels needed to reach it (0: what random ends with)

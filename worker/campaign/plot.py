@@ -1,11 +1,14 @@
-"""The campaign's picture: cumulative minutes against images labelled, and how the model's
-accuracy and accept rate grow with the labels (on the held-out images where the campaign has
-some, else on the rest of the pool), one colour per order."""
+"""The campaign's picture: cumulative minutes against images labelled (by hand, camsam then
+painting, clicking alone, camsam then clicking), and how the model's accuracy and accept rate
+grow with the labels (on the held-out images where the campaign has some, else on the rest of
+the pool), one colour per order."""
 
 from __future__ import annotations
 
 from itertools import accumulate
 from pathlib import Path
+
+from worker.campaign.annotators import click_totals
 
 
 def plot_campaign(report: dict, path: str | Path) -> None:
@@ -27,7 +30,13 @@ def plot_campaign(report: dict, path: str | Path) -> None:
         hand = list(accumulate(r["batch"]["minutes_by_hand"] for r in rounds))
         assisted = list(accumulate(r["minutes_with_camsam"] for r in rounds))
         cost.plot(labelled, hand, color=colour, linestyle="--", label=f"{order}: by hand")
-        cost.plot(labelled, assisted, color=colour, label=f"{order}: with camsam")
+        cost.plot(
+            labelled, assisted, color=colour, linestyle="-.", label=f"{order}: camsam, then paint"
+        )
+        for name, style in (("clicks", ":"), ("camsam", "-")):
+            spent = [click_totals(rounds[: k + 1])[name] for k in range(len(rounds))]
+            shown = "clicks (no pre-annotation)" if name == "clicks" else "camsam, then clicks"
+            cost.plot(labelled, spent, color=colour, linestyle=style, label=f"{order}: {shown}")
         measured = [(r["labelled"], f) for r in rounds if (f := judged_on(r))]
         quality.plot(
             [n for n, _ in measured],

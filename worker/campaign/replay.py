@@ -2,7 +2,9 @@
 
 A few images per class are labelled by hand and the first version trained. Then, each round,
 the backend's pipeline pre-annotates the unlabelled pool, the next batch is taken in the chosen
-order, the annotator's work on it is replayed with ``camsam eval``'s cost model, the batch joins
+order, the annotator's work on it is replayed with ``camsam eval``'s cost model (and, side by
+side, the three annotators of :mod:`worker.campaign.annotators`: painting, clicking, and camsam's
+pre-annotation then clicking), the batch joins
 the labelled set (with its true classes and masks, as the annotator submits them) and the
 backend's training step runs: fine-tuned from the current version, published only if the publish
 rule lets it. Training, prediction and scoring are the backend's and ``camsam eval``'s own code
@@ -21,6 +23,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from worker.campaign.annotators import batch_minutes, click_totals
 from worker.campaign.options import CampaignOptions
 from worker.campaign.orders import ORDERS, OrderContext, read_arrival
 from worker.contract.errors import CamsamError
@@ -58,6 +61,8 @@ def run_campaign(
         raise CamsamError(f"unknown order(s) {unknown}: choose from {', '.join(ORDERS)}")
     if options.start < 1 or options.batch < 1:
         raise CamsamError("--start and --batch must be at least 1 image")
+    if options.max_clicks < 1 or options.seconds_per_click < 0:
+        raise CamsamError("--max-clicks must be at least 1 and --seconds-per-click at least 0")
     report = _start_report(dataset, orders, settings, options, out, resume, held_out)
     for order in orders:
         _Replay(dataset, order, settings, options, report, out, progress, held_out).run()
@@ -238,6 +243,13 @@ class _Replay:
             options.minutes_review,
             options.minutes_relabel,
         )
+        annotators = batch_minutes(
+            pipeline,
+            [self.samples[k] for k in chosen],
+            [scores[k] for k in chosen],
+            options,
+            mask_classes,
+        )
         labelled = len(self.state["labelled"])
         self.state["labelled"] = self.state["labelled"] + chosen
         outcome = self._train() if len(chosen) < len(pool) else {"current": version}
@@ -256,6 +268,8 @@ class _Replay:
                     "actions": cost["actions"],
                     "minutes_by_hand": cost["by_hand"],
                     "minutes_with_camsam": cost["with_camsam"],
+                    "annotators": annotators["minutes"],
+                    "clicking": annotators["clicking"],
                 },
                 "minutes_with_camsam": cost["with_camsam"],
                 **outcome,
@@ -324,11 +338,16 @@ def _totals(report: dict, options: CampaignOptions) -> None:
         hand = sum(r["batch"]["minutes_by_hand"] for r in rounds)
         assisted = sum(r["minutes_with_camsam"] for r in rounds)
         reached = [r["labelled"] for r in rounds if (accuracy(r) or -1.0) >= target]
+        annotators = click_totals(rounds)
+        clicking = annotators["clicks"]
         state["totals"] = {
             "images_labelled": len(state["labelled"]),
             "minutes_by_hand": hand,
             "minutes_with_camsam": assisted,
             "saved_fraction": 1.0 - assisted / hand if hand else 0.0,
+            "annotators": annotators,
+            "saved_against_paint": 1.0 - annotators["camsam"] / hand if hand else 0.0,
+            "saved_against_clicks": 1.0 - annotators["camsam"] / clicking if clicking else 0.0,
             "labels_to_reach_target": reached[0] if reached and target else None,
             "training_seconds": sum(r.get("training_seconds", 0.0) for r in rounds),
         }

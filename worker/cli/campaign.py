@@ -51,6 +51,18 @@ def add_campaign_command(commands) -> None:
     campaign.add_argument("--minutes-per-review", type=float, default=defaults_.minutes_review)
     campaign.add_argument("--minutes-per-relabel", type=float, default=defaults_.minutes_relabel)
     campaign.add_argument(
+        "--seconds-per-click",
+        type=float,
+        default=defaults_.seconds_per_click,
+        help="a click of the clicking annotators (clicks, camsam), the look at its mask included",
+    )
+    campaign.add_argument(
+        "--max-clicks",
+        type=int,
+        default=defaults_.max_clicks,
+        help="clicks on one object before the clicking annotators paint it by hand",
+    )
+    campaign.add_argument(
         "--target-accuracy",
         type=float,
         default=0.0,
@@ -136,6 +148,8 @@ def run_campaign_command(args: argparse.Namespace) -> int:
         minutes_review=args.minutes_per_review,
         minutes_relabel=args.minutes_per_relabel,
         target_accuracy=args.target_accuracy,
+        seconds_per_click=args.seconds_per_click,
+        max_clicks=args.max_clicks,
     )
     orders = [o.strip() for o in args.order.split(",") if o.strip()]
     started = time.perf_counter()
@@ -150,6 +164,13 @@ def run_campaign_command(args: argparse.Namespace) -> int:
             f"{totals['minutes_by_hand']:.0f} by hand (saved {totals['saved_fraction']:.1%}); "
             f"accuracy {report['target_accuracy']:.3f} reached with "
             + (f"{reached} labels" if reached is not None else "no round")
+        )
+        minutes = totals["annotators"]
+        print(
+            f"{order}: annotators paint {minutes['paint']:.0f} min, clicks "
+            f"{minutes['clicks']:.0f}, camsam {minutes['camsam']:.0f} (camsam / paint "
+            f"{minutes['camsam'] / max(minutes['paint'], 1e-9):.2f}, camsam / clicks "
+            f"{minutes['camsam'] / max(minutes['clicks'], 1e-9):.2f})"
         )
     if args.plot:
         plot_campaign(report, args.plot)

@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -23,11 +22,10 @@ from worker.data.images import load_image
 from worker.pipeline.masks import iou
 from worker.pipeline.pipeline import Pipeline
 from worker.pipeline.prompts import Prompts
+from worker.pipeline.simulated_clicks import next_click, objects
 
 # IoU thresholds of NoC (the number of clicks to reach it), as the field reports them.
 NOC_IOUS = (0.5, 0.85, 0.9)
-# Ground-truth parts smaller than this share of the image are specks, not objects to click.
-MIN_OBJECT_SHARE = 1e-4
 
 
 @dataclass
@@ -44,45 +42,17 @@ class ObjectClicks:
         return next((k + 1 for k, value in enumerate(self.ious) if value >= threshold), cap)
 
 
-def objects(truth: np.ndarray) -> list[np.ndarray]:
-    """The connected parts of a ground-truth mask, specks left out."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(truth.astype(np.uint8), 8)
-    smallest = MIN_OBJECT_SHARE * truth.size
-    return [labels == k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= smallest]
-
-
-def interior_point(region: np.ndarray) -> tuple[float, float, float]:
-    """The point of ``region`` farthest from its boundary (the image's edge counts as one):
-    x, y in pixels and that distance (0 for an empty region)."""
-    if not region.any():
-        return 0.0, 0.0, 0.0
-    padded = np.pad(region.astype(np.uint8), 1)
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
-    farthest = distance.max()
-    # Of a ridge of equally far points (a rectangle's middle line), the one at its middle.
-    ridge = np.argwhere(distance >= farthest - 1e-6)
-    y, x = ridge[int(np.argmin(((ridge - ridge.mean(axis=0)) ** 2).sum(axis=1)))]
-    return float(x), float(y), float(farthest)
-
-
-def next_click(
-    truth: np.ndarray, predicted: np.ndarray, clicked: np.ndarray | None = None
-) -> tuple[float, float, int] | None:
-    """Where the next click goes: inside the largest error region, positive (1) in what the mask
-    missed, negative (0) in what it spilled over (a tie is negative, as the field's clicker has
-    it); never on a pixel already ``clicked``; None when there is no error left."""
-    free = ~clicked if clicked is not None else np.ones_like(truth)
-    mx, my, missed = interior_point(truth & ~predicted & free)
-    sx, sy, spilled = interior_point(predicted & ~truth & free)
-    if max(missed, spilled) == 0:
-        return None
-    return (mx, my, 1) if missed > spilled else (sx, sy, 0)
-
-
 def click_object(
-    pipeline: Pipeline, image: np.ndarray, label: str, truth: np.ndarray, clicks: int, key: str
+    pipeline: Pipeline,
+    image: np.ndarray,
+    label: str,
+    truth: np.ndarray,
+    clicks: int,
+    key: str,
+    until: float | None = None,
 ) -> ObjectClicks:
-    """Replay up to ``clicks`` clicks on one object; once the mask is exact its IoU stands."""
+    """Replay up to ``clicks`` clicks on one object; once the mask is exact its IoU stands.
+    With ``until``, the clicking stops once the IoU reaches it (a person accepting the mask)."""
     record = ObjectClicks(key, label)
     points: list[tuple[float, float]] = []
     labels: list[int] = []
@@ -102,6 +72,8 @@ def click_object(
         record.seconds.append(time.perf_counter() - started)
         predicted = np.zeros_like(truth) if result is None else result.mask.astype(bool)
         record.ious.append(iou(predicted, truth))
+        if until is not None and record.ious[-1] >= until:
+            break
     return record
 
 

@@ -27,7 +27,9 @@ import torch
 from worker.contract import defaults
 from worker.contract.errors import CheckpointError
 from worker.pipeline.checkpoint import ClassifierSpec, load_checkpoint, load_state_strict
+from worker.pipeline.clicker import PREFIX as CLICKER
 from worker.pipeline.pretrained import resolve_start
+from worker.pipeline.refiners.learned import PREFIX as REFINER
 from worker.pipeline.refiners.learned import split_state
 from worker.pipeline.signals import texture_residual
 
@@ -148,7 +150,7 @@ class Classifier:
             pool=spec.pool,
             output_stride=spec.output_stride,
         )
-        weights, extras = split_state(state)
+        weights, extras = split_state(state, (REFINER, CLICKER))
         load_state_strict(model, weights, str(path))
         return cls(spec, model, extras, mirror, str(path))
 

@@ -161,13 +161,18 @@ class Pipeline:
         """The mask for a person's click or box on ``image``, labelled ``label``.
 
         SAM2 reads the prompt itself (the CAM only helps pick among its masks); the ``cam``
-        segmenter refines the class's CAM focused on the prompt, or the prompt alone for a label
-        the classifier does not know.
+        segmenter answers with the click model training fitted on the project's masks, or,
+        where the checkpoint has none (or it draws nothing), refines the class's CAM focused on
+        the prompt, or the prompt alone for a label the classifier does not know.
         """
         if not len(prompts.positives) and prompts.box is None:
             # Negative clicks alone say only where the object is not: nothing to draw (SAM2 was
             # never trained on such a prompt, and the CAM they focus covers the rest).
             return None
+        segmenter = self.segmenter.for_prompts()
+        clicked = segmenter.click(image, label, prompts)
+        if clicked is not None:
+            return replace(clicked, details={**clicked.details, "interactive": True})
         height, width = image.shape[:2]
         if label in self.classifier.spec.classes:
             (cam,) = compute_cams(
@@ -175,7 +180,6 @@ class Pipeline:
             )
         else:
             cam = CamMap(label, np.ones((height, width), np.float32), 1.0)
-        segmenter = self.segmenter.for_prompts()
         seeded = replace(cam, cam=segmenter.focus(cam.cam, prompts))
         (mask,) = segmenter.segment(image, [seeded], [prompts])
         details = {**mask.details, "interactive": True}

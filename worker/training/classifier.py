@@ -38,6 +38,7 @@ from worker.pipeline.pretrained import resolve_start
 from worker.pipeline.refiners.base import RefineParams, to_plain
 from worker.pipeline.refiners.learned import LearnedRefiner
 from worker.pipeline.segmenters.base import SegmenterOptions
+from worker.training.click_model import fit_click_model
 from worker.training.gate import calibrate_gate, gate_segmenter
 from worker.training.learned_refiner import fit_learned_refiner
 from worker.training.tune_refiners import tune_refiners
@@ -232,12 +233,14 @@ def _fit_masks(
     grouping: Grouping | None = None,
 ) -> tuple[dict, dict, dict]:
     """Per class, the refiner whose out-of-fold IoU on the images with masks is best: the tuned
-    hand-made ones, or the learned one where it beats them. Returns the refine settings, the
-    learned refiner's tensors for the checkpoint, and the IoU figures for its metrics."""
+    hand-made ones, or the learned one where it beats them; and the click model, for every
+    label. Returns the refine settings, the learned refiner's and the click model's tensors for
+    the checkpoint, and their out-of-fold figures for its metrics."""
     tuned, quality = tune_refiners(trained, samples, progress=config.progress)
     learned, learned_quality, frame_iou = fit_learned_refiner(
         trained, samples, progress=config.progress, seed=config.seed, grouping=grouping
     )
+    clicker, click_figures = fit_click_model(samples, config.seed, grouping, config.progress)
     for label, score in learned_quality.items():
         if score > quality.get(label, 0.0):
             tuned[label], quality[label] = RefineParams("learned"), score
@@ -252,7 +255,11 @@ def _fit_masks(
             for label in frame_iou
         },
     }
-    return to_plain(tuned), LearnedRefiner(kept).to_state(), figures
+    extras = LearnedRefiner(kept).to_state()
+    if clicker is not None:
+        extras.update(clicker.to_state())
+        figures["click_model"] = click_figures
+    return to_plain(tuned), extras, figures
 
 
 @torch.inference_mode()

@@ -56,8 +56,23 @@ def test_a_campaign_labels_every_image_once_and_its_totals_add_up(tiny, tmp_path
             assert row["minutes_with_camsam"] == pytest.approx(0.2 * reviewed + redone)
             assert row["minutes_with_camsam"] <= masked + 0.2 * actions["deleted"]
             assert 0.0 <= row["accuracy"] <= 1.0 and row["version"].startswith("v")
+            # The three annotators on the same batch: painting is the by-hand cost; every
+            # object of an image with a mask was clicked (or painted after the last click).
+            annotators, clicking = row["batch"]["annotators"], row["batch"]["clicking"]
+            assert annotators["paint"] == masked
+            assert clicking["accepted"] + clicking["painted"] == clicking["objects"] >= masked
+            assert clicking["objects"] <= clicking["clicks"] <= 5 * clicking["objects"]
+            clicked = clicking["clicks"] * OPTIONS.seconds_per_click / 60
+            assert annotators["clicks"] >= clicked
+            reviewed_at_most = 0.2 * (masked + actions["deleted"])
+            assert annotators["camsam"] <= annotators["clicks"] + reviewed_at_most + 1e-9
             opened = {label for label, cut in row["gate"].items() if cut is not None}
             assert set(row["gate_borrowed"]) <= opened  # a class that borrowed is open
+        assert totals["annotators"]["paint"] == totals["minutes_by_hand"]
+        spent = totals["annotators"]
+        assert totals["saved_against_clicks"] == pytest.approx(
+            1 - spent["camsam"] / spent["clicks"]
+        )
     # One start and one first version for every order: their first rounds see the same model.
     first = [state["rounds"][1] for state in report["orders"].values()]
     assert first[0]["accuracy"] == first[1]["accuracy"]

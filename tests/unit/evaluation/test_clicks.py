@@ -7,14 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from worker.evaluation.clicks import (
-    ObjectClicks,
-    click_object,
-    interior_point,
-    next_click,
-    objects,
-    summarise_clicks,
-)
+from worker.evaluation.clicks import ObjectClicks, click_object, summarise_clicks
+from worker.pipeline.simulated_clicks import interior_point, next_click, objects
 
 
 def rectangle(shape=(40, 60), top=10, left=20, height=11, width=21) -> np.ndarray:

@@ -10,6 +10,7 @@ from worker.data.synthetic import make_image
 from worker.pipeline.cam.base import compute_cams
 from worker.pipeline.checkpoint import load_checkpoint
 from worker.pipeline.classifier import Classifier
+from worker.pipeline.clicker import ClickModel
 from worker.pipeline.masks import iou
 from worker.pipeline.pipeline import Pipeline
 from worker.pipeline.refiners.base import RefineParams, refine_cam
@@ -130,7 +131,11 @@ def test_training_keeps_the_trees_of_the_classes_it_gives_them(trained_model_dir
     assert not any(k.startswith(PREFIX) for k in weights)
     pipeline = Pipeline.build(path, segmenter="cam")
     assert set(pipeline.segmenter.learned.classes) == learned
-    assert Classifier.load(path).extras.keys() == extras.keys()
+    loaded = Classifier.load(path).extras  # the learned refiner's and the click model's
+    assert {k for k in loaded if k.startswith(PREFIX)} == extras.keys()
+    assert {k for k in loaded if not k.startswith(PREFIX)} == set(
+        ClickModel.from_state(loaded).to_state()
+    )
 
 
 def test_the_cam_segmenter_runs_the_trees_and_falls_back_without_them(classifier, fitted):

@@ -52,10 +52,11 @@ def pixel_features(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return np.stack(feature_maps(image, cam), axis=-1)
 
 
-def feature_maps(image: np.ndarray, cam: np.ndarray) -> list[np.ndarray]:
-    """The FEATURES maps (h, w) of ``pixel_features``, float32, one per feature."""
+def feature_maps(image: np.ndarray, cam: np.ndarray, side: int = SIDE) -> list[np.ndarray]:
+    """The FEATURES maps (h, w) of ``pixel_features``, float32, one per feature, the longer
+    side ``side`` pixels."""
     height, width = image.shape[:2]
-    scale = SIDE / max(height, width)
+    scale = side / max(height, width)
     size = (max(8, round(width * scale)), max(8, round(height * scale)))
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     region = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_AREA)
@@ -133,31 +134,54 @@ class ClassTrees:
         """The probability (n,) that each row of ``features`` (n, k) is inside the mask."""
         return _sigmoid(self.log_odds(features))
 
-    def log_odds_map(self, maps: Sequence[np.ndarray], settled: float = SETTLED) -> np.ndarray:
+    def log_odds_map(
+        self,
+        maps: Sequence[np.ndarray],
+        settled: float = SETTLED,
+        stride: int = 2,
+        read: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The log-odds map (h, w) of the feature maps (``feature_maps``), read coarse to fine.
 
-        The trees read every other pixel of every other row first. A pixel between those
-        samples whose (up to four) nearest samples all lie ``settled`` log-odds or more on
-        one side of the cut takes their bilinear interpolation, which lies on that side too;
-        the trees read the others. Defects are small, so most of an image is settled far
-        from the cut and the trees read about a quarter of its pixels.
+        The trees read every ``stride``-th pixel of every ``stride``-th row first, then each
+        grid of half the spacing in turn. A pixel of the finer grid whose (up to four) nearest
+        pixels of the coarser one all lie ``settled`` log-odds or more on one side of the cut
+        takes their bilinear interpolation, which lies on that side too; the trees read the
+        others, and the pixels ``read`` marks (a person's clicks, whose object may be smaller
+        than the coarse grid). Defects are small, so most of an image is settled far from the
+        cut: at a stride of 2 the trees read about a quarter of its pixels.
         """
         height, width = maps[0].shape
-        samples = self.log_odds(np.stack([m[::2, ::2].ravel() for m in maps], axis=-1))
-        samples = samples.reshape((height + 1) // 2, (width + 1) // 2)
-        rows, cols = np.arange(height), np.arange(width)
-        below = [rows // 2, np.minimum((rows + 1) // 2, samples.shape[0] - 1)]
-        beside = [cols // 2, np.minimum((cols + 1) // 2, samples.shape[1] - 1)]
-        corners = [samples[np.ix_(r, c)] for r in below for c in beside]
-        raw = sum(corners) / 4
         cut = float(np.log(self.threshold / (1 - self.threshold)))
-        unsure = (np.maximum.reduce(corners) > cut - settled) & (
-            np.minimum.reduce(corners) < cut + settled
-        )
-        unsure[::2, ::2] = False  # the samples themselves were read
-        if unsure.any():
-            raw[unsure] = self.log_odds(np.stack([m[unsure] for m in maps], axis=-1))
-        return raw
+        rows, cols = np.arange(0, height, stride), np.arange(0, width, stride)
+        known = self.log_odds(np.stack([m[np.ix_(rows, cols)].ravel() for m in maps], axis=-1))
+        known = known.reshape(len(rows), len(cols))
+        while stride > 1:
+            stride //= 2
+            rows, cols = np.arange(0, height, stride), np.arange(0, width, stride)
+            below = _neighbours(rows, stride, known.shape[0])
+            beside = _neighbours(cols, stride, known.shape[1])
+            corners = [known[np.ix_(r, c)] for r in below for c in beside]
+            fine = sum(corners) / 4
+            unsure = (np.maximum.reduce(corners) > cut - settled) & (
+                np.minimum.reduce(corners) < cut + settled
+            )
+            if read is not None:
+                unsure |= read[np.ix_(rows, cols)]
+            unsure[::2, ::2] = False  # the coarser grid's own pixels were read
+            if unsure.any():
+                at = np.ix_(rows, cols)
+                fine[unsure] = self.log_odds(np.stack([m[at][unsure] for m in maps], axis=-1))
+            known = fine
+        return known
+
+
+def _neighbours(positions: np.ndarray, stride: int, count: int) -> list[np.ndarray]:
+    """For pixels at ``positions`` on a grid of spacing ``stride``, the indices of the two
+    nearest pixels (the same one twice for a pixel on it) of the grid twice as coarse."""
+    index = positions // (2 * stride)
+    odd = (positions // stride) % 2 == 1
+    return [index, np.minimum(index + odd, count - 1)]
 
 
 def blind(rows: np.ndarray) -> np.ndarray:
@@ -193,11 +217,11 @@ class LearnedRefiner:
     def threshold(self, label: str) -> float:
         return self.classes[label].threshold
 
-    def to_state(self) -> dict[str, torch.Tensor]:
-        """Plain tensors under ``PREFIX``, to save beside the classifier's weights."""
+    def to_state(self, prefix: str = PREFIX) -> dict[str, torch.Tensor]:
+        """Plain tensors under ``prefix``, to save beside the classifier's weights."""
         state = {}
         for label, trees in self.classes.items():
-            key = f"{PREFIX}{label}."
+            key = f"{prefix}{label}."
             for field in FIELDS:
                 values = np.asarray(trees.nodes[field])
                 if values.dtype == np.uint32:  # children indices: a dtype every torch stores
@@ -212,18 +236,22 @@ class LearnedRefiner:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, torch.Tensor], source: str = "", device: str = "cpu"
+        cls,
+        state: Mapping[str, torch.Tensor],
+        source: str = "",
+        device: str = "cpu",
+        prefix: str = PREFIX,
     ) -> LearnedRefiner:
-        """The refiner saved by ``to_state`` (no keys: one with no classes), its trees read on
-        ``device``.
+        """The refiner saved by ``to_state`` under ``prefix`` (no keys: one with no classes),
+        its trees read on ``device``.
 
         Raises:
             CheckpointError: a class's trees are incomplete.
         """
         grouped: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in state.items():
-            if key.startswith(PREFIX):
-                label, _, field = key[len(PREFIX) :].rpartition(".")
+            if key.startswith(prefix):
+                label, _, field = key[len(prefix) :].rpartition(".")
                 grouped.setdefault(label, {})[field] = value
         classes = {}
         for label, parts in grouped.items():
@@ -246,8 +274,11 @@ class LearnedRefiner:
         return cls(classes)
 
 
-def split_state(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
-    """(the classifier's own weights, the learned refiner's tensors) of a checkpoint's state."""
-    own = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
-    refiner = {k: v for k, v in state.items() if k.startswith(PREFIX)}
-    return own, refiner
+def split_state(
+    state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...] = (PREFIX,)
+) -> tuple[dict, dict]:
+    """(the classifier's own weights, the tensors saved beside them under ``prefixes``: the
+    learned refiner's, the click model's) of a checkpoint's state."""
+    own = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+    extras = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    return own, extras

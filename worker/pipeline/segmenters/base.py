@@ -79,6 +79,11 @@ class Segmenter(ABC):
         """This segmenter for a CAM that a person's click or box has focused."""
         return self
 
+    def click(self, image: np.ndarray, label: str, prompts: Prompts) -> MaskResult | None:
+        """A person's prompt answered without the class's CAM (a click model's mask); None
+        where this segmenter reads the CAM the prompt focuses."""
+        return None
+
     def focus(self, cam: np.ndarray, prompts: Prompts) -> np.ndarray:
         """The CAM focused by a person's prompt, as this segmenter reads it (``seed_cam``)."""
         return seed_cam(cam, prompts)

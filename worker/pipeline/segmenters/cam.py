@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+from worker.pipeline.clicker import ClickModel
 from worker.pipeline.masks import clicked_parts
 from worker.pipeline.prompts import seed_cam
 from worker.pipeline.refiners.base import SIGNAL_REFINERS, RefineParams, from_plain, refine_cam
@@ -27,22 +28,26 @@ class CamSegmenter(Segmenter):
         """A ``refiner`` in ``options`` applies to every class; else each class gets what
         training chose for it (kept in the checkpoint), and the rest the guided CAM."""
         tuned = None if options.refiner else from_plain(classifier.spec.refine)
-        learned = LearnedRefiner.from_state(classifier.extras, classifier.source, options.device)
-        return cls(RefineParams(options.refiner or "guided"), tuned, learned)
+        source, device = classifier.source, options.device
+        learned = LearnedRefiner.from_state(classifier.extras, source, device)
+        clicker = ClickModel.from_state(classifier.extras, source, device)
+        return cls(RefineParams(options.refiner or "guided"), tuned, learned, clicker)
 
     def __init__(
         self,
         default: RefineParams | None = None,
         per_class: Mapping[str, RefineParams] | None = None,
         learned: LearnedRefiner | None = None,
+        clicker: ClickModel | None = None,
     ) -> None:
         self.default = default or RefineParams()
         self.per_class = dict(per_class or {})
         self.learned = learned or LearnedRefiner({})
+        self.clicker = clicker
 
     def for_prompts(self) -> CamSegmenter:
-        """This segmenter for a CAM a person's click or box has focused (see ClickedCam)."""
-        return ClickedCam(self.default, self.per_class, self.learned)
+        """This segmenter for a person's click or box (see ClickedCam)."""
+        return ClickedCam(self.default, self.per_class, self.learned, self.clicker)
 
     def segment(self, image, cams, prompts):
         results = []
@@ -67,17 +72,25 @@ class CamSegmenter(Segmenter):
 
 
 class ClickedCam(CamSegmenter):
-    """Clicks pick and cut the parts of the class's own mask: the refiner training chose for the
-    class (learned trees or hand-made) cuts the CAM the positive clicks focused, the parts a
-    positive click falls in are kept, and a negative click inside one cuts away what lies nearer
-    it than any positive click. Where no part of the trees' mask holds a positive click, the
-    guided CAM's mask (what answered clicks before) is cut the same way; a mask with no part to
-    keep (a label the classifier does not know is all CAM), or a box alone, answers whole.
-
-    On magnetic-tile, whole tiles held out, one click accepted 29% of the defect objects this
-    way against 8% before, and five clicks reached a mean IoU of 0.502 against 0.284
-    (docs/quality.md, "7. Clicks").
+    """A person's clicks answered by the click model training fitted on the project's masks
+    (:mod:`worker.pipeline.clicker`), for any label. Where the checkpoint has none, or it
+    draws nothing, clicks pick and cut the parts of the class's own mask: the refiner training
+    chose for the class (learned trees or hand-made) cuts the CAM the positive clicks focused,
+    the parts a positive click falls in are kept, and a negative click inside one cuts away
+    what lies nearer it than any positive click. Where no part of the trees' mask holds a
+    positive click, the guided CAM's mask (what answered clicks before) is cut the same way; a
+    mask with no part to keep (a label the classifier does not know is all CAM), or a box
+    alone, answers whole.
     """
+
+    def click(self, image, label, prompts):
+        if self.clicker is None:
+            return None
+        mask, confidence = self.clicker.mask(image, prompts, label)
+        if not mask.any():
+            return None
+        details = {"clicker": "trees", "cut": self.clicker.trees.threshold}
+        return MaskResult(label, mask, confidence, self.name, prompts, details)
 
     def focus(self, cam, prompts):
         """Focused by the positive clicks (or the box) only: here a negative click cuts the
