@@ -251,13 +251,15 @@ def _stage_figures(scene: _Scene, cam_pipeline, contrast, cam, prompts) -> dict[
     }
     # A person's click without SAM2: the click model training fitted, and the focused CAM
     # that answers where a checkpoint has none.
-    point = Prompts(prompts.positives[:1], np.ones(1, np.int32))
-    stages["click_model"] = median_ms(
-        lambda: cam_pipeline.segment_prompted(image, label, point), cheap
-    )
+    row, column = np.unravel_index(int(np.argmax(cam.cam)), cam.cam.shape)
+    point = Prompts(np.array([[column, row]], np.float32), np.ones(1, np.int32))
     segmenter = cam_pipeline.segmenter
+    if segmenter.clicker is not None:  # a checkpoint trained with masks has one
+        stages["click_model"] = median_ms(
+            lambda: cam_pipeline.segment_prompted(image, label, point), cheap
+        )
     own = (segmenter.default, segmenter.per_class, segmenter.learned)
-    without = Pipeline(classifier, type(segmenter)(*own))  # no click model
+    without = Pipeline(classifier, type(segmenter)(*own), cam_pipeline.options)  # no click model
     stages["click_focused_cam"] = median_ms(
         lambda: without.segment_prompted(image, label, point), cheap, sync
     )
@@ -426,8 +428,8 @@ def format_report(report: dict) -> str:
     )
     stages = report["stages_ms"]
     lines.append(
-        f"click without SAM2: the click model {stages['click_model']:.1f} ms, the focused CAM "
-        f"{stages['click_focused_cam']:.1f} ms"
+        f"click without SAM2: the click model {stages.get('click_model', float('nan')):.1f} ms, "
+        f"the focused CAM {stages['click_focused_cam']:.1f} ms"
     )
     training = report["training"]
     lines.append(

@@ -33,13 +33,13 @@ def batch_minutes(
     samples: Sequence,
     scores: Sequence[ImageScore],
     options: CampaignOptions,
-    mask_classes: Sequence[str],
 ) -> dict:
-    """Minutes of each annotator on a batch, and what the clicking took."""
+    """Minutes of each annotator on a batch, and what the clicking took. An image with a
+    ground-truth mask is an object image, whether the version knows its class or not."""
     minutes = dict.fromkeys(ANNOTATORS, 0.0)
     clicks = {"objects": 0, "clicks": 0, "accepted": 0, "painted": 0}
     for sample, score in zip(samples, scores, strict=True):
-        if not any(c in mask_classes for c in score.true_classes):
+        if not any(sample.has_mask(c) for c in sample.classes):
             minutes["camsam"] += options.minutes_review * score.false_mask
             continue
         if not score.iou:  # a class the version cannot mask yet: painted by everyone
@@ -66,8 +66,8 @@ def _click_classes(
     parts = {}
     for label in labels:
         truth = sample.mask(label, image.shape[:2])
-        parts[label] = objects(truth) or [truth]
-    share = options.minutes_manual / sum(len(p) for p in parts.values())
+        parts[label] = objects(truth) or ([truth] if truth.any() else [])
+    share = options.minutes_manual / max(sum(len(p) for p in parts.values()), 1)
     by_class = {}
     for label, found in parts.items():
         spent = 0.0

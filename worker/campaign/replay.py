@@ -244,11 +244,7 @@ class _Replay:
             options.minutes_relabel,
         )
         annotators = batch_minutes(
-            pipeline,
-            [self.samples[k] for k in chosen],
-            [scores[k] for k in chosen],
-            options,
-            mask_classes,
+            pipeline, [self.samples[k] for k in chosen], [scores[k] for k in chosen], options
         )
         labelled = len(self.state["labelled"])
         self.state["labelled"] = self.state["labelled"] + chosen
@@ -346,7 +342,9 @@ def _totals(report: dict, options: CampaignOptions) -> None:
             "minutes_with_camsam": assisted,
             "saved_fraction": 1.0 - assisted / hand if hand else 0.0,
             "annotators": annotators,
-            "saved_against_paint": 1.0 - annotators["camsam"] / hand if hand else 0.0,
+            "saved_against_paint": (
+                1.0 - annotators["camsam"] / annotators["paint"] if annotators["paint"] else 0.0
+            ),
             "saved_against_clicks": 1.0 - annotators["camsam"] / clicking if clicking else 0.0,
             "labels_to_reach_target": reached[0] if reached and target else None,
             "training_seconds": sum(r.get("training_seconds", 0.0) for r in rounds),

@@ -29,9 +29,11 @@ import cv2
 import numpy as np
 import torch
 
+from worker.contract.errors import CheckpointError
 from worker.pipeline.masks import clicked_parts, fill_holes
 from worker.pipeline.prompts import Prompts
 from worker.pipeline.refiners.learned import (
+    FEATURES,
     FRAME_FEATURES,
     ClassTrees,
     LearnedRefiner,
@@ -47,7 +49,10 @@ IMAGE_MAPS = slice(2, -FRAME_FEATURES)  # of the refiner's maps: neither the CAM
 # dark and bright contrast at the middle width, compared with their values at a click.
 COMPARED = (16, 17, 18, 19, 7, 1, 4)
 COMPARED_TO_NEGATIVE = (16, 17)
-STRIDE = 8  # the trees read every 8th pixel first (ClassTrees.log_odds_map)
+# The trees read every 4th pixel first (ClassTrees.log_odds_map); from every 8th, a crack 3
+# pixels wide between the samples went unread.
+STRIDE = 4
+FLOOR = 0.1  # a positive click's own probability below which it adds nothing
 NO_CLICK = 2.0  # the distance to a negative click where there is none (1 is the longer side)
 
 
@@ -96,6 +101,12 @@ def click_maps(
     return [*(m[y0:y1, x0:x1] for m in maps), *extra]
 
 
+def features(labels: int) -> int:
+    """How many features the trees read for a model fitted on ``labels`` labels."""
+    image = len(range(FEATURES)[IMAGE_MAPS])
+    return image + 1 + len(COMPARED) + 1 + len(COMPARED_TO_NEGATIVE) + 1 + labels
+
+
 def _around(values: np.ndarray, x: float, y: float) -> float:
     """The mean of ``values`` over the 3 x 3 pixels around (x, y)."""
     height, width = values.shape
@@ -133,7 +144,9 @@ class ClickModel:
         maps = image_maps(image)
         height, width = maps[0].shape
         factor = np.array([width / image.shape[1], height / image.shape[0]], np.float32)
-        return self.working_probability(maps, points * factor, labels, self.index(label))
+        # Pixel centres to pixel centres, as training places its clicks.
+        working = (points + 0.5) * factor - 0.5
+        return self.working_probability(maps, working, labels, self.index(label))
 
     def index(self, label: str) -> int | None:
         """The label's index among those the model knows (None: it knows none by that name)."""
@@ -193,13 +206,18 @@ class ClickModel:
         box: np.ndarray | None = None,
     ) -> np.ndarray:
         """The mask of a probability map: above the cut, the clicked parts, holes filled. A
-        positive click the cut leaves out keeps the part around it at its own probability."""
+        positive click the cut leaves out adds the part around it cut at its own probability
+        (never below ``FLOOR``); the rest of the map keeps the cut."""
         height, width = probability.shape
         columns = np.clip(np.floor(points[:, 0]).astype(int), 0, width - 1)
         rows = np.clip(np.floor(points[:, 1]).astype(int), 0, height - 1)
-        at_clicks = probability[rows, columns][labels == 1]
-        cut = min(self.trees.threshold, float(at_clicks.min()) - 1e-6)
-        above = probability > cut
+        above = probability > self.trees.threshold
+        for row, column in zip(rows[labels == 1], columns[labels == 1], strict=True):
+            own = float(probability[row, column])
+            if above[row, column] or own <= FLOOR:
+                continue
+            _, parts = cv2.connectedComponents((probability >= own).astype(np.uint8), 8)
+            above |= parts == parts[row, column]
         if box is not None:
             x0, y0, x1, y1 = np.round(box).astype(int)
             inside = np.zeros_like(above)
@@ -224,11 +242,18 @@ class ClickModel:
         with no masks yet, or a checkpoint from before the click model).
 
         Raises:
-            CheckpointError: its trees are incomplete.
+            CheckpointError: its trees are incomplete, or read features this camsam does not
+                compute.
         """
         loaded = LearnedRefiner.from_state(state, source, device, PREFIX).classes
         if NAME not in loaded:
             return None
         names = state.get(f"{PREFIX}{NAME}.labels")
         labels = tuple(json.loads(bytes(names.tolist()))) if names is not None else ()
-        return cls(loaded[NAME], labels, float(state.get(f"{PREFIX}{NAME}.reach", NO_CLICK)))
+        trees = loaded[NAME]
+        if int(np.max(trees.nodes["feature_idx"], initial=0)) >= features(len(labels)):
+            raise CheckpointError(
+                f"checkpoint {source} has a click model that reads more features than this "
+                "camsam computes (another camsam version wrote it): retrain the model"
+            )
+        return cls(trees, labels, float(state.get(f"{PREFIX}{NAME}.reach", NO_CLICK)))

@@ -88,7 +88,11 @@ def fit_click_model(
         for objs in per_image
     ]
     replayed, first, after = [], {cut: [] for cut in CUTS}, []
+    if not any(per_image):  # every mask a speck at the working size
+        return None, {}
     for held, used in ((halves[0], halves[1]), (halves[1], halves[0])):
+        if not any(per_image[i] for i in used) or not any(per_image[i] for i in held):
+            continue  # a half with nothing to click teaches nothing, and judges nothing
         trees = _fit([rows for i in used for rows in drawn[i]], rng)
         model = ClickModel(trees, names, _reach([obj for i in used for obj in per_image[i]]))
         for obj in (obj for i in held for obj in per_image[i]):
@@ -97,23 +101,27 @@ def fit_click_model(
             after.append(ious[-1])
             for cut, value in first_ious.items():
                 first[cut].append(value)
-    if not after:
-        return None, {}
-    cut = max(CUTS, key=lambda c: np.mean(first[c]))
+    # With one half empty nothing was judged out of fold: the middle cut, and no figures.
+    cut = max(CUTS, key=lambda c: np.mean(first[c])) if after else CUTS[len(CUTS) // 2]
     final = _fit([rows for image in drawn for rows in image] + replayed, rng, cut)
     reach = _reach([obj for objs in per_image for obj in objs])
     figures = {
         "images": len(masked),
-        "objects": len(after),
+        "objects": sum(len(objs) for objs in per_image),
+        "judged_out_of_fold": len(after),
         "cut": cut,
         "reach": reach,
-        "accepted_at_one_click": float(np.mean(np.array(first[cut]) >= ACCEPT_IOU)),
-        "iou_at_one_click": float(np.mean(first[cut])),
-        f"iou_after_{REPLAYED}_clicks": float(np.mean(after)),
+        "accepted_at_one_click": _mean(np.array(first[cut]) >= ACCEPT_IOU),
+        "iou_at_one_click": _mean(first[cut]),
+        f"iou_after_{REPLAYED}_clicks": _mean(after),
         "seconds": round(time.perf_counter() - started, 1),
     }
     log.info("click model: %s", figures)
     return ClickModel(final, names, reach), figures
+
+
+def _mean(values) -> float | None:
+    return float(np.mean(values)) if len(values) else None
 
 
 def _objects(sample, names: tuple[str, ...]) -> list[_Object]:

@@ -54,13 +54,13 @@ def test_each_object_is_clicked_until_accepted_and_a_pre_annotation_spares_its_c
     truth = {"Spot": two_spots()}
     image = sample(tmp_path, truth)
     answer = Clicks(truth, needed=2)
-    missed = batch_minutes(answer, [image], [score({"Spot": 0.2}, True)], OPTIONS, ["Spot"])
+    missed = batch_minutes(answer, [image], [score({"Spot": 0.2}, True)], OPTIONS)
     assert missed["clicking"] == {"objects": 2, "clicks": 4, "accepted": 2, "painted": 0}
     minutes = missed["minutes"]
     assert minutes["paint"] == 1.0
     assert minutes["clicks"] == pytest.approx(0.4)  # two objects, two clicks each
     assert minutes["camsam"] == pytest.approx(0.2 + 0.4)  # reviewed, then clicked
-    accepted = batch_minutes(answer, [image], [score({"Spot": 0.8}, True)], OPTIONS, ["Spot"])
+    accepted = batch_minutes(answer, [image], [score({"Spot": 0.8}, True)], OPTIONS)
     assert accepted["minutes"]["camsam"] == pytest.approx(0.2)  # reviewed and accepted
     assert accepted["minutes"]["clicks"] == pytest.approx(0.4)  # clicks know no pre-annotation
 
@@ -68,9 +68,7 @@ def test_each_object_is_clicked_until_accepted_and_a_pre_annotation_spares_its_c
 def test_an_object_clicks_never_accept_is_painted_at_its_share(tmp_path):
     truth = {"Spot": two_spots()}
     answer = Clicks(truth, needed=0)
-    found = batch_minutes(
-        answer, [sample(tmp_path, truth)], [score({"Spot": 0.0}, False)], OPTIONS, ["Spot"]
-    )
+    found = batch_minutes(answer, [sample(tmp_path, truth)], [score({"Spot": 0.0}, False)], OPTIONS)
     assert found["clicking"] == {"objects": 2, "clicks": 6, "accepted": 0, "painted": 2}
     # Three clicks on each, then each painted at half the image's minute.
     assert found["minutes"]["clicks"] == pytest.approx(2 * (0.3 + 0.5))
@@ -80,7 +78,7 @@ def test_an_object_clicks_never_accept_is_painted_at_its_share(tmp_path):
 def test_background_images_cost_only_camsams_false_masks(tmp_path):
     background = sample(tmp_path, {})
     clean = ImageScore("image.png", ("Clean",), ("Spot",), false_mask=True, shown=True)
-    found = batch_minutes(Clicks({}, 1), [background], [clean], OPTIONS, ["Spot"])
+    found = batch_minutes(Clicks({}, 1), [background], [clean], OPTIONS)
     assert found["minutes"] == {"paint": 0.0, "clicks": 0.0, "camsam": 0.2}
     assert found["clicking"]["objects"] == 0
 
@@ -91,3 +89,10 @@ def test_a_campaigns_first_round_costs_every_annotator_its_minutes_by_hand():
         {"batch": {"minutes_by_hand": 4.0, "annotators": {"paint": 4, "clicks": 2, "camsam": 1}}},
     ]
     assert click_totals(rounds) == {"paint": 9.0, "clicks": 7.0, "camsam": 6.0}
+
+
+def test_an_object_of_a_class_the_version_cannot_mask_is_painted_by_every_annotator(tmp_path):
+    truth = {"Pore": two_spots()}
+    unknown = ImageScore("image.png", ("Pore",), ("Clean",), shown=False)  # no IoU: unknown
+    found = batch_minutes(Clicks(truth, 1), [sample(tmp_path, truth)], [unknown], OPTIONS)
+    assert found["minutes"] == {"paint": 1.0, "clicks": 1.0, "camsam": 1.0}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from worker.contract.errors import CheckpointError
 from worker.contract.store import ModelDir
 from worker.data.synthetic import make_image
 from worker.pipeline.classifier import Classifier
@@ -20,6 +21,7 @@ from worker.pipeline.clicker import (
 from worker.pipeline.masks import iou
 from worker.pipeline.pipeline import Pipeline
 from worker.pipeline.prompts import Prompts
+from worker.pipeline.refiners.learned import ClassTrees
 from worker.pipeline.segmenters.base import SegmenterOptions, build_segmenter
 from worker.pipeline.simulated_clicks import interior_point
 from worker.training.click_model import MIN_IMAGES, fit_click_model
@@ -147,3 +149,28 @@ def test_a_checkpoint_without_the_model_keeps_the_focused_cam(trained_model_dir)
 def test_too_few_masked_images_fit_no_model(synthetic_dataset):
     masked = [s for s in synthetic_dataset.samples if "Spot" in s.classes][: MIN_IMAGES - 1]
     assert fit_click_model(masked) == (None, {})
+
+
+def test_a_click_the_cut_leaves_out_adds_only_its_own_part():
+    """A positive click below the cut adds the part around it cut at its own probability; the
+    rest keeps the cut, and a click at almost no probability adds nothing (it once let every
+    pixel of the image in)."""
+    model = ClickModel(ClassTrees({}, np.array([0]), 0.0, 0.5))
+    probability = np.full((40, 60), 1e-7, np.float32)
+    probability[5:15, 5:15] = 0.9
+    probability[20:30, 40:50] = 0.3
+    probability[20:30, 20:30] = 0.2  # below the cut too, and clicked by nobody
+    points = np.array([[10, 10], [45, 25], [2, 38]], np.float32)
+    mask = model.cut(probability, points, np.array([1, 1, 1], np.int32))
+    expected = np.zeros_like(mask)
+    expected[5:15, 5:15] = expected[20:30, 40:50] = True
+    assert np.array_equal(mask, expected)
+    alone = model.cut(probability, points[2:], np.array([1], np.int32))
+    assert not alone.any()
+
+
+def test_a_checkpoint_whose_trees_read_other_features_is_refused(model):
+    state = model.to_state()
+    state["clicker.any.feature_idx"] = state["clicker.any.feature_idx"] + 100
+    with pytest.raises(CheckpointError, match="retrain the model"):
+        ClickModel.from_state(state, "v0007.pt")
