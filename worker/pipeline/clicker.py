@@ -59,7 +59,8 @@ NO_CLICK = 2.0  # the distance to a negative click where there is none (1 is the
 def image_maps(image: np.ndarray) -> list[np.ndarray]:
     """What the trees read of the image (h, w each), at the working size."""
     empty = np.zeros(image.shape[:2], np.float32)
-    return feature_maps(image, empty, SIDE)[IMAGE_MAPS]
+    # Never larger than the image: a small image is read as it is, not upsampled.
+    return feature_maps(image, empty, min(SIDE, max(image.shape[:2])))[IMAGE_MAPS]
 
 
 def click_maps(
