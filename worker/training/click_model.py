@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import cv2
@@ -217,12 +217,8 @@ def _replay(model: ClickModel, obj: _Object):
         probability = model.working_probability(obj.maps, points, labels, obj.label)
         if not step:
             for cut in CUTS:
-                at_cut = ClickModel(_with_cut(trees, cut))
+                at_cut = ClickModel(replace(trees, threshold=cut))
                 first[cut] = iou(at_cut.cut(probability, points, labels), obj.truth)
         predicted = model.cut(probability, points, labels)
         ious.append(iou(predicted, obj.truth))
     return states, ious, first
-
-
-def _with_cut(trees: ClassTrees, cut: float) -> ClassTrees:
-    return ClassTrees(trees.nodes, trees.starts, trees.baseline, cut, trees.parts, trees.frame)
